@@ -1,0 +1,82 @@
+"""What both jobs' command lines share: common flags, Spark start-up, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import traceback
+from typing import Callable, Optional, Sequence
+
+from common.images import BadImageError
+from common.manifest import ManifestError
+from common.model import ModelError
+from common.shard import ShardFormatError
+from common.storage import StorageError
+
+# Errors the user can act on: printed as one line naming the input, no traceback.
+USER_ERRORS = (StorageError, ManifestError, ModelError, ShardFormatError, BadImageError, ValueError)
+
+
+class UsageError(ValueError):
+    """A bad combination of arguments, found before Spark starts."""
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """``--s3-endpoint-url`` and ``--verbose``."""
+    p.add_argument(
+        "--s3-endpoint-url",
+        default=None,
+        help="S3-compatible endpoint (default: the AWS_ENDPOINT_URL variable, else AWS). "
+        "Credentials always come from boto3's default chain, never from the command line.",
+    )
+    p.add_argument("--verbose", action="store_true", help="show Python tracebacks and INFO logs")
+
+
+def endpoint_from(args: argparse.Namespace) -> Optional[str]:
+    """The endpoint executors must use: the flag, else ``AWS_ENDPOINT_URL``, else None (AWS)."""
+    return args.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def spark_context(app_name: str):
+    """The SparkContext of ``spark-submit`` (or an existing one); ``local[*]`` when none is configured."""
+    from pyspark import SparkConf, SparkContext
+
+    conf = SparkConf().setAppName(app_name)
+    if not conf.contains("spark.master"):
+        conf.setMaster("local[*]")
+    sc = SparkContext.getOrCreate(conf)
+    sc.setLogLevel(os.environ.get("SHARDINFER_SPARK_LOG_LEVEL", "WARN"))
+    return sc
+
+
+def task_attempts(sc) -> int:
+    """How many times Spark tries a task: ``spark.task.maxFailures``, or F of ``local[N,F]`` (1 in local mode)."""
+    master = sc.master
+    if master.startswith("local"):
+        m = re.match(r"local\[[^,\]]+,\s*(\d+)\]", master)
+        return int(m.group(1)) if m else 1
+    return int(sc.getConf().get("spark.task.maxFailures", "4"))
+
+
+def run_cli(prog: str, body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+            argv: Optional[Sequence[str]]) -> int:
+    """Parse ``argv``, run ``body``, and turn known errors into ``prog: error: …`` and exit code 2."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format=f"{prog}: %(levelname)s %(message)s")
+    try:
+        return body(args)
+    except USER_ERRORS as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
+        return 2
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (Java and MXNet errors run to pages)."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

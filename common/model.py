@@ -1,0 +1,266 @@
+"""Load an MXNet model-zoo model (symbol JSON, params, synset) and predict with it.
+
+The same code loads the real zoo files from ``http(s)://``, ``s3://`` or a path on a user's
+cluster and the test model of :mod:`common.zoo_builder` here.  A Spark task receives only a
+:class:`ModelSpec` (strings); :func:`get_predictor` downloads and binds the model once per
+executor Python process and hands the same :class:`Predictor` to every later task there.
+That cache relies on ``spark.python.worker.reuse=true`` (pinned in spark-defaults.conf).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from common import storage
+from common.images import INPUT_SIZE
+
+DATA_NAME = "data"
+
+
+class ModelError(ValueError):
+    """A model whose files are missing, unreadable or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model's three files are, and how to bind it. Picklable: only strings and ints."""
+
+    sym_url: str
+    param_url: str
+    label_url: str
+    batch_size: int = 64
+    endpoint_url: Optional[str] = None
+    # When set, the params file must have this digest: every executor of a run uses the
+    # exact model the driver checked, even if the object is replaced mid-run.
+    params_sha256: Optional[str] = None
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        """``resnet-18`` for ``…/resnet-18-symbol.json``."""
+        base = self.sym_url.rstrip("/").rsplit("/", 1)[-1]
+        return base[: -len("-symbol.json")] if base.endswith("-symbol.json") else base.rsplit(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The model's bytes after download, with the params digest."""
+
+    symbol_json: str
+    params: bytes
+    labels: tuple[str, ...]
+    params_sha256: str
+
+    @property
+    def short_digest(self) -> str:
+        """The first 12 hex digits of the params sha256."""
+        return self.params_sha256[:12]
+
+
+def read_labels(text: str, source: str) -> tuple[str, ...]:
+    """Parse synset.txt: ``nXXXXXXXX name, alias`` per line -> ``name, alias``.
+
+    A line without a wnid is taken whole, so a plain one-label-per-line file works too.
+    """
+    labels = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        head, _, rest = line.partition(" ")
+        is_wnid = len(head) == 9 and head[0] == "n" and head[1:].isdigit()
+        labels.append(rest.strip() if is_wnid and rest.strip() else line)
+    if not labels:
+        raise ModelError(f"{source}: label file is empty")
+    return tuple(labels)
+
+
+def fetch_model(spec: ModelSpec) -> ModelFiles:
+    """Download the three files and check the params digest if the spec pins one."""
+
+    def get(uri: str, what: str) -> bytes:
+        try:
+            return storage.read_bytes(uri, spec.endpoint_url)
+        except storage.StorageError as e:
+            raise ModelError(f"cannot read model {what}: {e}") from e
+
+    sym = get(spec.sym_url, "symbol")
+    params = get(spec.param_url, "params")
+    labels = get(spec.label_url, "labels")
+    digest = hashlib.sha256(params).hexdigest()
+    if spec.params_sha256 and digest != spec.params_sha256:
+        raise ModelError(
+            f"{spec.param_url}: params changed during the run (sha256 {digest[:12]}, expected {spec.params_sha256[:12]})"
+        )
+    try:
+        text = sym.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelError(f"{spec.sym_url}: symbol file is not UTF-8 JSON") from e
+    return ModelFiles(text, params, read_labels(labels.decode("utf-8", "replace"), spec.label_url), digest)
+
+
+def _split_params(files: ModelFiles, spec: ModelSpec):
+    import mxnet as mx
+
+    try:
+        loaded = mx.nd.load_frombuffer(files.params)
+    except Exception as e:  # noqa: BLE001 - MXNetError on garbage
+        raise ModelError(f"{spec.param_url}: not an MXNet params file: {str(e).splitlines()[0]}") from e
+    if not isinstance(loaded, dict):
+        raise ModelError(f"{spec.param_url}: params file holds a list, expected named arg:/aux: arrays")
+    arg = {k[4:]: v for k, v in loaded.items() if k.startswith("arg:")}
+    aux = {k[4:]: v for k, v in loaded.items() if k.startswith("aux:")}
+    return arg, aux
+
+
+def _inference_symbol(files: ModelFiles, spec: ModelSpec):
+    """The symbol with a training-only ``SoftmaxOutput`` head replaced by a plain softmax.
+
+    ``SoftmaxOutput`` needs a label input; dropping it lets the module bind with every other
+    argument required, so a missing parameter is an error instead of a silent zero.
+    """
+    import mxnet as mx
+
+    try:
+        sym = mx.sym.load_json(files.symbol_json)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{spec.sym_url}: not an MXNet symbol JSON: {str(e).splitlines()[0]}") from e
+    if DATA_NAME not in sym.list_arguments():
+        raise ModelError(f"{spec.sym_url}: symbol has no '{DATA_NAME}' input")
+    if len(sym.list_outputs()) != 1:
+        raise ModelError(f"{spec.sym_url}: expected one output, got {sym.list_outputs()}")
+    labels = [a for a in sym.list_arguments() if a.endswith("_label")]
+    if labels:
+        children = sym.get_children()
+        head = children[0] if children is not None else None
+        if head is None or any(a.endswith("_label") for a in head.list_arguments()):
+            raise ModelError(f"{spec.sym_url}: cannot strip the label input {labels} from the output layer")
+        sym = mx.sym.softmax(head, axis=1, name="prob")
+    return sym
+
+
+def check_model(files: ModelFiles, spec: ModelSpec):
+    """Check that every symbol argument has a parameter of the right shape.
+
+    Returns:
+        ``(symbol, arg_params, aux_params)`` ready to bind.
+
+    Raises:
+        ModelError: a missing or mis-shaped parameter (named), or a label count that does not
+            match the number of classes.
+    """
+    sym = _inference_symbol(files, spec)
+    arg, aux = _split_params(files, spec)
+    try:
+        arg_shapes, out_shapes, aux_shapes = sym.infer_shape(**{DATA_NAME: (spec.batch_size, 3, INPUT_SIZE, INPUT_SIZE)})
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{spec.sym_url}: shape inference failed for 3x{INPUT_SIZE}x{INPUT_SIZE} input: "
+                         f"{str(e).splitlines()[0]}") from e
+    expected = dict(zip(sym.list_arguments(), arg_shapes))
+    expected.update(zip(sym.list_auxiliary_states(), aux_shapes))
+    for name, shape in expected.items():
+        if name == DATA_NAME:
+            continue
+        have = arg.get(name, aux.get(name))
+        if have is None:
+            raise ModelError(f"{spec.param_url}: no parameter for symbol argument {name!r} of {spec.sym_url}")
+        if tuple(have.shape) != tuple(shape):
+            raise ModelError(
+                f"{spec.param_url}: parameter {name!r} has shape {tuple(have.shape)}, "
+                f"symbol {spec.sym_url} expects {tuple(shape)}"
+            )
+    num_classes = out_shapes[0][1]
+    if num_classes != len(files.labels):
+        raise ModelError(f"{spec.label_url}: {len(files.labels)} labels, but the model has {num_classes} classes")
+    return sym, arg, aux
+
+
+def device_context(device: str):
+    """``mx.cpu()`` or ``mx.gpu(0)``; a clear error where this MXNet build has no CUDA."""
+    import mxnet as mx
+
+    if device == "cpu":
+        return mx.cpu()
+    if device == "gpu":
+        if mx.context.num_gpus() < 1:
+            raise ModelError("--device gpu: this MXNet build sees no GPU (install a CUDA build such as mxnet-cu112 "
+                             "on GPU nodes, or use --device cpu)")
+        return mx.gpu(0)
+    raise ModelError(f"unknown device {device!r}: expected cpu or gpu")
+
+
+class Predictor:
+    """A bound MXNet Module with static shapes: ``(batch, 3, 224, 224)`` in, probabilities out."""
+
+    def __init__(self, spec: ModelSpec, files: Optional[ModelFiles] = None):
+        """Download (unless ``files`` is given), check and bind the model."""
+        import mxnet as mx
+
+        started = time.perf_counter()
+        self.spec = spec
+        files = files or fetch_model(spec)
+        self.labels = files.labels
+        self.params_sha256 = files.params_sha256
+        self.model_id = f"{spec.name}@sha256:{files.short_digest}"
+        sym, arg, aux = check_model(files, spec)
+        self._mx = mx
+        self._mod = mx.mod.Module(symbol=sym, data_names=[DATA_NAME], label_names=None, context=device_context(spec.device))
+        self._mod.bind(for_training=False, data_shapes=[(DATA_NAME, (spec.batch_size, 3, INPUT_SIZE, INPUT_SIZE))])
+        self._mod.set_params(arg, aux, allow_missing=False, allow_extra=True)
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per forward pass (the bound batch dimension)."""
+        return self.spec.batch_size
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a ``(n, 3, 224, 224)`` float32 batch, ``n <= batch_size``.
+
+        A short batch is zero-padded to the bound shape and the padding rows dropped.
+        """
+        n = batch.shape[0]
+        if n > self.batch_size:
+            raise ValueError(f"batch of {n} rows exceeds the bound batch size {self.batch_size}")
+        if n < self.batch_size:
+            padded = np.zeros((self.batch_size,) + batch.shape[1:], dtype=np.float32)
+            padded[:n] = batch
+            batch = padded
+        self._mod.forward(self._mx.io.DataBatch([self._mx.nd.array(batch, dtype=np.float32)]), is_train=False)
+        return self._mod.get_outputs()[0].asnumpy()[:n]
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and probabilities of the ``k`` best classes per row, best first (ties: lower id first)."""
+    k = min(k, probs.shape[1])
+    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(probs, idx, axis=1)
+
+
+_PREDICTORS: dict[tuple[int, ModelSpec], Predictor] = {}
+_LOCK = threading.Lock()
+LOADS: dict[int, int] = {}
+"""Model loads per process id, for the status records (a reused worker loads once)."""
+
+
+def get_predictor(spec: ModelSpec) -> tuple[Predictor, bool]:
+    """The process's predictor for ``spec``, building it on first use.
+
+    Returns:
+        ``(predictor, loaded_now)``: ``loaded_now`` is True only for the call that built it.
+    """
+    key = (os.getpid(), spec)  # a forked child must build its own
+    with _LOCK:
+        if key in _PREDICTORS:
+            return _PREDICTORS[key], False
+        predictor = Predictor(spec)
+        _PREDICTORS[key] = predictor
+        LOADS[os.getpid()] = LOADS.get(os.getpid(), 0) + 1
+        return predictor, True

@@ -1,0 +1,140 @@
+"""The predictions contract: Parquet schema, object keys, run ids and the run-record layout.
+
+Athena rules kept here: lowercase snake_case names, no unsigned integers, ``inferred_at`` as
+INT64 milliseconds UTC, Zstd compression, ``run_id`` only in the Hive-style path.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common import storage
+
+TOP_K_TYPE = pa.list_(
+    pa.struct([pa.field("class_id", pa.int32()), pa.field("label", pa.string()), pa.field("prob", pa.float64())])
+)
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard_id", pa.int32(), nullable=False),
+        pa.field("record", pa.int32(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("top_k", TOP_K_TYPE),
+        pa.field("top1_class_id", pa.int32()),
+        pa.field("top1_label", pa.string()),
+        pa.field("top1_prob", pa.float64()),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("manifest_id", pa.string(), nullable=False),
+        pa.field("inferred_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ]
+)
+STATUS_OK = "ok"
+RUNS_DIR = "_runs"
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class OutputCheckError(RuntimeError):
+    """Serialised predictions that did not read back as written: nothing is uploaded."""
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's outcome: ``class_ids``/``probs`` best first, or None when ``status`` is an error."""
+
+    key: str
+    record: int
+    status: str
+    class_ids: Optional[Sequence[int]] = None
+    probs: Optional[Sequence[float]] = None
+
+
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is a safe partition value, else raise ValueError naming it."""
+    if not _RUN_ID_RE.match(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not allowed: use 1-128 characters from A-Z a-z 0-9 . _ - "
+            "(no ':' or '/'), starting with a letter or digit"
+        )
+    return run_id
+
+
+def default_run_id(manifest_id: str, model_name: str, params_sha256: str) -> str:
+    """``<manifest_id>-<model>-<params digest>``: the same inputs give the same run (so reruns fill in)."""
+    model = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-.") or "model"
+    return check_run_id(f"{manifest_id}-{model}-{params_sha256[:8]}")
+
+
+def part_key(output_prefix: str, run_id: str, shard_id: int) -> str:
+    """``<output>/run_id=<run_id>/part-<shard_id:05d>.parquet``: fixed by the input, so a retry overwrites."""
+    return storage.join(output_prefix, f"run_id={run_id}", f"part-{shard_id:05d}.parquet")
+
+
+def run_dir(output_prefix: str, run_id: str) -> str:
+    """``<output>/_runs/<run_id>``: status and summaries, outside the table location."""
+    return storage.join(output_prefix, RUNS_DIR, run_id)
+
+
+def shard_status_key(output_prefix: str, run_id: str, shard_id: int) -> str:
+    """Where one shard's status record goes."""
+    return storage.join(run_dir(output_prefix, run_id), "shards", f"shard-{shard_id:05d}.json")
+
+
+def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], shard_id: int, model: str,
+                      manifest_id: str, inferred_at: datetime) -> pa.Table:
+    """Build one shard's rows in the output schema."""
+    top_k, c1, l1, p1 = [], [], [], []
+    for r in results:
+        if r.class_ids is None or r.probs is None:
+            top_k.append(None)
+            c1.append(None)
+            l1.append(None)
+            p1.append(None)
+            continue
+        entries = [{"class_id": int(c), "label": labels[int(c)], "prob": float(p)} for c, p in zip(r.class_ids, r.probs)]
+        top_k.append(entries)
+        c1.append(entries[0]["class_id"])
+        l1.append(entries[0]["label"])
+        p1.append(entries[0]["prob"])
+    n = len(results)
+    return pa.Table.from_pydict(
+        {
+            "key": [r.key for r in results],
+            "shard_id": [shard_id] * n,
+            "record": [r.record for r in results],
+            "status": [r.status for r in results],
+            "top_k": top_k,
+            "top1_class_id": c1,
+            "top1_label": l1,
+            "top1_prob": p1,
+            "model": [model] * n,
+            "manifest_id": [manifest_id] * n,
+            "inferred_at": pa.array([inferred_at] * n, type=pa.timestamp("ms", tz="UTC")),
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+
+
+def table_to_parquet(table: pa.Table, where: str) -> bytes:
+    """Serialise in memory and read back: the bytes are uploaded only if they hold every row.
+
+    Raises:
+        OutputCheckError: the read-back schema or row count differs (names ``where``).
+    """
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", coerce_timestamps="ms", allow_truncated_timestamps=False,
+                   use_dictionary=["model", "manifest_id", "status", "top1_label"])
+    data = buf.getvalue()
+    back = pq.read_table(io.BytesIO(data))
+    if back.num_rows != table.num_rows or not back.schema.equals(table.schema, check_metadata=False):
+        raise OutputCheckError(f"{where}: Parquet read-back mismatch ({back.num_rows} of {table.num_rows} rows)")
+    if not np.array_equal(back.column("record").to_numpy(), table.column("record").to_numpy()):
+        raise OutputCheckError(f"{where}: Parquet read-back mismatch in column 'record'")
+    return data

@@ -1,0 +1,228 @@
+"""Every byte that crosses the network or the disk goes through here: ``s3://``, ``http(s)://`` and local paths.
+
+The S3 endpoint comes from ``AWS_ENDPOINT_URL`` (boto3 reads it itself) or from an explicit
+``endpoint_url`` passed down from ``--s3-endpoint-url``; credentials come only from boto3's
+default chain.  One client is built per (process, endpoint) and reused: a client is not
+picklable, so Spark tasks carry the endpoint string and call :func:`s3_client` where they run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+# S3 answers 503 SlowDown under load and spot clusters see connection resets: boto3's
+# "standard" retry mode retries both with backoff; 10 attempts rides out a minute-long
+# brown-out.  Pool size covers the per-task fetch threads.
+_RETRIES = {"mode": "standard", "max_attempts": 10}
+_POOL = 32
+
+_CLIENTS: dict[tuple[int, Optional[str]], object] = {}
+_LOCK = threading.Lock()
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI and what S3 (or the OS) said."""
+
+
+class NotFound(StorageError, FileNotFoundError):
+    """The object, bucket or file does not exist."""
+
+
+@dataclass(frozen=True)
+class S3Path:
+    """A parsed ``s3://bucket/key`` URI."""
+
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def is_s3(uri: str) -> bool:
+    """True for ``s3://`` (and ``s3a://``/``s3n://``) URIs."""
+    return uri.startswith(("s3://", "s3a://", "s3n://"))
+
+
+def is_http(uri: str) -> bool:
+    """True for ``http://`` and ``https://`` URLs."""
+    return uri.startswith(("http://", "https://"))
+
+
+def parse_s3(uri: str) -> S3Path:
+    """Split an S3 URI into bucket and key.
+
+    Raises:
+        ValueError: the URI has no bucket.
+    """
+    rest = uri.split("://", 1)[1]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r}: S3 URI has no bucket (expected s3://BUCKET/KEY)")
+    return S3Path(bucket, key)
+
+
+def join(prefix: str, *parts: str) -> str:
+    """Join URI or path parts with exactly one ``/`` between them."""
+    out = prefix.rstrip("/")
+    for p in parts:
+        out += "/" + p.strip("/")
+    return out
+
+
+def s3_client(endpoint_url: Optional[str] = None):
+    """The boto3 S3 client of this process for ``endpoint_url`` (None: boto3's own resolution)."""
+    key = (os.getpid(), endpoint_url)
+    with _LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            config = botocore.config.Config(
+                retries=_RETRIES,
+                max_pool_connections=_POOL,
+                connect_timeout=10,
+                read_timeout=60,
+            )
+            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+            _CLIENTS[key] = client
+        return client
+
+
+def _translate(uri: str, exc: Exception) -> StorageError:
+    """Turn a botocore error into a StorageError that names ``uri`` (never credentials)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        msg = err.get("Message", "") or code
+        if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
+            what = "bucket does not exist" if code == "NoSuchBucket" else "no such object"
+            return NotFound(f"{uri}: {what}")
+        return StorageError(f"{uri}: S3 error {code}: {msg}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return StorageError(f"{uri}: no AWS credentials found (boto3 default chain)")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return StorageError(f"{uri}: cannot reach S3 endpoint: {exc}")
+    return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
+
+
+def read_bytes(uri: str, endpoint_url: Optional[str] = None, if_match: Optional[str] = None) -> bytes:
+    """Read a whole object or file.
+
+    Args:
+        uri: ``s3://``, ``http(s)://`` or a local path.
+        endpoint_url: S3 endpoint override.
+        if_match: for S3, an ETag the object must still have.
+
+    Raises:
+        NotFound: it does not exist.
+        StorageError: any other failure, naming ``uri``.
+    """
+    if is_s3(uri):
+        p = parse_s3(uri)
+        kwargs = {"IfMatch": if_match} if if_match else {}
+        try:
+            return s3_client(endpoint_url).get_object(Bucket=p.bucket, Key=p.key, **kwargs)["Body"].read()
+        except Exception as e:  # noqa: BLE001 - translated with the URI
+            raise _translate(uri, e) from e
+    if is_http(uri):
+        try:
+            with urllib.request.urlopen(uri, timeout=60) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            cls = NotFound if e.code == 404 else StorageError
+            raise cls(f"{uri}: HTTP {e.code} {e.reason}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise StorageError(f"{uri}: {e}") from e
+    try:
+        with open(uri, "rb") as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise NotFound(f"{uri}: no such file") from e
+    except OSError as e:
+        raise StorageError(f"{uri}: {e}") from e
+
+
+def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None, content_type: str = "application/octet-stream") -> None:
+    """Write a whole object with one PUT (or a local file via a rename, so readers never see half)."""
+    if is_s3(uri):
+        p = parse_s3(uri)
+        try:
+            s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type)
+        except Exception as e:  # noqa: BLE001
+            raise _translate(uri, e) from e
+        return
+    if is_http(uri):
+        raise StorageError(f"{uri}: cannot write to an http(s) URL")
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    tmp = f"{uri}.tmp-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, uri)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its key relative to the bucket (or absolute path), size and ETag."""
+
+    key: str
+    size: int
+    etag: str
+
+
+def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None) -> Iterator[ObjectInfo]:
+    """List every object under a prefix, paginated, in S3's key order.
+
+    For a local directory the keys are absolute paths, walked in sorted order.
+
+    Raises:
+        NotFound: the bucket or directory does not exist.
+    """
+    if is_s3(prefix_uri):
+        p = parse_s3(prefix_uri)
+        try:
+            pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(Bucket=p.bucket, Prefix=p.key)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"'))
+        except Exception as e:  # noqa: BLE001
+            raise _translate(prefix_uri, e) from e
+        return
+    if not os.path.isdir(prefix_uri):
+        raise NotFound(f"{prefix_uri}: no such directory")
+    for root, dirs, files in os.walk(prefix_uri):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            st = os.stat(path)
+            yield ObjectInfo(path, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
+
+def object_uri(prefix_uri: str, key: str) -> str:
+    """The full URI of a listed key (S3 keys are bucket-relative; local keys are paths)."""
+    if is_s3(prefix_uri):
+        return f"s3://{parse_s3(prefix_uri).bucket}/{key}"
+    return key
+
+
+def exists(uri: str, endpoint_url: Optional[str] = None) -> bool:
+    """True if the object or file exists."""
+    if is_s3(uri):
+        p = parse_s3(uri)
+        try:
+            s3_client(endpoint_url).head_object(Bucket=p.bucket, Key=p.key)
+            return True
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise _translate(uri, e) from e
+        except Exception as e:  # noqa: BLE001
+            raise _translate(uri, e) from e
+    return os.path.exists(uri)

@@ -1,0 +1,117 @@
+"""prepare: list PNGs under an S3 prefix and pack them into RecordIO shards plus a manifest.
+
+    spark-submit --properties-file spark-defaults.conf prepare/main.py \\
+        --input s3://BUCKET/cifar10/test/ --output s3://BUCKET/shards/cifar10-test/ [--batch 64]
+
+Two Spark stages: the first fetches every candidate once to check that it decodes (the
+driver gets back only keys and reasons); the driver then cuts the sorted good keys into
+batches, and the second stage writes one shard per batch with one PUT each.  The driver
+writes ``manifest.parquet`` and ``skipped.parquet`` last, so a manifest only ever lists
+shards that exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from functools import partial
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script by spark-submit: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import storage  # noqa: E402
+from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
+from common.images import skip_reason_for_key  # noqa: E402
+from common.manifest import MANIFEST_NAME, SKIPPED_NAME, manifest_to_bytes, skipped_to_bytes  # noqa: E402
+from prepare.tasks import Candidate, PrepareSettings, check_candidates, write_shard  # noqa: E402
+
+PROG = "prepare"
+# 64 CIFAR PNGs are ~150 KB: one GET per task, and exactly one model batch in infer.
+DEFAULT_BATCH = 64
+# Candidates per check task: enough to amortise task start-up, small enough to spread.
+CHECK_CHUNK = 512
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of DESIGN.md."""
+    p = argparse.ArgumentParser(prog=PROG, description="Pack PNG images under a prefix into MXNet RecordIO shards "
+                                "and write manifest.parquet + skipped.parquet.")
+    p.add_argument("--input", required=True, help="s3://BUCKET/PREFIX/ (or a local directory) holding the PNGs")
+    p.add_argument("--output", required=True,
+                   help="s3://BUCKET/shards/NAME/ (or a local directory): shards/, manifest.parquet, skipped.parquet")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                   help=f"images per shard (default {DEFAULT_BATCH}; the last shard holds the remainder)")
+    add_common_arguments(p)
+    return p
+
+
+def _folder(uri: str) -> str:
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run prepare for parsed arguments; returns the exit code."""
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args))
+    started = time.time()
+
+    # Listing happens on the driver: keys and sizes only, never image bytes.
+    skipped: list[tuple[str, str]] = []
+    candidates: list[Candidate] = []
+    listed = sorted(storage.list_objects(settings.input_uri, settings.endpoint_url), key=lambda o: o.key)
+    for obj in listed:
+        reason = skip_reason_for_key(obj.key, obj.size)
+        if reason:
+            skipped.append((obj.key, reason))
+        else:
+            candidates.append(Candidate(obj.key, obj.etag))
+    print(f"{PROG}: listed {len(listed)} objects under {settings.input_uri}: "
+          f"{len(candidates)} PNG candidates, {len(skipped)} skipped by name or size", flush=True)
+
+    sc = spark_context("shardinfer-prepare")
+    good: list[Candidate] = []
+    if candidates:
+        slices = max(1, min(len(candidates) // CHECK_CHUNK + 1, sc.defaultParallelism * 4))
+        checked = dict(
+            sc.parallelize(candidates, slices)
+            .mapPartitions(partial(check_candidates, settings=settings))
+            .collect()
+        )
+        for c in candidates:
+            reason = checked[c.key]
+            if reason:
+                skipped.append((c.key, reason))
+            else:
+                good.append(c)
+    if not good:
+        raise UsageError(f"{settings.input_uri}: no decodable PNG images found "
+                         f"({len(listed)} objects listed, {len(skipped)} skipped)")
+
+    batches = [good[i : i + args.batch] for i in range(0, len(good), args.batch)]
+    entries = (
+        sc.parallelize(list(enumerate(batches)), len(batches))
+        .map(lambda item: write_shard(item[0], item[1], settings))
+        .collect()
+    )
+    manifest_bytes, manifest_id = manifest_to_bytes(entries, settings.input_uri, args.batch, len(skipped))
+    # skipped first, manifest last: the manifest's presence means the whole output is there.
+    storage.write_bytes(storage.join(settings.output_uri, SKIPPED_NAME), skipped_to_bytes(skipped), settings.endpoint_url)
+    manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
+    storage.write_bytes(manifest_uri, manifest_bytes, settings.endpoint_url)
+    print(f"{PROG}: wrote {len(entries)} shards with {len(good)} images, {len(skipped)} skipped, "
+          f"in {time.time() - started:.1f}s", flush=True)
+    print(f"{PROG}: manifest {manifest_uri} (manifest_id {manifest_id})", flush=True)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point for ``spark-submit prepare/main.py`` and for tests."""
+    return run_cli(PROG, run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

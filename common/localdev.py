@@ -96,6 +96,7 @@ def spark_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     """The environment for spark-submit: this interpreter for driver and workers, the project importable."""
     env = dict(os.environ)
     env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # everything here is on loopback
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra or {})
     return env

@@ -53,6 +53,13 @@ def resnet18_symbol(num_classes: int = NUM_CLASSES):
     """The zoo's ResNet-18 symbol (``symbols/resnet.py``, ``num_layers=18``, 224x224 input)."""
     import mxnet as mx
 
+    # Fresh auto-name counters (pooling0, _plus0, ...), so every build writes the same JSON.
+    with mx.name.NameManager():
+        return _resnet18(mx, num_classes)
+
+
+def _resnet18(mx, num_classes: int):
+
     bn_mom, eps, ws = 0.9, 2e-5, 256
 
     def unit(data, num_filter, stride, dim_match, name):

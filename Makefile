@@ -1,0 +1,38 @@
+# shardinfer: `make demo` and `make test` do all set-up themselves (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.shardinfer-installed
+N      ?= 1000
+BENCH_N ?= 1280
+
+.PHONY: setup check-java check-python test demo dist clean
+
+setup: check-python check-java $(STAMP)
+
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 10) else "shardinfer needs Python 3.10+ (3.11 tested); found " + sys.version.split()[0])'
+
+check-java:
+	@scripts/check_java.sh
+
+# Re-installs only when the pinned dependencies change.
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) scripts/demo.py --images $(N)
+
+# A zip of the three packages, for `spark-submit --py-files dist/shardinfer.zip` on a cluster.
+dist: setup
+	@rm -rf dist && mkdir -p dist
+	$(PY) -c 'import shutil, zipfile, pathlib; z = zipfile.ZipFile("dist/shardinfer.zip", "w", zipfile.ZIP_DEFLATED); [z.write(p) for d in ("common", "prepare", "infer") for p in sorted(pathlib.Path(d).rglob("*.py"))]; z.close()'
+	@echo "dist/shardinfer.zip"
+
+clean:
+	rm -rf $(VENV) dist build *.egg-info .pytest_cache demo-out

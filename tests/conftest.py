@@ -1,0 +1,138 @@
+"""Shared fixtures: one local S3 server, one test model, one local Spark, one hostile bucket.
+
+Everything is real: moto's S3 server on 127.0.0.1, Spark in local mode, RecordIO and Parquet
+files, the zoo-format model from common.zoo_builder loaded by the production code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import storage, zoo_builder
+from common.localdev import LocalS3, upload_cifar_like
+from common.testdata import cifar_like_image, cifar_like_png
+
+MODEL_BUCKET = "models"
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A running local S3 server; its endpoint and fake credentials are put in os.environ."""
+    server = LocalS3().start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    server.create_bucket(MODEL_BUCKET)
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def model_files() -> dict[str, bytes]:
+    """The test ResNet-18's three files (seed 0), built once per test session."""
+    return zoo_builder.build_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_uris(s3, model_files) -> dict[str, str]:
+    """``{"sym", "params", "labels"}`` URIs of the test model in the local S3."""
+    uris = {}
+    for name, data in model_files.items():
+        uri = f"s3://{MODEL_BUCKET}/resnet-18/{name}"
+        storage.write_bytes(uri, data, s3.endpoint_url)
+        uris[name] = uri
+    return {"sym": uris[zoo_builder.SYMBOL_FILE], "params": uris[zoo_builder.PARAMS_FILE],
+            "labels": uris[zoo_builder.SYNSET_FILE]}
+
+
+@pytest.fixture(scope="session")
+def spark(s3):
+    """An in-process local[2] SparkContext whose Python workers run this interpreter."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark import SparkConf, SparkContext
+
+    conf = (SparkConf().setMaster("local[2]").setAppName("shardinfer-tests")
+            .set("spark.python.worker.reuse", "true").set("spark.ui.enabled", "false"))
+    sc = SparkContext.getOrCreate(conf)
+    sc.setLogLevel("ERROR")
+    yield sc
+    sc.stop()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """Encode a Pillow image as PNG."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def hostile_objects() -> dict[str, tuple[bytes, str | None]]:
+    """Objects to put beside the good images: ``{relative key: (bytes, expected skip reason or None)}``.
+
+    A reason of None means: a valid image that must land in a shard.
+    """
+    base = cifar_like_image(7, seed=3)
+    rgb16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    good = png_bytes(base)
+    return {
+        "sub/": (b"", "folder marker"),
+        "readme.txt": (b"not an image", "not a .png key"),
+        "zero.png": (b"", "empty object"),
+        "truncated.png": (good[: len(good) // 2], "undecodable"),
+        "jpeg-named.png": (_jpeg(base), "not a PNG"),
+        "gray.png": (png_bytes(base.convert("L")), None),
+        "rgba.png": (png_bytes(base.convert("RGBA")), None),
+        "palette.png": (png_bytes(base.convert("P", palette=Image.ADAPTIVE)), None),
+        "sixteen-bit.png": (png_bytes(Image.fromarray(rgb16)), None),
+        "large-640x480.png": (png_bytes(base.resize((640, 480))), None),
+        "with space.png": (cifar_like_png(1001, seed=3), None),
+        "ünïcødé-猫.png": (cifar_like_png(1002, seed=3), None),
+        "UPPER.PNG": (cifar_like_png(1003, seed=3), None),
+    }
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+GOOD_IMAGES = 200
+
+
+@pytest.fixture(scope="session")
+def hostile_bucket(s3) -> dict:
+    """A bucket with 200 generated PNGs and the hostile objects, under ``in/``."""
+    bucket = "hostile"
+    s3.create_bucket(bucket)
+    prefix = f"s3://{bucket}/in/"
+    uploaded = upload_cifar_like(prefix, GOOD_IMAGES, seed=5, endpoint_url=s3.endpoint_url)
+    objects = {storage.parse_s3(u).key: (storage.read_bytes(u), None) for u in uploaded}
+    for rel, (data, reason) in hostile_objects().items():
+        key = f"in/{rel}"
+        storage.write_bytes(f"s3://{bucket}/{key}", data, s3.endpoint_url)
+        objects[key] = (data, reason)
+    return {"bucket": bucket, "prefix": prefix, "objects": objects}
+
+
+@pytest.fixture(scope="session")
+def prepared(spark, hostile_bucket, s3) -> dict:
+    """prepare run once (in-process, local[2]) over the hostile bucket."""
+    from prepare.main import main
+
+    out = f"s3://{hostile_bucket['bucket']}/shards/t/"
+    rc = main(["--input", hostile_bucket["prefix"], "--output", out])
+    assert rc == 0
+    return {**hostile_bucket, "output": out, "manifest": out + "manifest.parquet", "skipped": out + "skipped.parquet"}

@@ -1,0 +1,117 @@
+"""prepare on a bucket of 200 images and hostile objects: every object accounted for exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import mxnet as mx
+import pyarrow.parquet as pq
+import pytest
+
+from common import storage
+from common.manifest import FORMAT_VERSION, manifest_from_bytes
+from common.shard import unpack_shard
+from tests.conftest import GOOD_IMAGES, hostile_objects
+
+
+@pytest.fixture(scope="module")
+def manifest(prepared):
+    return manifest_from_bytes(storage.read_bytes(prepared["manifest"]), prepared["manifest"])
+
+
+@pytest.fixture(scope="module")
+def skipped(prepared) -> dict[str, str]:
+    t = pq.read_table(io.BytesIO(storage.read_bytes(prepared["skipped"])))
+    assert t.schema.names == ["key", "reason"]
+    keys = t.column("key").to_pylist()
+    assert len(keys) == len(set(keys))
+    return dict(zip(keys, t.column("reason").to_pylist()))
+
+
+def test_every_object_lands_exactly_once(prepared, manifest, skipped):
+    in_shards = [k for e in manifest.entries for k in e.keys]
+    assert len(in_shards) == len(set(in_shards)), "a key is in two shards"
+    assert not set(in_shards) & set(skipped), "a key is both in a shard and skipped"
+    assert set(in_shards) | set(skipped) == set(prepared["objects"])
+    valid = sum(1 for _, reason in prepared["objects"].values() if reason is None)
+    assert len(in_shards) == valid == GOOD_IMAGES + sum(1 for _, r in hostile_objects().values() if r is None)
+
+
+def test_skip_reasons(prepared, skipped):
+    for key, (_, expected) in prepared["objects"].items():
+        if expected is not None:
+            assert expected in skipped[key], (key, skipped[key])
+    assert "undecodable" in skipped["in/truncated.png"]
+
+
+def test_unusual_pngs_are_images(manifest):
+    keys = {k for e in manifest.entries for k in e.keys}
+    for rel in ("gray.png", "rgba.png", "palette.png", "sixteen-bit.png", "large-640x480.png", "with space.png",
+                "ünïcødé-猫.png", "UPPER.PNG"):
+        assert f"in/{rel}" in keys
+
+
+def test_shards_are_sorted_full_and_hold_original_bytes(prepared, manifest):
+    entries = manifest.entries
+    assert [e.shard_id for e in entries] == list(range(len(entries)))
+    assert all(e.num_records == 64 for e in entries[:-1]) and 0 < entries[-1].num_records <= 64
+    all_keys = [k for e in entries for k in e.keys]
+    assert all_keys == sorted(all_keys), "shard contents must follow the sorted listing"
+    for e in entries:
+        data = storage.read_bytes(e.uri)
+        assert e.uri == f"{prepared['output']}shards/shard-{e.shard_id:05d}.rec"
+        assert hashlib.sha256(data).hexdigest() == e.sha256 and len(data) == e.num_bytes
+        payloads = unpack_shard(data, e.uri)
+        assert payloads == [prepared["objects"][k][0] for k in e.keys]
+
+
+def test_shard_reads_with_mxrecordio(prepared, manifest, tmp_path):
+    e = manifest.entries[0]
+    path = tmp_path / "s.rec"
+    path.write_bytes(storage.read_bytes(e.uri))
+    reader = mx.recordio.MXRecordIO(str(path), "r")
+    for i, key in enumerate(e.keys):
+        header, png = mx.recordio.unpack(reader.read())
+        assert (header.flag, header.label, header.id, header.id2) == (0, 0.0, i, 0)
+        assert png == prepared["objects"][key][0]
+    assert reader.read() is None
+
+
+def test_manifest_metadata(prepared, manifest):
+    t = pq.read_table(io.BytesIO(storage.read_bytes(prepared["manifest"])))
+    meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
+    assert meta["shardinfer.format_version"] == FORMAT_VERSION
+    assert meta["shardinfer.input"] == prepared["prefix"]
+    assert meta["shardinfer.batch_size"] == "64"
+    assert meta["shardinfer.manifest_id"] == manifest.manifest_id
+    assert meta["shardinfer.created_at"].endswith("Z")
+    assert t.schema.names == ["shard_id", "uri", "num_records", "num_bytes", "sha256", "keys"]
+
+
+def test_rerun_gives_the_same_shards(prepared, manifest):
+    """Deterministic: a second prepare into another prefix gives byte-identical shards and the same id."""
+    from prepare.main import main
+
+    out = prepared["output"].replace("shards/t/", "shards/t-again/")
+    assert main(["--input", prepared["prefix"], "--output", out]) == 0
+    again = manifest_from_bytes(storage.read_bytes(out + "manifest.parquet"), out)
+    assert again.manifest_id == manifest.manifest_id
+    assert [(e.sha256, e.keys) for e in again.entries] == [(e.sha256, e.keys) for e in manifest.entries]
+
+
+def test_missing_bucket_is_a_clear_error(spark, capsys):
+    from prepare.main import main
+
+    rc = main(["--input", "s3://no-such-bucket-here/in/", "--output", "s3://no-such-bucket-here/out/"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "prepare: error: s3://no-such-bucket-here/in/: bucket does not exist" in err
+    assert "Traceback" not in err
+
+
+def test_batch_must_be_positive(capsys):
+    from prepare.main import main
+
+    assert main(["--input", "s3://x/in/", "--output", "s3://x/o/", "--batch", "0"]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err

@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     """Run infer for parsed arguments; returns the exit code."""
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.run_id:
+        check_run_id(args.run_id)
     endpoint = endpoint_from(args)
     started = time.time()
     manifest = manifest_from_bytes(storage.read_bytes(args.manifest, endpoint), args.manifest)
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     check_model(files, spec)  # a bad model fails here, once, before any task starts
     spec = ModelSpec(args.sym_url, args.param_url, args.label_url, MODEL_BATCH, endpoint,
                      params_sha256=files.params_sha256, device=args.device)
-    run_id = check_run_id(args.run_id) if args.run_id else default_run_id(manifest.manifest_id, spec.name, files.params_sha256)
+    run_id = args.run_id or default_run_id(manifest.manifest_id, spec.name, files.params_sha256)
     entries = select_entries(args, manifest, run_id, endpoint)
     print(f"{PROG}: manifest {manifest.manifest_id}: {len(manifest.entries)} shards, {manifest.num_images} images; "
           f"run_id={run_id}; running {len(entries)} shards", flush=True)

@@ -177,8 +177,8 @@ class ObjectInfo:
     etag: str
 
 
-def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None) -> Iterator[ObjectInfo]:
-    """List every object under a prefix, paginated, in S3's key order.
+def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
+    """List every object under a prefix, paginated (``page_size`` keys per request), in S3's key order.
 
     For a local directory the keys are absolute paths, walked in sorted order.
 
@@ -188,7 +188,8 @@ def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None) -> Iterato
     if is_s3(prefix_uri):
         p = parse_s3(prefix_uri)
         try:
-            pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(Bucket=p.bucket, Prefix=p.key)
+            pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(
+                Bucket=p.bucket, Prefix=p.key, PaginationConfig={"PageSize": page_size})
             for page in pages:
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"'))

@@ -6,6 +6,7 @@ INT64 milliseconds UTC, Zstd compression, ``run_id`` only in the Hive-style path
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from dataclasses import dataclass
@@ -39,6 +40,21 @@ PREDICTION_SCHEMA = pa.schema(
 STATUS_OK = "ok"
 RUNS_DIR = "_runs"
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+# S3 user metadata on every part file (x-amz-meta-*): what produced it, so a retry can tell
+# "same work already done" from "different work under the same key".
+META_INPUT_DIGEST = "shardinfer-input-digest"
+META_ROWS = "shardinfer-rows"
+
+
+class ConflictError(RuntimeError):
+    """A part file exists that was made from different input (another model, shard or --top-k)."""
+
+
+def input_digest(shard_sha256: str, params_sha256: str, top_k: int) -> str:
+    """What determines a shard's predictions (besides the clock): shard bytes, model params, k."""
+    return hashlib.sha256(f"{shard_sha256}:{params_sha256}:{top_k}".encode()).hexdigest()
 
 
 class OutputCheckError(RuntimeError):
@@ -80,6 +96,11 @@ def part_key(output_prefix: str, run_id: str, shard_id: int) -> str:
 def run_dir(output_prefix: str, run_id: str) -> str:
     """``<output>/_runs/<run_id>``: status and summaries, outside the table location."""
     return storage.join(output_prefix, RUNS_DIR, run_id)
+
+
+def run_record_key(output_prefix: str, run_id: str) -> str:
+    """``_runs/<run_id>/run.json``: which manifest and model the run belongs to."""
+    return storage.join(run_dir(output_prefix, run_id), "run.json")
 
 
 def shard_status_key(output_prefix: str, run_id: str, shard_id: int) -> str:

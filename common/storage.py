@@ -8,6 +8,7 @@ picklable, so Spark tasks carry the endpoint string and call :func:`s3_client` w
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import urllib.error
@@ -79,17 +80,22 @@ def join(prefix: str, *parts: str) -> str:
     return out
 
 
-def s3_client(endpoint_url: Optional[str] = None):
-    """The boto3 S3 client of this process for ``endpoint_url`` (None: boto3's own resolution)."""
-    key = (os.getpid(), endpoint_url)
+def s3_client(endpoint_url: Optional[str] = None, quick: bool = False):
+    """The boto3 S3 client of this process for ``endpoint_url`` (None: boto3's own resolution).
+
+    ``quick=True`` gives a client that tries twice with short timeouts, for the driver's
+    first contact: a wrong endpoint or bucket is reported in seconds, not after a minute
+    of backoff.
+    """
+    key = (os.getpid(), endpoint_url, quick)
     with _LOCK:
         client = _CLIENTS.get(key)
         if client is None:
             config = botocore.config.Config(
-                retries=_RETRIES,
+                retries={"mode": "standard", "max_attempts": 2} if quick else _RETRIES,
                 max_pool_connections=_POOL,
-                connect_timeout=10,
-                read_timeout=60,
+                connect_timeout=3 if quick else 10,
+                read_timeout=10 if quick else 60,
             )
             client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
             _CLIENTS[key] = client
@@ -106,10 +112,11 @@ def _translate(uri: str, exc: Exception) -> StorageError:
             what = "bucket does not exist" if code == "NoSuchBucket" else "no such object"
             return NotFound(f"{uri}: {what}")
         return StorageError(f"{uri}: S3 error {code}: {msg}")
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return StorageError(f"{uri}: no AWS credentials found (boto3 default chain)")
-    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
-        return StorageError(f"{uri}: cannot reach S3 endpoint: {exc}")
+    if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+        return StorageError(f"{uri}: no usable AWS credentials found (boto3 default chain: environment, "
+                            "~/.aws, instance profile)")
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError)):
+        return StorageError(f"{uri}: cannot reach the S3 endpoint ({exc})")
     return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
 
 
@@ -150,22 +157,117 @@ def read_bytes(uri: str, endpoint_url: Optional[str] = None, if_match: Optional[
         raise StorageError(f"{uri}: {e}") from e
 
 
-def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None, content_type: str = "application/octet-stream") -> None:
-    """Write a whole object with one PUT (or a local file via a rename, so readers never see half)."""
+def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None,
+                content_type: str = "application/octet-stream", metadata: Optional[dict[str, str]] = None) -> None:
+    """Write a whole object with one PUT (or a local file via a rename, so readers never see half).
+
+    ``metadata`` becomes S3 user metadata (``x-amz-meta-*``); for a local file it goes to a
+    hidden sidecar ``.<name>.meta.json``, which Athena, Hive and pyarrow skip.
+    """
     if is_s3(uri):
         p = parse_s3(uri)
         try:
-            s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type)
+            s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
+                                               Metadata=metadata or {})
         except Exception as e:  # noqa: BLE001
             raise _translate(uri, e) from e
         return
     if is_http(uri):
         raise StorageError(f"{uri}: cannot write to an http(s) URL")
+    if metadata is not None:
+        _write_local(_sidecar(uri), json.dumps(metadata).encode())
+    _write_local(uri, data)
+
+
+def put_if_absent(uri: str, data: bytes, metadata: dict[str, str], endpoint_url: Optional[str] = None,
+                  content_type: str = "application/octet-stream") -> bool:
+    """Create an object only if nothing is at ``uri`` yet: S3 ``PUT`` with ``If-None-Match: *``.
+
+    Returns:
+        True if this call created it; False if an object was already there (left untouched).
+    """
+    if is_s3(uri):
+        p = parse_s3(uri)
+        try:
+            s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
+                                               Metadata=metadata, IfNoneMatch="*")
+            return True
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            # 412: it exists. 409: a concurrent conditional write to the same key is in flight;
+            # either way someone else's object stands and the caller compares digests.
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise _translate(uri, e) from e
+        except Exception as e:  # noqa: BLE001
+            raise _translate(uri, e) from e
+    if os.path.exists(uri):
+        return False
+    _write_local(_sidecar(uri), json.dumps(metadata).encode())
+    tmp = _write_tmp(uri, data)
+    try:
+        os.link(tmp, uri)  # atomic create-if-absent
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def read_metadata(uri: str, endpoint_url: Optional[str] = None) -> Optional[dict[str, str]]:
+    """The user metadata of an object (S3 HEAD) or a local file's sidecar; None if the object is absent."""
+    if is_s3(uri):
+        p = parse_s3(uri)
+        try:
+            return dict(s3_client(endpoint_url).head_object(Bucket=p.bucket, Key=p.key).get("Metadata", {}))
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _translate(uri, e) from e
+        except Exception as e:  # noqa: BLE001
+            raise _translate(uri, e) from e
+    if not os.path.exists(uri):
+        return None
+    try:
+        with open(_sidecar(uri), "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return {}
+
+
+def check_bucket(uri: str, endpoint_url: Optional[str] = None) -> None:
+    """Fail fast, naming ``uri``, if its bucket is missing, forbidden or the endpoint unreachable (S3 only)."""
+    if not is_s3(uri):
+        return
+    p = parse_s3(uri)
+    try:
+        s3_client(endpoint_url, quick=True).head_bucket(Bucket=p.bucket)
+    except botocore.exceptions.ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise NotFound(f"{uri}: bucket does not exist") from e
+        if code in ("403", "AccessDenied", "Forbidden"):
+            raise StorageError(f"{uri}: access to bucket {p.bucket!r} denied (check credentials and policy)") from e
+        raise _translate(uri, e) from e
+    except Exception as e:  # noqa: BLE001
+        raise _translate(uri, e) from e
+
+
+def _sidecar(uri: str) -> str:
+    head, name = os.path.split(uri)
+    return os.path.join(head, f".{name}.meta.json")
+
+
+def _write_tmp(uri: str, data: bytes) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
-    tmp = f"{uri}.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp = os.path.join(os.path.dirname(os.path.abspath(uri)), f".{os.path.basename(uri)}.tmp-{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, uri)
+    return tmp
+
+
+def _write_local(uri: str, data: bytes) -> None:
+    os.replace(_write_tmp(uri, data), uri)
 
 
 @dataclass(frozen=True)

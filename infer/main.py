@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from functools import partial
@@ -30,7 +31,7 @@ from common import storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context, task_attempts  # noqa: E402
 from common.manifest import Manifest, ShardEntry, manifest_from_bytes  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
-from common.output import check_run_id, default_run_id, run_dir, shard_status_key  # noqa: E402
+from common.output import check_run_id, default_run_id, run_dir, run_record_key  # noqa: E402
 from infer.task import InferSettings, run_shard  # noqa: E402
 
 PROG = "infer"
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--only-missing", action="store_true", help="only shards whose Parquet file is absent from the run")
     sel.add_argument("--only-failed", action="store_true", help="only shards whose last recorded status is failed")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the model runs (default cpu)")
+    p.add_argument("--force", action="store_true", help="overwrite part files that exist from different input "
+                   "(another model or --top-k under the same --run-id); without it such a shard is a reported conflict")
     add_common_arguments(p)
     return p
 
@@ -124,6 +127,79 @@ def select_entries(args: argparse.Namespace, manifest: Manifest, run_id: str, en
     return list(manifest.entries)
 
 
+def check_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
+                     endpoint_url: Optional[str]) -> None:
+    """A run belongs to one manifest and one model: refuse a mismatch, record a new run.
+
+    Raises:
+        UsageError: ``run_id`` already holds another manifest's or (without --force) another model's output.
+    """
+    uri = run_record_key(args.output, run_id)
+    try:
+        record = json.loads(storage.read_bytes(uri, endpoint_url))
+    except storage.NotFound:
+        record = None
+    if record is not None:
+        if record.get("manifest_id") != manifest.manifest_id:
+            raise UsageError(f"--run-id {run_id} belongs to manifest {record.get('manifest_id')} "
+                             f"({record.get('manifest')}), not {manifest.manifest_id} ({args.manifest}); "
+                             "use another --run-id")
+        if record.get("model") != model_id and not args.force:
+            raise UsageError(f"--run-id {run_id} was made with model {record.get('model')}, not {model_id}; "
+                             "use another --run-id (or --force to replace its files)")
+        if record.get("top_k") != args.top_k and not args.force:
+            raise UsageError(f"--run-id {run_id} was made with --top-k {record.get('top_k')}, not {args.top_k}")
+        if record.get("model") == model_id:
+            return
+    elif args.only_failed:
+        raise UsageError(f"--only-failed: run {run_id} has no record at {uri}; nothing to rerun")
+    record = {"run_id": run_id, "manifest": args.manifest, "manifest_id": manifest.manifest_id, "model": model_id,
+              "sym_url": args.sym_url, "param_url": args.param_url, "label_url": args.label_url, "top_k": args.top_k,
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    storage.write_bytes(uri, json.dumps(record, indent=1).encode(), endpoint_url, "application/json")
+
+
+def rerun_command(args: argparse.Namespace, run_id: str) -> str:
+    """The exact command that reruns this run's failed shards."""
+    cmd = ["spark-submit", "--properties-file", "spark-defaults.conf", "infer/main.py", "--manifest", args.manifest,
+           "--sym-url", args.sym_url, "--param-url", args.param_url, "--label-url", args.label_url,
+           "--output", args.output, "--run-id", run_id]
+    if args.top_k != 5:
+        cmd += ["--top-k", str(args.top_k)]
+    if args.device != "cpu":
+        cmd += ["--device", args.device]
+    if args.s3_endpoint_url:
+        cmd += ["--s3-endpoint-url", args.s3_endpoint_url]
+    return shlex.join(cmd + ["--only-failed"])
+
+
+def summarise(statuses: list[dict], args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
+              elapsed: float) -> dict:
+    """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``."""
+    failed = sorted((s for s in statuses if s["status"] != "ok"), key=lambda s: s["shard_id"])
+    written = [s for s in statuses if s.get("outcome") == "written"]
+    rows = sum(s.get("rows", 0) for s in written)
+    return {
+        "run_id": run_id,
+        "manifest": args.manifest,
+        "manifest_id": manifest.manifest_id,
+        "model": model_id,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "shards_selected": len(statuses),
+        "shards_written": len(written),
+        "shards_already_done": sum(1 for s in statuses if s["status"] == "ok" and s.get("outcome") != "written"),
+        "shards_failed": [s["shard_id"] for s in failed],
+        "errors": {str(s["shard_id"]): s.get("error", "") for s in failed},
+        "images_written": rows,
+        "image_errors": sum(s.get("rows_error", 0) for s in written),
+        "model_loads": sum(1 for s in statuses if s.get("model_loaded")),
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(rows / elapsed, 3) if elapsed > 0 else None,
+        "output": storage.join(args.output, f"run_id={run_id}") + "/",
+        "rerun_failed": rerun_command(args, run_id) if failed else None,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     """Run infer for parsed arguments; returns the exit code."""
     if args.top_k < 1:
@@ -132,13 +208,17 @@ def run(args: argparse.Namespace) -> int:
         check_run_id(args.run_id)
     endpoint = endpoint_from(args)
     started = time.time()
+    for uri in (args.manifest, args.output, args.sym_url, args.param_url, args.label_url):
+        storage.check_bucket(uri, endpoint)  # seconds, not a minute of retries, for a typo
     manifest = manifest_from_bytes(storage.read_bytes(args.manifest, endpoint), args.manifest)
     spec = ModelSpec(args.sym_url, args.param_url, args.label_url, MODEL_BATCH, endpoint, device=args.device)
     files = fetch_model(spec)
     check_model(files, spec)  # a bad model fails here, once, before any task starts
     spec = ModelSpec(args.sym_url, args.param_url, args.label_url, MODEL_BATCH, endpoint,
                      params_sha256=files.params_sha256, device=args.device)
+    model_id = f"{spec.name}@sha256:{files.short_digest}"
     run_id = args.run_id or default_run_id(manifest.manifest_id, spec.name, files.params_sha256)
+    check_run_record(args, run_id, manifest, model_id, endpoint)
     entries = select_entries(args, manifest, run_id, endpoint)
     print(f"{PROG}: manifest {manifest.manifest_id}: {len(manifest.entries)} shards, {manifest.num_images} images; "
           f"run_id={run_id}; running {len(entries)} shards", flush=True)
@@ -147,39 +227,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     sc = spark_context(f"shardinfer-infer-{run_id}")
-    settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint)
+    settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
+                             args.force)
     statuses = sc.parallelize(entries, len(entries)).map(partial(run_shard, settings=settings)).collect()
 
-    failed = sorted((s for s in statuses if s["status"] != "ok"), key=lambda s: s["shard_id"])
-    rows = sum(s.get("rows", 0) for s in statuses)
-    elapsed = time.time() - started
-    summary = {
-        "run_id": run_id,
-        "manifest": args.manifest,
-        "manifest_id": manifest.manifest_id,
-        "model": f"{spec.name}@sha256:{files.short_digest}",
-        "shards_run": len(statuses),
-        "shards_ok": len(statuses) - len(failed),
-        "shards_failed": [s["shard_id"] for s in failed],
-        "errors": {str(s["shard_id"]): s.get("error", "") for s in failed},
-        "rows_written": rows,
-        "rows_error": sum(s.get("rows_error", 0) for s in statuses),
-        "model_loads": sum(1 for s in statuses if s.get("model_loaded")),
-        "elapsed_s": round(elapsed, 3),
-        "images_per_s": round(rows / elapsed, 3) if elapsed > 0 else None,
-        "output": storage.join(args.output, f"run_id={run_id}") + "/",
-    }
+    summary = summarise(statuses, args, run_id, manifest, model_id, time.time() - started)
     storage.write_bytes(storage.join(run_dir(args.output, run_id), "summary.json"),
                         json.dumps(summary, indent=1).encode(), endpoint, "application/json")
-    print(f"{PROG}: {summary['shards_ok']}/{len(statuses)} shards ok, {rows} rows written "
-          f"({summary['rows_error']} image errors) in {elapsed:.1f}s = {summary['images_per_s']} images/s", flush=True)
+    failed = summary["shards_failed"]
+    print(f"{PROG}: {len(statuses) - len(failed)}/{len(statuses)} shards ok "
+          f"({summary['shards_written']} written, {summary['shards_already_done']} already done), "
+          f"{summary['images_written']} images written ({summary['image_errors']} image errors) "
+          f"in {summary['elapsed_s']:.1f}s = {summary['images_per_s']} images/s", flush=True)
     print(f"{PROG}: output {summary['output']}", flush=True)
     if failed:
-        for s in failed:
-            print(f"{PROG}: shard {s['shard_id']} failed: {s.get('error', '')}", file=sys.stderr)
-        ids = ",".join(str(s["shard_id"]) for s in failed)
-        print(f"{PROG}: FAILED shards: {ids} (status under {shard_status_key(args.output, run_id, failed[0]['shard_id'])}"
-              f" and siblings); rerun them with --run-id {run_id} --only-failed", file=sys.stderr, flush=True)
+        for sid in failed:
+            print(f"{PROG}: shard {sid} failed: {summary['errors'][str(sid)]}", file=sys.stderr)
+        print(f"{PROG}: FAILED shards: {','.join(map(str, failed))} (records under "
+              f"{run_dir(args.output, run_id)}/shards/); rerun them with:\n  {summary['rerun_failed']}",
+              file=sys.stderr, flush=True)
         return 1
     return 0
 

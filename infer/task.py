@@ -24,9 +24,9 @@ import numpy as np
 from common import storage
 from common.images import INPUT_SIZE, BadImageError, decode_rgb, preprocess_into
 from common.manifest import ShardEntry
-from common.model import ModelSpec, get_predictor, top_k
-from common.output import (STATUS_OK, ImageResult, part_key, predictions_table, shard_status_key,
-                           table_to_parquet)
+from common.model import ModelError, ModelSpec, get_predictor, top_k
+from common.output import (META_INPUT_DIGEST, META_ROWS, STATUS_OK, ConflictError, ImageResult, input_digest, part_key,
+                           predictions_table, shard_status_key, table_to_parquet)
 from common.shard import ShardFormatError, unpack_shard
 
 
@@ -42,10 +42,37 @@ class InferSettings:
     # Spark's tries per task: the task records "failed" only on its last try and raises before.
     attempts: int = 1
     endpoint_url: Optional[str] = None
+    # Overwrite part files even when they exist with a different input digest.
+    force: bool = False
+
+
+PARQUET_TYPE = "application/vnd.apache.parquet"
 
 
 class ShardError(RuntimeError):
-    """A shard that cannot be processed as a whole (missing, damaged, wrong size)."""
+    """A shard that cannot be processed as a whole (damaged, wrong size)."""
+
+
+# Failures that another try cannot fix: recorded at once instead of retried by Spark.
+PERMANENT = (ShardError, ShardFormatError, ConflictError, ModelError)
+
+
+def _existing(key: str, digest: str, settings: InferSettings) -> Optional[str]:
+    """``"already present"`` if ``key`` holds this very work, None if absent; ConflictError otherwise."""
+    meta = storage.read_metadata(key, settings.endpoint_url)
+    if meta is None:
+        return None
+    if meta.get(META_INPUT_DIGEST) == digest:
+        return "already present"
+    raise ConflictError(
+        f"{key} already exists from different input (digest {meta.get(META_INPUT_DIGEST, 'none')[:12]}, "
+        f"this run: {digest[:12]}); not overwritten: use another --run-id, or --force to replace it"
+    )
+
+
+def _already_done(status: dict, outcome: str, key: str) -> dict:
+    status.update(status="ok", outcome=outcome, part=key, rows=0, rows_error=0, t_end=time.time())
+    return status
 
 
 def _fetch_shard(entry: ShardEntry, settings: InferSettings) -> list[bytes]:
@@ -62,15 +89,12 @@ def _fetch_shard(entry: ShardEntry, settings: InferSettings) -> list[bytes]:
     return payloads
 
 
-def infer_shard(entry: ShardEntry, settings: InferSettings) -> dict:
-    """Process one shard and upload its predictions; returns the status record (without writing it)."""
-    t0 = time.time()
-    status: dict = {"shard_id": entry.shard_id, "uri": entry.uri, "t_start": t0}
-    payloads = _fetch_shard(entry, settings)
-    status["t_fetched"] = time.time()
+def predict_images(payloads: list[bytes], keys: tuple[str, ...], predictor, k: int) -> tuple[list[ImageResult], float, float]:
+    """Decode, preprocess and predict in batches of the bound size; an undecodable image fails only its row.
 
-    predictor, loaded = get_predictor(settings.model)
-    status.update(model_loaded=loaded, model_load_s=round(predictor.load_seconds, 3) if loaded else 0.0)
+    Returns:
+        ``(results in record order, seconds decoding, seconds in the model)``.
+    """
     bs = predictor.batch_size
     results: list[ImageResult] = []
     decode_s = forward_s = 0.0
@@ -80,32 +104,60 @@ def infer_shard(entry: ShardEntry, settings: InferSettings) -> dict:
         chunk = payloads[start : start + bs]
         errors: dict[int, str] = {}
         for i, png in enumerate(chunk):
-            key = entry.keys[start + i]
             try:
-                preprocess_into(decode_rgb(png, key), batch[i])
+                preprocess_into(decode_rgb(png, keys[start + i]), batch[i])
             except BadImageError as e:
                 errors[i] = f"error: {e}"
                 batch[i] = 0.0
         tf = time.time()
         decode_s += tf - td
-        ids, probs = top_k(predictor.predict(batch[: len(chunk)]), settings.top_k)
+        ids, probs = top_k(predictor.predict(batch[: len(chunk)]), k)
         forward_s += time.time() - tf
         for i in range(len(chunk)):
             rec = start + i
             if i in errors:
-                results.append(ImageResult(entry.keys[rec], rec, errors[i]))
+                results.append(ImageResult(keys[rec], rec, errors[i]))
             else:
-                results.append(ImageResult(entry.keys[rec], rec, STATUS_OK, ids[i].tolist(), probs[i].tolist()))
+                results.append(ImageResult(keys[rec], rec, STATUS_OK, ids[i].tolist(), probs[i].tolist()))
+    return results, decode_s, forward_s
+
+
+def infer_shard(entry: ShardEntry, settings: InferSettings) -> dict:
+    """Process one shard and upload its predictions; returns the status record (without writing it)."""
+    t0 = time.time()
+    status: dict = {"shard_id": entry.shard_id, "uri": entry.uri, "t_start": t0}
+    key = part_key(settings.output_prefix, settings.run_id, entry.shard_id)
+    digest = input_digest(entry.sha256, settings.model.params_sha256 or "", settings.top_k)
+    if not settings.force:
+        done = _existing(key, digest, settings)
+        if done:  # a retry, a speculative copy or a rerun: the work is there already
+            return _already_done(status, done, key)
+    payloads = _fetch_shard(entry, settings)
+    status["t_fetched"] = time.time()
+
+    predictor, loaded = get_predictor(settings.model)
+    status.update(model_loaded=loaded, model_load_s=round(predictor.load_seconds, 3) if loaded else 0.0)
+    results, decode_s, forward_s = predict_images(payloads, entry.keys, predictor, settings.top_k)
     status["t_decoded"] = status["t_fetched"] + decode_s
     status["t_forwarded"] = status["t_decoded"] + forward_s
 
-    key = part_key(settings.output_prefix, settings.run_id, entry.shard_id)
     table = predictions_table(results, predictor.labels, entry.shard_id, predictor.model_id, settings.manifest_id,
                               datetime.now(timezone.utc))
     data = table_to_parquet(table, key)
-    storage.write_bytes(key, data, settings.endpoint_url)
+    meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results))}
+    if settings.force:
+        storage.write_bytes(key, data, settings.endpoint_url, PARQUET_TYPE, metadata=meta)
+        outcome = "written"
+    elif storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_TYPE):
+        outcome = "written"
+    else:  # another copy of this task (or an earlier try whose reply was lost) got there first
+        done = _existing(key, digest, settings)
+        if done is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
+            raise storage.StorageError(f"{key}: conditional PUT refused but no object is there yet")
+        return _already_done(status, done, key)
     status.update(
         status="ok",
+        outcome=outcome,
         part=key,
         rows=len(results),
         rows_ok=sum(r.status == STATUS_OK for r in results),
@@ -131,10 +183,10 @@ def run_shard(entry: ShardEntry, settings: InferSettings) -> dict:
     try:
         status = infer_shard(entry, settings)
     except Exception as e:  # noqa: BLE001 - every failure is either retried or recorded
-        if attempt + 1 < settings.attempts:
+        if attempt + 1 < settings.attempts and not isinstance(e, PERMANENT):
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not isinstance(e, (ShardError, ShardFormatError, storage.StorageError)):
+        if not isinstance(e, PERMANENT + (storage.StorageError,)):
             message = f"{type(e).__name__}: {message}"
         status = {
             "shard_id": entry.shard_id,

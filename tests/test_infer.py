@@ -124,6 +124,6 @@ def test_model_loaded_once_per_worker_process(infer_run, manifest):
 
 def test_summary_and_driver_output(infer_run, manifest):
     summary = json.loads(storage.read_bytes(f"{OUTPUT}_runs/{infer_run['run_id']}/summary.json"))
-    assert summary["shards_ok"] == len(manifest.entries) and summary["shards_failed"] == []
-    assert summary["rows_written"] == manifest.num_images
+    assert summary["shards_written"] == len(manifest.entries) and summary["shards_failed"] == []
+    assert summary["images_written"] == manifest.num_images and summary["rerun_failed"] is None
     assert f"{len(manifest.entries)}/{len(manifest.entries)} shards ok" in infer_run["stdout"]

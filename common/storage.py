@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -80,22 +82,17 @@ def join(prefix: str, *parts: str) -> str:
     return out
 
 
-def s3_client(endpoint_url: Optional[str] = None, quick: bool = False):
-    """The boto3 S3 client of this process for ``endpoint_url`` (None: boto3's own resolution).
-
-    ``quick=True`` gives a client that tries twice with short timeouts, for the driver's
-    first contact: a wrong endpoint or bucket is reported in seconds, not after a minute
-    of backoff.
-    """
-    key = (os.getpid(), endpoint_url, quick)
+def s3_client(endpoint_url: Optional[str] = None):
+    """The boto3 S3 client of this process for ``endpoint_url`` (None: boto3's own resolution)."""
+    key = (os.getpid(), endpoint_url)
     with _LOCK:
         client = _CLIENTS.get(key)
         if client is None:
             config = botocore.config.Config(
-                retries={"mode": "standard", "max_attempts": 2} if quick else _RETRIES,
+                retries=_RETRIES,
                 max_pool_connections=_POOL,
-                connect_timeout=3 if quick else 10,
-                read_timeout=10 if quick else 60,
+                connect_timeout=10,
+                read_timeout=60,
             )
             client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
             _CLIENTS[key] = client
@@ -240,8 +237,16 @@ def check_bucket(uri: str, endpoint_url: Optional[str] = None) -> None:
     if not is_s3(uri):
         return
     p = parse_s3(uri)
+    if endpoint_url:
+        # A wrong endpoint would otherwise cost a minute of retries: one plain TCP connect says it in seconds.
+        u = urllib.parse.urlsplit(endpoint_url)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        try:
+            socket.create_connection((u.hostname, port), timeout=5).close()
+        except OSError as e:
+            raise StorageError(f"{uri}: cannot reach the S3 endpoint {endpoint_url} ({e})") from e
     try:
-        s3_client(endpoint_url, quick=True).head_bucket(Bucket=p.bucket)
+        s3_client(endpoint_url).head_bucket(Bucket=p.bucket)
     except botocore.exceptions.ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket", "NotFound"):

@@ -1,0 +1,151 @@
+"""An HTTP proxy for an S3-protocol server that injects faults and latency (tests and benchmark only).
+
+Clients point ``AWS_ENDPOINT_URL`` at the proxy; it forwards each request to the real
+server, except that, with probability ``fault_rate``, it instead
+
+* answers ``503 SlowDown`` (S3's throttling reply),
+* answers ``500 InternalError``,
+* resets the connection before forwarding, or
+* forwards the request and then resets the connection, so the client never learns that
+  its PUT succeeded (the case that makes retries dangerous without conditional writes).
+
+Every other request is delayed by ``latency_s`` plus a random ``0..jitter_s``.  Decisions
+come from a seeded RNG.  It listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import random
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from typing import Optional
+
+FAULTS = ("503", "500", "reset", "reset_after")
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+_XML = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{msg}</Message>'
+        '<RequestId>faultproxy</RequestId></Error>')
+
+
+class FaultProxy:
+    """Start with :meth:`start` (or as a context manager); ``endpoint_url`` is where clients connect."""
+
+    def __init__(self, upstream: str, fault_rate: float = 0.0, latency_s: float = 0.0, jitter_s: float = 0.0,
+                 seed: int = 0, faults: tuple[str, ...] = FAULTS):
+        """Configure (not start) a proxy in front of ``upstream`` (``http://host:port``)."""
+        u = urllib.parse.urlsplit(upstream)
+        self.upstream = (u.hostname or "127.0.0.1", u.port or 80)
+        self.fault_rate, self.latency_s, self.jitter_s, self.faults = fault_rate, latency_s, jitter_s, faults
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.counts: Counter = Counter()
+        self._server: Optional[http.server.ThreadingHTTPServer] = None
+        self.endpoint_url = ""
+
+    def _decide(self) -> tuple[Optional[str], float]:
+        with self._lock:
+            self.counts["requests"] += 1
+            if self._rng.random() < self.fault_rate:
+                fault = self._rng.choice(self.faults)
+                self.counts[fault] += 1
+                return fault, 0.0
+            return None, self.latency_s + (self._rng.uniform(0, self.jitter_s) if self.jitter_s else 0.0)
+
+    def start(self) -> "FaultProxy":
+        """Listen on 127.0.0.1 and a free port."""
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return out
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _reset(self) -> None:
+                # SO_LINGER 0: close sends a TCP RST, the client sees "connection reset by peer"
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+
+            def _error(self, status: int, code: str, msg: str) -> None:
+                body = _XML.format(code=code, msg=msg).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                    if body or self.command in ("PUT", "POST"):
+                        headers["Content-Length"] = str(len(body))
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    return resp.status, resp.getheaders(), data
+                finally:
+                    conn.close()
+
+            def _handle(self) -> None:
+                body = self._body()
+                fault, delay = proxy._decide()
+                if fault == "503":
+                    return self._error(503, "SlowDown", "Please reduce your request rate.")
+                if fault == "500":
+                    return self._error(500, "InternalError", "We encountered an internal error. Please try again.")
+                if fault == "reset":
+                    return self._reset()
+                if delay:
+                    time.sleep(delay)
+                status, headers, data = self._forward(body)
+                if fault == "reset_after":
+                    return self._reset()
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in _HOP and not (k.lower() == "content-length" and self.command != "HEAD"):
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        """Stop listening."""
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,98 @@
+"""Helpers shared by the job-level tests: run the jobs, and read back what a run left in S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pyarrow.parquet as pq
+
+from common import storage
+from common.localdev import ROOT, run_spark_submit, spark_env
+from common.manifest import Manifest, manifest_from_bytes
+
+
+def infer_args(manifest: str, model_uris: dict, output: str, *extra: str) -> list[str]:
+    """infer's command-line arguments for the test model."""
+    return ["--manifest", manifest, "--sym-url", model_uris["sym"], "--param-url", model_uris["params"],
+            "--label-url", model_uris["labels"], "--output", output, *extra]
+
+
+def submit(script: str, args: list[str], env: dict, *conf: str) -> subprocess.CompletedProcess:
+    """spark-submit on local[2] unless ``conf`` says otherwise."""
+    conf = conf or ("spark.master=local[2]",)
+    return run_spark_submit(script, args, env, extra_conf=conf)
+
+
+def run_python(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run a job's main.py with plain Python: enough for errors raised before Spark starts."""
+    return subprocess.run([sys.executable, f"{ROOT}/{script}", *args], env=spark_env(env), capture_output=True,
+                          text=True, timeout=300)
+
+
+def read_manifest(uri: str) -> Manifest:
+    """Read a manifest from the local S3."""
+    return manifest_from_bytes(storage.read_bytes(uri), uri)
+
+
+def bucket_of(uri: str) -> str:
+    """The bucket of an s3:// URI."""
+    return storage.parse_s3(uri).bucket
+
+
+def part_objects(output: str, run_id: str) -> dict[str, storage.ObjectInfo]:
+    """``{key: ObjectInfo}`` of the run's part files."""
+    return {o.key: o for o in storage.list_objects(f"{output}run_id={run_id}/")}
+
+
+def last_modified(output: str, run_id: str) -> dict[str, object]:
+    """``{key: (LastModified, ETag)}`` of the run's part files, straight from S3."""
+    client = storage.s3_client()
+    out = {}
+    for key in part_objects(output, run_id):
+        head = client.head_object(Bucket=bucket_of(output), Key=key)
+        out[key] = (head["LastModified"], head["ETag"])
+    return out
+
+
+def output_rows(output: str, run_id: str) -> list[dict]:
+    """Every row of the run's part files."""
+    rows = []
+    for key in part_objects(output, run_id):
+        data = storage.read_bytes(f"s3://{bucket_of(output)}/{key}")
+        rows += pq.read_table(io.BytesIO(data)).to_pylist()
+    return rows
+
+
+def assert_exactly_once(manifest: Manifest, output: str, run_id: str) -> None:
+    """One part file per shard, every manifest key in exactly one row, rows in record order per shard."""
+    parts = part_objects(output, run_id)
+    prefix = storage.parse_s3(output).key
+    assert set(parts) == {f"{prefix}run_id={run_id}/part-{e.shard_id:05d}.parquet" for e in manifest.entries}
+    rows = output_rows(output, run_id)
+    counts = Counter(r["key"] for r in rows)
+    assert set(counts) == {k for e in manifest.entries for k in e.keys}
+    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:5]
+    assert len(rows) == manifest.num_images
+    for e in manifest.entries:
+        got = sorted((r["record"], r["key"]) for r in rows if r["shard_id"] == e.shard_id)
+        assert got == list(enumerate(e.keys))
+
+
+def run_id_from(stdout: str) -> str:
+    """The run id infer announced."""
+    return re.search(r"run_id=(\S+);", stdout).group(1)
+
+
+def statuses(output: str, run_id: str) -> dict[int, dict]:
+    """``{shard_id: status record}`` of a run."""
+    prefix = f"{output}_runs/{run_id}/shards/"
+    out = {}
+    for o in storage.list_objects(prefix):
+        rec = json.loads(storage.read_bytes(f"s3://{bucket_of(output)}/{o.key}"))
+        out[rec["shard_id"]] = rec
+    return out

@@ -1,0 +1,149 @@
+"""Faults that must be survived: S3 errors, damaged shards, a killed driver, a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from common import storage
+from common.faultproxy import FaultProxy
+from common.localdev import run_spark_submit, spark_submit_command, spark_env, upload_cifar_like
+from tests.helpers import (assert_exactly_once, infer_args, last_modified, part_objects, read_manifest, run_id_from,
+                           statuses, submit)
+
+
+def _bucket_with_images(s3, bucket: str, count: int, seed: int) -> str:
+    s3.create_bucket(bucket)
+    upload_cifar_like(f"s3://{bucket}/in/", count, seed=seed, endpoint_url=s3.endpoint_url)
+    return f"s3://{bucket}/"
+
+
+def test_s3_faults_are_retried_and_output_is_exact(s3, model_uris):
+    """503 SlowDown, 500, resets before and after the request, and jitter on ~10 % of requests."""
+    root = _bucket_with_images(s3, "faulty", 150, seed=31)
+    with FaultProxy(s3.endpoint_url, fault_rate=0.1, jitter_s=0.02, seed=7) as proxy:
+        env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url}
+        p = submit("prepare/main.py", ["--input", f"{root}in/", "--output", f"{root}shards/", "--batch", "32"], env)
+        assert p.returncode == 0, p.stderr[-4000:]
+        i = submit("infer/main.py", infer_args(f"{root}shards/manifest.parquet", model_uris, f"{root}pred/"), env)
+        assert i.returncode == 0, i.stderr[-4000:]
+    for fault in ("503", "500", "reset", "reset_after"):
+        assert proxy.counts[fault] > 0, proxy.counts
+    manifest = read_manifest(f"{root}shards/manifest.parquet")
+    assert manifest.num_images == 150 and len(manifest.entries) == 5
+    assert_exactly_once(manifest, f"{root}pred/", run_id_from(i.stdout))
+
+
+@pytest.fixture(scope="module")
+def eight_shards(s3):
+    """64 images in 8 shards of 8."""
+    from prepare.main import main
+
+    root = _bucket_with_images(s3, "eight", 64, seed=33)
+    assert main(["--input", f"{root}in/", "--output", f"{root}shards/", "--batch", "8"]) == 0
+    return {"root": root, "manifest": f"{root}shards/manifest.parquet"}
+
+
+def test_damaged_then_deleted_shard_and_only_failed_rerun(spark, eight_shards, model_uris, capsys):
+    from infer.main import main
+
+    root = eight_shards["root"]
+    out = f"{root}damaged/"
+    shard3, shard5 = f"{root}shards/shards/shard-00003.rec", f"{root}shards/shards/shard-00005.rec"
+    saved3, saved5 = storage.read_bytes(shard3), storage.read_bytes(shard5)
+    storage.write_bytes(shard3, os.urandom(len(saved3)))  # garbage of the same size
+    storage.s3_client().delete_object(Bucket="eight", Key="shards/shards/shard-00005.rec")
+    args = infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "dmg")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "FAILED shards: 3,5 " in err and "--only-failed" in err
+    st = statuses(out, "dmg")
+    assert st[3]["status"] == "failed" and "shard 3" in st[3]["error"] and "shard-00003.rec" in st[3]["error"]
+    assert st[5]["status"] == "failed" and "shard-00005.rec: no such object" in st[5]["error"]
+    assert all(st[i]["status"] == "ok" for i in (0, 1, 2, 4, 6, 7))
+    assert len(part_objects(out, "dmg")) == 6
+
+    before = last_modified(out, "dmg")
+    storage.write_bytes(shard3, saved3)
+    storage.write_bytes(shard5, saved5)
+    time.sleep(1.1)  # S3 LastModified has one-second resolution
+    assert main(args + ["--only-failed"]) == 0
+    after = last_modified(out, "dmg")
+    assert {k: v for k, v in after.items() if k in before} == before, "a shard that was fine got rewritten"
+    assert_exactly_once(read_manifest(eight_shards["manifest"]), out, "dmg")
+    # and once everything is there, --only-failed finds nothing to do
+    assert main(args + ["--only-failed"]) == 0
+    assert "running 0 shards" in capsys.readouterr().out
+
+
+def test_rerun_with_same_run_id_skips_done_work_and_conflicts_are_reported(spark, eight_shards, model_uris, capsys):
+    from infer.main import main
+
+    out = f"{eight_shards['root']}rerun/"
+    args = infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "again", "--shards", "0-3")
+    assert main(args) == 0
+    before = last_modified(out, "again")
+    time.sleep(1.1)
+    full = infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "again")
+    assert main(full) == 0
+    printed = capsys.readouterr().out
+    assert "4 written, 4 already done" in printed
+    after = last_modified(out, "again")
+    assert {k: after[k] for k in before} == before
+    # a different --top-k under the same run id is refused before Spark starts...
+    assert main(full + ["--top-k", "3"]) == 2
+    assert "was made with --top-k 5" in capsys.readouterr().err
+    # ...and a part file made from other input is a reported conflict, never overwritten
+    key = f"{out}run_id=again/part-00002.parquet"
+    data = storage.read_bytes(key)
+    storage.write_bytes(key, data, metadata={"shardinfer-input-digest": "0" * 64})
+    assert main(full + ["--shards", "2"]) == 1
+    assert "already exists from different input" in capsys.readouterr().err
+    assert storage.read_metadata(key)["shardinfer-input-digest"] == "0" * 64
+    assert main(full + ["--shards", "2", "--force"]) == 0
+    assert storage.read_metadata(key)["shardinfer-input-digest"] != "0" * 64
+
+
+def test_run_id_of_another_manifest_is_refused(spark, eight_shards, model_uris, prepared, capsys):
+    from infer.main import main
+
+    out = f"{eight_shards['root']}rerun/"
+    assert main(infer_args(prepared["manifest"], model_uris, out, "--run-id", "again", "--shards", "0")) == 2
+    assert "--run-id again belongs to manifest" in capsys.readouterr().err
+
+
+def _wait_for_parts(output: str, run_id: str, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(part_objects(output, run_id)) >= count:
+            return
+        assert proc.poll() is None, "job ended before the fault could be injected"
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} parts after {timeout}s")
+
+
+def test_driver_killed_then_only_missing_finishes(s3, eight_shards, model_uris):
+    out = f"{eight_shards['root']}killed/"
+    args = infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "k")
+    proc = subprocess.Popen(spark_submit_command("infer/main.py", args, ["spark.master=local[2]"]),
+                            env=spark_env(s3.env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_for_parts(out, "k", 4, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver JVM, its Python driver and workers
+        proc.wait()
+    done = len(part_objects(out, "k"))
+    assert done < 8, "the job finished before it was killed"
+    before = last_modified(out, "k")
+    time.sleep(1.1)
+    again = run_spark_submit("infer/main.py", args + ["--only-missing"], s3.env, ["spark.master=local[2]"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"running {8 - done} shards" in again.stdout
+    after = last_modified(out, "k")
+    assert {k: after[k] for k in before} == before
+    assert_exactly_once(read_manifest(eight_shards["manifest"]), out, "k")

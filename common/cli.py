@@ -74,6 +74,21 @@ def run_cli(prog: str, body: Callable[[argparse.Namespace], int], parser: argpar
             traceback.print_exc()
         print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a Spark job that failed as a whole
+        if type(e).__name__ != "Py4JJavaError":
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: Spark job failed: {python_cause(str(e))}", file=sys.stderr)
+        return 1
+
+
+def python_cause(java_message: str) -> str:
+    """The Python exception line inside a Spark job failure (pages of Java stack trace), if any."""
+    lines = [ln.strip() for ln in java_message.splitlines()]
+    causes = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failure)\b.*:", ln)
+              and not ln.startswith(("org.apache", "java.", "py4j", "Caused by"))]
+    return causes[-1] if causes else (lines[0] if lines else "unknown error")
 
 
 def first_line(e: BaseException) -> str:

@@ -39,7 +39,7 @@ def test_s3_faults_are_retried_and_output_is_exact(s3, model_uris):
 
 
 @pytest.fixture(scope="module")
-def eight_shards(s3):
+def eight_shards(s3, spark):
     """64 images in 8 shards of 8."""
     from prepare.main import main
 
@@ -147,3 +147,29 @@ def test_driver_killed_then_only_missing_finishes(s3, eight_shards, model_uris):
     after = last_modified(out, "k")
     assert {k: after[k] for k in before} == before
     assert_exactly_once(read_manifest(eight_shards["manifest"]), out, "k")
+
+
+def test_worker_killed_mid_run_on_standalone_cluster(s3, eight_shards, model_uris, tmp_path):
+    """Master + 2 workers on 127.0.0.1; one worker (and its executor) dies mid-run; the job completes."""
+    from tests.cluster import StandaloneCluster
+
+    out = f"{eight_shards['root']}cluster/"
+    args = infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "c")
+    with StandaloneCluster(str(tmp_path), workers=2, cores=1, memory="2g", env=s3.env) as cluster:
+        cmd = spark_submit_command("infer/main.py", args, [f"spark.master={cluster.master_url}",
+                                                           "spark.executor.memory=1g", "spark.cores.max=2"])
+        log = open(tmp_path / "driver.log", "w")
+        proc = subprocess.Popen(cmd, env=spark_env(s3.env), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_parts(out, "c", 2, proc)
+            cluster.kill_worker(0)
+            rc = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        driver_log = (tmp_path / "driver.log").read_text()
+        assert rc == 0, driver_log[-4000:]
+    assert "8/8 shards ok" in driver_log
+    st = statuses(out, "c")
+    assert len({s["pid"] for s in st.values()}) >= 2, "both executors should have run shards"
+    assert_exactly_once(read_manifest(eight_shards["manifest"]), out, "c")

@@ -1,0 +1,130 @@
+"""Bad arguments and environments give one line naming the thing; secrets never reach a log or record."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import mxnet as mx
+import pytest
+
+from common import storage, zoo_builder
+from common.localdev import ROOT, run_spark_submit
+from tests.cluster import free_port
+from tests.helpers import infer_args, run_python
+
+EXAMPLES = os.path.join(ROOT, "manifests", "examples")
+
+
+@pytest.fixture(scope="module")
+def errs(s3, prepared, model_uris, model_files):
+    """A bucket with a manifest of unknown version and a params file that does not match the symbol."""
+    s3.create_bucket("errs")
+    with open(os.path.join(EXAMPLES, "manifest-unknown-version.parquet"), "rb") as f:
+        storage.write_bytes("s3://errs/v999/manifest.parquet", f.read())
+    params = dict(mx.nd.load_frombuffer(model_files[zoo_builder.PARAMS_FILE]))
+    params["arg:fc1_weight"] = mx.nd.zeros((10, 512))
+    path = os.path.join(str(os.environ.get("TMPDIR", "/tmp")), f"bad-{uuid.uuid4().hex}.params")
+    mx.nd.save(path, params)
+    with open(path, "rb") as f:
+        storage.write_bytes("s3://errs/bad/resnet-18-0000.params", f.read())
+    os.unlink(path)
+    return {"manifest": prepared["manifest"], "model": model_uris}
+
+
+def _one_line_error(proc, prog: str, expected: str) -> None:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert lines == [lines[0]] and lines[0].startswith(f"{prog}: error: "), proc.stderr[-3000:]
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_bucket(s3):
+    p = run_python("prepare/main.py", ["--input", "s3://no-such-bucket-1/in/", "--output", "s3://errs/o/"], s3.env)
+    _one_line_error(p, "prepare", "s3://no-such-bucket-1/in/: bucket does not exist")
+
+
+def test_missing_manifest(s3, errs):
+    p = run_python("infer/main.py", infer_args("s3://errs/none/manifest.parquet", errs["model"], "s3://errs/p/"), s3.env)
+    _one_line_error(p, "infer", "s3://errs/none/manifest.parquet: no such object")
+
+
+def test_manifest_of_unknown_version(s3, errs):
+    p = run_python("infer/main.py", infer_args("s3://errs/v999/manifest.parquet", errs["model"], "s3://errs/p/"), s3.env)
+    _one_line_error(p, "infer", "manifest format version '999' is not supported")
+
+
+def test_model_url_that_404s(s3, errs):
+    model = {**errs["model"], "sym": "s3://models/resnet-18/nope-symbol.json"}
+    p = run_python("infer/main.py", infer_args(errs["manifest"], model, "s3://errs/p/"), s3.env)
+    _one_line_error(p, "infer", "cannot read model symbol: s3://models/resnet-18/nope-symbol.json: no such object")
+
+
+def test_params_that_do_not_match_the_symbol(s3, errs):
+    model = {**errs["model"], "params": "s3://errs/bad/resnet-18-0000.params"}
+    p = run_python("infer/main.py", infer_args(errs["manifest"], model, "s3://errs/p/"), s3.env)
+    _one_line_error(p, "infer", "parameter 'fc1_weight' has shape (10, 512), symbol")
+
+
+def test_unreachable_endpoint(s3, errs):
+    env = {**s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    p = run_python("infer/main.py", infer_args(errs["manifest"], errs["model"], "s3://errs/p/"), env)
+    _one_line_error(p, "infer", "cannot reach the S3 endpoint http://127.0.0.1:")
+
+
+def test_no_credentials(s3, errs, tmp_path):
+    env = {"AWS_ENDPOINT_URL": s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1", "HOME": str(tmp_path),
+           # never ask the EC2 metadata service (not on this network): only the local chain counts here
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    saved = {k: os.environ.pop(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ}
+    try:
+        p = run_python("infer/main.py", infer_args(errs["manifest"], errs["model"], "s3://errs/p/"), env)
+    finally:
+        os.environ.update(saved)
+    _one_line_error(p, "infer", "no usable AWS credentials found")
+
+
+def test_verbose_shows_the_traceback(s3):
+    p = run_python("prepare/main.py", ["--input", "s3://no-such-bucket-1/in/", "--output", "s3://errs/o/",
+                                       "--verbose"], s3.env)
+    assert p.returncode == 2 and "Traceback" in p.stderr and "bucket does not exist" in p.stderr
+
+
+def test_error_through_spark_submit(s3):
+    p = run_spark_submit("prepare/main.py", ["--input", "s3://no-such-bucket-2/in/", "--output", "s3://errs/o/"], s3.env)
+    both = p.stdout + p.stderr  # spark-submit relays the Python driver's stderr on its stdout
+    assert p.returncode == 2, both[-3000:]
+    assert "prepare: error: s3://no-such-bucket-2/in/: bucket does not exist" in both
+    assert "Traceback" not in both
+
+
+def test_secret_key_is_never_written(s3, model_uris, tmp_path):
+    """Credentials in the environment: nothing the run writes (logs, records, event log, output) holds the secret."""
+    from common.localdev import upload_cifar_like
+
+    secret = f"SECRET-{uuid.uuid4().hex}"
+    env = {**s3.env, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": f"TOKEN-{secret}"}
+    s3.create_bucket("secrets")
+    upload_cifar_like("s3://secrets/in/", 20, seed=41, endpoint_url=s3.endpoint_url)
+    events = tmp_path / "events"
+    events.mkdir()
+    conf = ["spark.master=local[2]", "spark.eventLog.enabled=true", f"spark.eventLog.dir=file://{events}"]
+    outputs = []
+    p = run_spark_submit("prepare/main.py", ["--input", "s3://secrets/in/", "--output", "s3://secrets/shards/",
+                                             "--batch", "8", "--verbose"], env, conf)
+    outputs += [p.stdout, p.stderr]
+    assert p.returncode == 0, p.stderr[-3000:]
+    storage.write_bytes("s3://secrets/shards/shards/shard-00001.rec", b"damaged")  # exercise the error paths too
+    i = run_spark_submit("infer/main.py", infer_args("s3://secrets/shards/manifest.parquet", model_uris,
+                                                     "s3://secrets/pred/", "--verbose"), env, conf)
+    outputs += [i.stdout, i.stderr]
+    assert i.returncode == 1, i.stderr[-3000:]
+    written = [storage.read_bytes(f"s3://secrets/{o.key}") for o in storage.list_objects("s3://secrets/")
+               if not o.key.startswith("in/")]
+    event_files = [f.read_bytes() for f in events.rglob("*") if f.is_file()]
+    assert event_files, "no Spark event log was written"
+    assert len(written) > 5
+    for blob in [o.encode() for o in outputs] + written + event_files:
+        assert secret.encode() not in blob

@@ -334,3 +334,19 @@ def exists(uri: str, endpoint_url: Optional[str] = None) -> bool:
         except Exception as e:  # noqa: BLE001
             raise _translate(uri, e) from e
     return os.path.exists(uri)
+
+
+def delete(uri: str, endpoint_url: Optional[str] = None) -> None:
+    """Delete one object or file (absent is fine)."""
+    if is_s3(uri):
+        p = parse_s3(uri)
+        try:
+            s3_client(endpoint_url).delete_object(Bucket=p.bucket, Key=p.key)
+        except Exception as e:  # noqa: BLE001
+            raise _translate(uri, e) from e
+        return
+    for path in (uri, _sidecar(uri)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

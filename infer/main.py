@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script by spark-submit: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import storage  # noqa: E402
+from common import athena, storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context, task_attempts  # noqa: E402
 from common.manifest import Manifest, ShardEntry, manifest_from_bytes  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
@@ -200,6 +200,19 @@ def summarise(statuses: list[dict], args: argparse.Namespace, run_id: str, manif
     }
 
 
+def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, endpoint_url: Optional[str]) -> None:
+    """Once every shard of the manifest has its part file, leave the Athena statements in ``_runs/<run_id>/``."""
+    present = present_shards(args.output, run_id, endpoint_url)
+    missing = [e.shard_id for e in manifest.entries if e.shard_id not in present]
+    if missing:
+        print(f"{PROG}: run {run_id} is not complete yet ({len(missing)} of {len(manifest.entries)} shards missing); "
+              "athena.sql is written when every shard is done", flush=True)
+        return
+    uri = storage.join(run_dir(args.output, run_id), "athena.sql")
+    storage.write_bytes(uri, athena.run_statements(args.output, run_id).encode(), endpoint_url, "text/plain")
+    print(f"{PROG}: run complete: Athena statements in {uri}", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run infer for parsed arguments; returns the exit code."""
     if args.top_k < 1:
@@ -240,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['images_written']} images written ({summary['image_errors']} image errors) "
           f"in {summary['elapsed_s']:.1f}s = {summary['images_per_s']} images/s", flush=True)
     print(f"{PROG}: output {summary['output']}", flush=True)
+    if not failed:
+        write_athena_sql(args, run_id, manifest, endpoint)
     if failed:
         for sid in failed:
             print(f"{PROG}: shard {sid} failed: {summary['errors'][str(sid)]}", file=sys.stderr)

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 
 from common import storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
+from common.athena import symlink_location  # noqa: E402
 from common.images import skip_reason_for_key  # noqa: E402
 from common.manifest import MANIFEST_NAME, SKIPPED_NAME, manifest_to_bytes, skipped_to_bytes  # noqa: E402
 from prepare.tasks import Candidate, PrepareSettings, check_candidates, write_shard  # noqa: E402
@@ -104,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     storage.write_bytes(storage.join(settings.output_uri, SKIPPED_NAME), skipped_to_bytes(skipped), settings.endpoint_url)
     manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
     storage.write_bytes(manifest_uri, manifest_bytes, settings.endpoint_url)
+    # One-line symlink files: Athena tables over exactly manifest.parquet / skipped.parquet
+    # (their folder also holds the shards). See `python -m infer.athena --manifest-output`.
+    for name, target in (("manifest", manifest_uri), ("skipped", storage.join(settings.output_uri, SKIPPED_NAME))):
+        storage.write_bytes(storage.join(symlink_location(settings.output_uri, name), "symlink.txt"),
+                            (target + "\n").encode(), settings.endpoint_url, "text/plain")
     print(f"{PROG}: wrote {len(entries)} shards with {len(good)} images, {len(skipped)} skipped, "
           f"in {time.time() - started:.1f}s", flush=True)
     print(f"{PROG}: manifest {manifest_uri} (manifest_id {manifest_id})", flush=True)

@@ -1,0 +1,132 @@
+"""Athena DDL for the predictions table and the manifest, generated from the Arrow schemas.
+
+The column list comes from :data:`common.output.PREDICTION_SCHEMA` and
+:data:`common.manifest.MANIFEST_SCHEMA`, so the DDL cannot drift from the files.  Statements
+follow Athena engine v3 (Hive DDL); the tests parse them with sqlglot's Athena dialect.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import pyarrow as pa
+
+from common import storage
+from common.manifest import MANIFEST_SCHEMA, SKIPPED_SCHEMA
+from common.output import PREDICTION_SCHEMA
+
+PARTITION_COLUMN = "run_id"
+# Where prepare leaves the one-line symlink files that let Athena read exactly one Parquet
+# file (manifest.parquet / skipped.parquet) although the shards sit beside it.
+SYMLINK_DIR = "_athena"
+_SYMLINK_FORMAT = (
+    "ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'\n"
+    "STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'\n"
+    "OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'"
+)
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def hive_type(t: pa.DataType) -> str:
+    """The Athena (Hive DDL) type of an Arrow type.
+
+    Raises:
+        ValueError: a type Athena cannot read from Parquet the way we write it (e.g. unsigned).
+    """
+    if pa.types.is_int32(t):
+        return "int"
+    if pa.types.is_int64(t):
+        return "bigint"
+    if pa.types.is_float64(t):
+        return "double"
+    if pa.types.is_float32(t):
+        return "float"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_string(t):
+        return "string"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    if pa.types.is_list(t):
+        return f"array<{hive_type(t.value_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ",".join(f"{f.name}:{hive_type(f.type)}" for f in t) + ">"
+    raise ValueError(f"Arrow type {t} has no Athena equivalent in shardinfer's output")
+
+
+def _ident(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"{name!r} is not a lowercase snake_case Athena name")
+    return f"`{name}`"
+
+
+def _table(table: str, database: Optional[str]) -> str:
+    return f"{_ident(database)}.{_ident(table)}" if database else _ident(table)
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ",\n".join(f"  {_ident(f.name)} {hive_type(f.type)}" for f in schema)
+
+
+def _folder(uri: str) -> str:
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def create_predictions_table(location: str, table: str = "predictions", database: Optional[str] = None,
+                             projection: bool = False) -> str:
+    """``CREATE EXTERNAL TABLE`` for prediction files under ``location`` (partitioned by ``run_id``).
+
+    With ``projection=True`` the partitions need no registration: ``projection.run_id.type =
+    injected`` takes the run id from each query's ``WHERE run_id = '…'``.
+    """
+    location = _folder(location)
+    props = ["'parquet.compression' = 'ZSTD'"]
+    if projection:
+        props += ["'projection.enabled' = 'true'", f"'projection.{PARTITION_COLUMN}.type' = 'injected'",
+                  f"'storage.location.template' = '{location}{PARTITION_COLUMN}=${{{PARTITION_COLUMN}}}/'"]
+    return (
+        f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(PREDICTION_SCHEMA)}\n)\n"
+        f"PARTITIONED BY ({_ident(PARTITION_COLUMN)} string)\n"
+        f"STORED AS PARQUET\n"
+        f"LOCATION '{location}'\n"
+        f"TBLPROPERTIES (\n  " + ",\n  ".join(props) + "\n)"
+    )
+
+
+def add_partition(location: str, run_id: str, table: str = "predictions", database: Optional[str] = None) -> str:
+    """``ALTER TABLE … ADD IF NOT EXISTS PARTITION`` registering one finished run."""
+    return (f"ALTER TABLE {_table(table, database)} ADD IF NOT EXISTS\n"
+            f"PARTITION ({_ident(PARTITION_COLUMN)} = '{run_id}') LOCATION '{_folder(location)}{PARTITION_COLUMN}={run_id}/'")
+
+
+def symlink_location(prepare_output: str, name: str) -> str:
+    """``<output>/_athena/<name>/``: the folder holding ``symlink.txt`` for ``manifest`` or ``skipped``."""
+    return storage.join(prepare_output, SYMLINK_DIR, name) + "/"
+
+
+def create_manifest_table(prepare_output: str, table: str = "manifest", database: Optional[str] = None,
+                          skipped: bool = False) -> str:
+    """``CREATE EXTERNAL TABLE`` over one prepare output's ``manifest.parquet`` (or ``skipped.parquet``).
+
+    The shards sit beside the manifest, so the table reads through a symlink file (Athena's
+    ``SymlinkTextInputFormat``) that names exactly the one Parquet file.
+    """
+    schema = SKIPPED_SCHEMA if skipped else MANIFEST_SCHEMA
+    loc = symlink_location(prepare_output, "skipped" if skipped else "manifest")
+    return (f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(schema)}\n)\n"
+            f"{_SYMLINK_FORMAT}\nLOCATION '{loc}'")
+
+
+def run_statements(location: str, run_id: str, table: str = "predictions", database: Optional[str] = None) -> str:
+    """The text of ``_runs/<run_id>/athena.sql``: create, register this run, and the projection variant."""
+    return (
+        f"-- shardinfer: Athena statements for run {run_id}. Run them one at a time.\n"
+        f"-- 1. The table (once per output location).\n"
+        f"{create_predictions_table(location, table, database)};\n\n"
+        f"-- 2. Register this run as a partition.\n"
+        f"{add_partition(location, run_id, table, database)};\n\n"
+        f"-- Alternative to 1+2: partition projection, no registration per run, but every query must\n"
+        f"-- then filter on run_id (WHERE run_id = '{run_id}').\n"
+        f"{create_predictions_table(location, table + '_projected', database, projection=True)};\n"
+    )

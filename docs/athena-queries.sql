@@ -1,0 +1,60 @@
+-- shardinfer: example Athena (engine v3) queries over the predictions table.
+-- Replace 'RUN_ID', 'RUN_A', 'RUN_B' with run ids (see _runs/ or SHOW PARTITIONS predictions).
+-- Each query below is run by tests/test_athena.py on real infer output in DuckDB
+-- (after sqlglot's Athena -> DuckDB translation), and its results are checked.
+
+-- name: label_counts
+-- How many images got each top-1 label, per run.
+SELECT run_id, top1_label, count(*) AS images
+FROM predictions
+WHERE status = 'ok'
+GROUP BY run_id, top1_label
+ORDER BY run_id, images DESC, top1_label;
+
+-- name: low_confidence
+-- Images whose best class has a probability below a threshold.
+SELECT key, top1_label, top1_prob
+FROM predictions
+WHERE run_id = 'RUN_ID' AND status = 'ok' AND top1_prob < 0.3
+ORDER BY top1_prob, key;
+
+-- name: error_rows
+-- Images that could not be decoded: status says why, predictions are null.
+SELECT run_id, key, shard_id, record, status
+FROM predictions
+WHERE status <> 'ok'
+ORDER BY run_id, shard_id, record;
+
+-- name: compare_runs
+-- Two runs (for example two models) image by image: where the top-1 class differs.
+SELECT a.key, a.top1_label AS label_a, a.top1_prob AS prob_a, b.top1_label AS label_b, b.top1_prob AS prob_b
+FROM predictions AS a
+JOIN predictions AS b ON a.key = b.key
+WHERE a.run_id = 'RUN_A' AND b.run_id = 'RUN_B' AND a.status = 'ok' AND b.status = 'ok'
+  AND a.top1_class_id <> b.top1_class_id
+ORDER BY a.key;
+
+-- name: agreement
+-- Two runs in one line: images compared, how many keep their top-1 class.
+SELECT count(*) AS images,
+       count_if(a.top1_class_id = b.top1_class_id) AS same_top1,
+       avg(abs(a.top1_prob - b.top1_prob)) AS mean_abs_prob_change
+FROM predictions AS a
+JOIN predictions AS b ON a.key = b.key
+WHERE a.run_id = 'RUN_A' AND b.run_id = 'RUN_B' AND a.status = 'ok' AND b.status = 'ok';
+
+-- name: unnest_top_k
+-- One row per image and rank: the whole top-k list, best first.
+SELECT p.key, t.i AS rank, p.top_k[t.i].class_id AS class_id, p.top_k[t.i].label AS label, p.top_k[t.i].prob AS prob
+FROM predictions AS p
+CROSS JOIN UNNEST(sequence(1, cardinality(p.top_k))) AS t(i)
+WHERE p.run_id = 'RUN_ID' AND p.status = 'ok'
+ORDER BY p.key, rank;
+
+-- name: run_overview
+-- What each run holds: model, manifest, rows, errors, when.
+SELECT run_id, model, manifest_id, count(*) AS images, count_if(status <> 'ok') AS errors,
+       min(inferred_at) AS first_written, max(inferred_at) AS last_written
+FROM predictions
+GROUP BY run_id, model, manifest_id
+ORDER BY run_id;

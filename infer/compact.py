@@ -1,0 +1,157 @@
+"""compact: rewrite one finished run's per-shard files into Athena-sized files.
+
+    spark-submit --properties-file spark-defaults.conf infer/compact.py \\
+        --output s3://BUCKET/predictions/ --run-id ID \\
+        --target s3://BUCKET/predictions_compacted/ [--target-size 128MiB]
+
+The driver checks that the run is finished (every manifest shard has its part file and an
+ok status), groups the part files in shard order into bins of about ``--target-size``
+(by their compressed size), and one Spark task per bin concatenates its parts and uploads
+one Parquet file with one PUT to ``<target>/run_id=<id>/part-NNNNN.parquet``.  Rows in must
+equal rows out.  A rerun writes the same names and then deletes any leftover file of an
+earlier compaction of that run, so the target never holds a row twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import sys
+from functools import partial
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script by spark-submit: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from common import athena, storage  # noqa: E402
+from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
+from common.manifest import manifest_from_bytes  # noqa: E402
+from common.output import PREDICTION_SCHEMA, check_run_id, run_record_key, table_to_parquet  # noqa: E402
+from infer.main import failed_shards, present_shards  # noqa: E402
+
+PROG = "compact"
+# Athena reads Parquet fastest in files of roughly 128 MB-1 GB; small per-shard files (tens
+# of KB each) cost one S3 request apiece.
+DEFAULT_TARGET = "128MiB"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """``128MiB`` -> 134217728; also KB/MB/GB (powers of 10), KiB/MiB/GiB and plain bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", text, flags=re.IGNORECASE)
+    if not m:
+        raise UsageError(f"--target-size {text!r}: expected a size like 128MiB, 64MB or 1000000")
+    size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+    if size < 1:
+        raise UsageError(f"--target-size {text!r} must be positive")
+    return size
+
+
+def plan_bins(sizes: Sequence[tuple[str, int]], target: int) -> list[list[str]]:
+    """Group ``(key, size)`` in order into consecutive bins of at most ``target`` bytes (at least one key each)."""
+    bins: list[list[str]] = []
+    current: list[str] = []
+    total = 0
+    for key, size in sizes:
+        if current and total + size > target:
+            bins.append(current)
+            current, total = [], 0
+        current.append(key)
+        total += size
+    if current:
+        bins.append(current)
+    return bins
+
+
+def compacted_key(target: str, run_id: str, index: int) -> str:
+    """``<target>/run_id=<id>/part-<index:05d>.parquet``."""
+    return storage.join(target, f"run_id={run_id}", f"part-{index:05d}.parquet")
+
+
+def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_url: Optional[str]) -> tuple[str, int, int]:
+    """Spark task: concatenate one bin's part files into one Parquet object; returns (uri, rows in, rows out)."""
+    index, uris = item
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(u, endpoint_url))) for u in uris]
+    for u, t in zip(uris, tables):
+        if not t.schema.equals(PREDICTION_SCHEMA, check_metadata=False):
+            raise ValueError(f"{u}: schema differs from the predictions schema; not compacting it")
+    table = pa.concat_tables(tables).combine_chunks()
+    key = compacted_key(target, run_id, index)
+    data = table_to_parquet(table, key)
+    storage.write_bytes(key, data, endpoint_url, "application/vnd.apache.parquet")
+    return key, sum(t.num_rows for t in tables), pq.read_metadata(io.BytesIO(data)).num_rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(prog=PROG, description="Rewrite one finished infer run's per-shard Parquet files "
+                                "into files of about --target-size under <target>/run_id=<id>/, with the same "
+                                "rows and schema, and print the Athena DDL for the compacted table.")
+    p.add_argument("--output", required=True, help="infer's --output, e.g. s3://BUCKET/predictions/")
+    p.add_argument("--run-id", required=True, help="the finished run to compact")
+    p.add_argument("--target", required=True, help="where compacted files go, e.g. s3://BUCKET/predictions_compacted/")
+    p.add_argument("--target-size", default=DEFAULT_TARGET, help=f"approximate file size (default {DEFAULT_TARGET})")
+    p.add_argument("--table", default="predictions_compacted", help="table name for the printed DDL")
+    add_common_arguments(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compact one run; returns the exit code."""
+    run_id = check_run_id(args.run_id)
+    target_size = parse_size(args.target_size)
+    if storage.join(args.target) == storage.join(args.output):
+        raise UsageError("--target must differ from --output (compaction never rewrites the source files)")
+    endpoint = endpoint_from(args)
+    for uri in (args.output, args.target):
+        storage.check_bucket(uri, endpoint)
+    try:
+        record = json.loads(storage.read_bytes(run_record_key(args.output, run_id), endpoint))
+    except storage.NotFound as e:
+        raise UsageError(f"run {run_id} has no record under {args.output} (is --run-id right?)") from e
+    manifest = manifest_from_bytes(storage.read_bytes(record["manifest"], endpoint), record["manifest"])
+    present = present_shards(args.output, run_id, endpoint)
+    missing = [e.shard_id for e in manifest.entries if e.shard_id not in present]
+    failed = failed_shards(args.output, run_id, endpoint)
+    if missing or failed:
+        raise UsageError(f"run {run_id} is not finished: {len(missing)} shards missing {missing[:10]}, "
+                         f"{len(failed)} failed {failed[:10]}; finish it with infer --only-missing / --only-failed")
+
+    prefix = storage.join(args.output, f"run_id={run_id}") + "/"
+    sizes = sorted((storage.object_uri(prefix, o.key), o.size) for o in storage.list_objects(prefix, endpoint)
+                   if o.key.endswith(".parquet"))
+    bins = plan_bins(sizes, target_size)
+    sc = spark_context(f"shardinfer-compact-{run_id}")
+    results = (sc.parallelize(list(enumerate(bins)), len(bins))
+               .map(partial(write_bin, target=args.target, run_id=run_id, endpoint_url=endpoint)).collect())
+    rows_in, rows_out = sum(r[1] for r in results), sum(r[2] for r in results)
+    if rows_in != rows_out or rows_in != manifest.num_images:
+        raise RuntimeError(f"compaction of {run_id}: {rows_in} rows in, {rows_out} rows out, "
+                           f"manifest has {manifest.num_images} images")
+    written = {r[0] for r in results}
+    out_prefix = storage.join(args.target, f"run_id={run_id}") + "/"
+    stale = [storage.object_uri(out_prefix, o.key) for o in storage.list_objects(out_prefix, endpoint)
+             if storage.object_uri(out_prefix, o.key) not in written]
+    for uri in stale:  # leftovers of an earlier compaction with more bins
+        storage.delete(uri, endpoint)
+    print(f"{PROG}: {len(sizes)} part files, {rows_in} rows -> {len(bins)} files under {out_prefix}"
+          f"{f' ({len(stale)} stale files removed)' if stale else ''}", flush=True)
+    print(f"{PROG}: Athena statements for the compacted table:\n")
+    print(athena.create_predictions_table(args.target, args.table) + ";\n")
+    print(athena.add_partition(args.target, run_id, args.table) + ";")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point for ``spark-submit infer/compact.py`` and for tests."""
+    return run_cli(PROG, run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

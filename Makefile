@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.shardinfer-installed
 N      ?= 1000
 BENCH_N ?= 1280
 
-.PHONY: setup check-java check-python test demo dist clean
+.PHONY: setup check-java check-python test demo bench dist clean
 
 setup: check-python check-java $(STAMP)
 
@@ -19,7 +19,7 @@ check-java:
 # Re-installs only when the pinned dependencies change.
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	@touch $(STAMP)
 
 test: setup
@@ -27,6 +27,10 @@ test: setup
 
 demo: setup
 	$(PY) scripts/demo.py --images $(N)
+
+# The speed benchmark (docs/benchmarks.md): make bench BENCH_N=10000
+bench: setup
+	$(PY) bench/run.py --images $(BENCH_N)
 
 # A zip of the three packages, for `spark-submit --py-files dist/shardinfer.zip` on a cluster.
 dist: setup

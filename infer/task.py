@@ -177,6 +177,7 @@ def run_shard(entry: ShardEntry, settings: InferSettings) -> dict:
     """
     from pyspark import TaskContext
 
+    t_task = time.time()
     ctx = TaskContext.get()
     attempt = ctx.attemptNumber() if ctx is not None else 0
     host = {"host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt}
@@ -199,9 +200,12 @@ def run_shard(entry: ShardEntry, settings: InferSettings) -> dict:
         }
     status.update(host)
     status["run_id"] = settings.run_id
+    status["t_task_start"] = t_task
+    status["t_status_write"] = time.time()
     try:
         storage.write_bytes(shard_status_key(settings.output_prefix, settings.run_id, entry.shard_id),
                             json.dumps(status, indent=1).encode(), settings.endpoint_url, "application/json")
     except storage.StorageError as e:
         status["status_write_error"] = str(e)
+    status["t_task_end"] = time.time()
     return status

@@ -3,11 +3,13 @@
     spark-submit --properties-file spark-defaults.conf prepare/main.py \\
         --input s3://BUCKET/cifar10/test/ --output s3://BUCKET/shards/cifar10-test/ [--batch 64]
 
-Two Spark stages: the first fetches every candidate once to check that it decodes (the
-driver gets back only keys and reasons); the driver then cuts the sorted good keys into
-batches, and the second stage writes one shard per batch with one PUT each.  The driver
-writes ``manifest.parquet`` and ``skipped.parquet`` last, so a manifest only ever lists
-shards that exist.
+The driver lists and sorts the keys (never image bytes) and cuts the PNG candidates into
+batches; one Spark task per batch fetches its images (one GET each, in threads), checks
+that every one decodes, and writes the shard with one PUT.  Undecodable images are rare:
+a batch holding one writes nothing and reports it, and the driver then rewrites only the
+shards from that batch on, without the bad images (every shard but the last stays full).
+The driver writes ``skipped.parquet`` and then ``manifest.parquet`` last, so a manifest
+only ever lists shards that exist.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import argparse
 import os
 import sys
 import time
-from functools import partial
 from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script by spark-submit: make the project importable
@@ -26,14 +27,12 @@ from common import storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
 from common.images import skip_reason_for_key  # noqa: E402
-from common.manifest import MANIFEST_NAME, SKIPPED_NAME, manifest_to_bytes, skipped_to_bytes  # noqa: E402
-from prepare.tasks import Candidate, PrepareSettings, check_candidates, write_shard  # noqa: E402
+from common.manifest import MANIFEST_NAME, SKIPPED_NAME, manifest_to_bytes, shard_name, skipped_to_bytes  # noqa: E402
+from prepare.tasks import Candidate, PrepareSettings, write_batch  # noqa: E402
 
 PROG = "prepare"
 # 64 CIFAR PNGs are ~150 KB: one GET per task, and exactly one model batch in infer.
 DEFAULT_BATCH = 64
-# Candidates per check task: enough to amortise task start-up, small enough to spread.
-CHECK_CHUNK = 512
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _folder(uri: str) -> str:
     return uri if uri.endswith("/") else uri + "/"
+
+
+def write_shards(sc, candidates: list[Candidate], settings: PrepareSettings, start: int):
+    """One Spark task per batch of ``candidates`` (shard ids from ``start``).
+
+    Returns:
+        ``(entries, bad)``: every batch's ShardEntry (None where it held bad images), and
+        ``{key: reason}`` of the undecodable images.
+    """
+    batches = [candidates[i : i + settings.batch_size] for i in range(0, len(candidates), settings.batch_size)]
+    if not batches:
+        return [], {}
+    outcomes = (sc.parallelize([(start + i, b) for i, b in enumerate(batches)], len(batches))
+                .map(lambda item: write_batch(item[0], item[1], settings)).collect())
+    return [o.entry for o in outcomes], {k: r for o in outcomes for k, r in o.bad}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,31 +89,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"{PROG}: listed {len(listed)} objects under {settings.input_uri}: "
           f"{len(candidates)} PNG candidates, {len(skipped)} skipped by name or size", flush=True)
 
+    if not candidates:
+        raise UsageError(f"{settings.input_uri}: no PNG images found ({len(listed)} objects listed, "
+                         f"{len(skipped)} skipped)")
     sc = spark_context("shardinfer-prepare")
-    good: list[Candidate] = []
-    if candidates:
-        slices = max(1, min(len(candidates) // CHECK_CHUNK + 1, sc.defaultParallelism * 4))
-        checked = dict(
-            sc.parallelize(candidates, slices)
-            .mapPartitions(partial(check_candidates, settings=settings))
-            .collect()
-        )
-        for c in candidates:
-            reason = checked[c.key]
-            if reason:
-                skipped.append((c.key, reason))
-            else:
-                good.append(c)
-    if not good:
-        raise UsageError(f"{settings.input_uri}: no decodable PNG images found "
-                         f"({len(listed)} objects listed, {len(skipped)} skipped)")
-
-    batches = [good[i : i + args.batch] for i in range(0, len(good), args.batch)]
-    entries = (
-        sc.parallelize(list(enumerate(batches)), len(batches))
-        .map(lambda item: write_shard(item[0], item[1], settings))
-        .collect()
-    )
+    entries, bad = write_shards(sc, candidates, settings, start=0)
+    if bad:
+        # Undecodable images move the shard boundaries after the first of them: keep the
+        # shards before it, rewrite the rest without the bad images (usually a small tail).
+        skipped += sorted(bad.items())
+        good = [c for c in candidates if c.key not in bad]
+        if not good:
+            raise UsageError(f"{settings.input_uri}: no decodable PNG images found "
+                             f"({len(listed)} objects listed, {len(skipped)} skipped)")
+        first_bad = min(i for i, c in enumerate(candidates) if c.key in bad)
+        keep = [e for e in entries if e is not None and e.shard_id < first_bad // args.batch]
+        rest, more_bad = write_shards(sc, good[len(keep) * args.batch :], settings, start=len(keep))
+        if more_bad:
+            raise ValueError(f"images changed while prepare ran and no longer decode: {sorted(more_bad)[:5]}")
+        stale = {e.shard_id for e in entries if e is not None} - {e.shard_id for e in keep + rest}
+        for shard_id in sorted(stale):  # written in the first pass, past the new last shard
+            storage.delete(storage.join(settings.output_uri, shard_name(shard_id)), settings.endpoint_url)
+        entries = keep + rest
+    good_count = sum(e.num_records for e in entries)
     manifest_bytes, manifest_id = manifest_to_bytes(entries, settings.input_uri, args.batch, len(skipped))
     # skipped first, manifest last: the manifest's presence means the whole output is there.
     storage.write_bytes(storage.join(settings.output_uri, SKIPPED_NAME), skipped_to_bytes(skipped), settings.endpoint_url)
@@ -110,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     for name, target in (("manifest", manifest_uri), ("skipped", storage.join(settings.output_uri, SKIPPED_NAME))):
         storage.write_bytes(storage.join(symlink_location(settings.output_uri, name), "symlink.txt"),
                             (target + "\n").encode(), settings.endpoint_url, "text/plain")
-    print(f"{PROG}: wrote {len(entries)} shards with {len(good)} images, {len(skipped)} skipped, "
+    print(f"{PROG}: wrote {len(entries)} shards with {good_count} images, {len(skipped)} skipped, "
           f"in {time.time() - started:.1f}s", flush=True)
     print(f"{PROG}: manifest {manifest_uri} (manifest_id {manifest_id})", flush=True)
     return 0

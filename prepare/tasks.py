@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from common import storage
 from common.images import check_png
@@ -50,33 +50,31 @@ def _fetch_all(candidates: Sequence[Candidate], settings: PrepareSettings) -> It
         yield from pool.map(get, candidates)
 
 
-def check_candidates(candidates: Iterable[Candidate], settings: PrepareSettings) -> Iterator[tuple[str, Optional[str]]]:
-    """Yield ``(key, None)`` for each decodable PNG and ``(key, reason)`` for the rest."""
-    candidates = list(candidates)
-    for c, data in zip(candidates, _fetch_all(candidates, settings)):
-        yield c.key, check_png(data, c.key)
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a batch task reports: the shard it wrote, or the images that kept it from writing."""
+
+    shard_id: int
+    entry: Optional[ShardEntry]
+    bad: tuple[tuple[str, str], ...] = ()
 
 
-def write_shard(shard_id: int, candidates: Sequence[Candidate], settings: PrepareSettings) -> ShardEntry:
-    """Fetch one batch, pack it into a RecordIO shard in memory, and PUT it once.
+def write_batch(shard_id: int, candidates: Sequence[Candidate], settings: PrepareSettings) -> BatchOutcome:
+    """Fetch one batch and, if every image decodes, pack it into a RecordIO shard in memory and PUT it once.
+
+    A batch with undecodable images writes nothing and reports them: the driver then cuts
+    the batches again without them (shard boundaries move) and rewrites only what moved.
 
     Raises:
         StorageError: a GET or the PUT failed (an object changed since listing fails its ETag check).
-        ValueError: an image that passed the check no longer decodes.
     """
     pngs = list(_fetch_all(candidates, settings))
-    for c, data in zip(candidates, pngs):
-        reason = check_png(data, c.key)
-        if reason:
-            raise ValueError(f"{c.key!r} changed while prepare ran and no longer decodes: {reason}")
+    bad = tuple((c.key, reason) for c, data in zip(candidates, pngs) if (reason := check_png(data, c.key)))
+    if bad:
+        return BatchOutcome(shard_id, None, bad)
     data = pack_shard(pngs)
     uri = storage.join(settings.output_uri, shard_name(shard_id))
     storage.write_bytes(uri, data, settings.endpoint_url)
-    return ShardEntry(
-        shard_id=shard_id,
-        uri=uri,
-        num_records=len(pngs),
-        num_bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        keys=tuple(c.key for c in candidates),
-    )
+    entry = ShardEntry(shard_id=shard_id, uri=uri, num_records=len(pngs), num_bytes=len(data),
+                       sha256=hashlib.sha256(data).hexdigest(), keys=tuple(c.key for c in candidates))
+    return BatchOutcome(shard_id, entry)

@@ -115,3 +115,19 @@ def test_batch_must_be_positive(capsys):
 
     assert main(["--input", "s3://x/in/", "--output", "s3://x/o/", "--batch", "0"]) == 2
     assert "--batch must be at least 1" in capsys.readouterr().err
+
+
+def test_bad_image_moves_boundaries_and_leaves_no_stale_shard(s3, spark):
+    """65 candidates, one undecodable: the first pass writes 2 shards, the result is one shard of 64."""
+    from common.localdev import upload_cifar_like
+    from prepare.main import main
+
+    s3.create_bucket("stale")
+    upload_cifar_like("s3://stale/in/", 64, seed=61, endpoint_url=s3.endpoint_url)
+    storage.write_bytes("s3://stale/in/00010_bad.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    assert main(["--input", "s3://stale/in/", "--output", "s3://stale/out/"]) == 0
+    m = manifest_from_bytes(storage.read_bytes("s3://stale/out/manifest.parquet"), "m")
+    assert [e.num_records for e in m.entries] == [64] and "in/00010_bad.png" not in m.entries[0].keys
+    assert [o.key for o in storage.list_objects("s3://stale/out/shards/")] == ["out/shards/shard-00000.rec"]
+    assert unpack_shard(storage.read_bytes(m.entries[0].uri), "s") == [storage.read_bytes(f"s3://stale/{k}")
+                                                                      for k in m.entries[0].keys]

@@ -1,0 +1,81 @@
+"""Run one command and sample what it costs: wall time, peak RSS per kind of process, CPU busy fraction."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+
+def _cpu_times() -> tuple[float, float]:
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return sum(t) - idle, sum(t)
+
+
+def _kind(p: psutil.Process) -> str:
+    try:
+        cmd = " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "gone"
+    if "java" in p.name() or "java" in cmd.split(" ")[0]:
+        return "jvm"
+    if "pyspark.daemon" in cmd or "pyspark/daemon" in cmd or "pyspark.worker" in cmd:
+        return "python_worker"
+    if ".py" in cmd:
+        return "python_driver"
+    return "other"
+
+
+@dataclass
+class Sample:
+    """What :func:`run_sampled` measured."""
+
+    returncode: int
+    wall_s: float
+    stdout: str
+    stderr: str
+    cpu_busy: float
+    peak_rss_mb: dict = field(default_factory=dict)
+
+
+def run_sampled(cmd: list[str], env: dict, interval: float = 0.25, timeout: float = 7200) -> Sample:
+    """Run ``cmd`` to completion while sampling its process tree every ``interval`` seconds."""
+    peaks: dict[str, float] = {}
+    done = threading.Event()
+    busy0, total0 = _cpu_times()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def sample() -> None:
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                procs = [root] + root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                break
+            workers_total = 0.0
+            for p in procs:
+                try:
+                    rss = p.memory_info().rss / 2**20
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                kind = _kind(p)
+                peaks[kind] = max(peaks.get(kind, 0.0), rss)
+                if kind == "python_worker":
+                    workers_total += rss
+            peaks["python_workers_total"] = max(peaks.get("python_workers_total", 0.0), workers_total)
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate(timeout=timeout)
+    wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    busy1, total1 = _cpu_times()
+    return Sample(proc.returncode, wall, out, err, round((busy1 - busy0) / max(total1 - total0, 1e-9), 3),
+                  {k: round(v, 1) for k, v in peaks.items()})

@@ -1,0 +1,211 @@
+"""`make bench`: shardinfer against model-only throughput and two baselines, in one run on one machine.
+
+    .venv/bin/python bench/run.py --images 10000 [--latency-ms 30] [--json bench-results/bench.json]
+
+One local S3-protocol server, one data set of CIFAR-like PNGs, one model (the test
+ResNet-18), measured one after the other:
+
+1. model-only: the bound model on a 64x3x224x224 batch, with infer's settings (as many
+   processes as infer runs tasks at once, with the same MXNet threads each);
+2. shardinfer: prepare, then infer (whole spark-submit wall time, and steady state from
+   the first task's start to the last task's end, from the status records);
+3. seed-style: bench/seed_style.py (one GET per image, padded partitions, collect, one text file);
+4. Spark predict_batch_udf: bench/udf_style.py, bytes in (preprocessing in the predict
+   function) and tensors in (on at most --tensor-images images: 600 KB of floats per row);
+5. 2-4 again behind a proxy adding --latency-ms to every S3 request.
+
+Each Spark run is sampled for peak RSS (driver JVM, Python driver, Python workers) and
+the machine's CPU busy fraction.  Prints a table of ratios to model-only and writes JSON.
+Ratios within one run are what to compare: these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.measure import Sample, run_sampled  # noqa: E402
+from bench.modelonly import measure as model_only  # noqa: E402
+from common import storage, zoo_builder  # noqa: E402
+from common.faultproxy import FaultProxy  # noqa: E402
+from common.localdev import ROOT, LocalS3, spark_env, spark_submit_command, upload_cifar_like  # noqa: E402
+
+BUCKET = "bench"
+
+
+def machine() -> dict:
+    """What ran the benchmark."""
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
+    return {"cpu": model, "cores": os.cpu_count(), "memory_mib": mem, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def submit(script: str, args: list[str], env: dict, conf: list[str]) -> Sample:
+    s = run_sampled(spark_submit_command(script, args, conf), spark_env(env))
+    if s.returncode != 0:
+        raise SystemExit(f"{script} failed ({s.returncode}):\n{s.stdout[-3000:]}\n{s.stderr[-3000:]}")
+    return s
+
+
+def steady_state(output: str, run_id: str, images: int) -> dict:
+    """Images/s from the first task start to the last task end, and the Python workers' peak RSS per task."""
+    prefix = f"{output}_runs/{run_id}/shards/"
+    st = [json.loads(storage.read_bytes(f"s3://{BUCKET}/{o.key}")) for o in storage.list_objects(prefix)]
+    t0, t1 = min(s["t_start"] for s in st), max(s["t_end"] for s in st)
+    fwd = sum(s["t_forwarded"] - s["t_decoded"] for s in st)
+    busy = sum(s["t_end"] - s["t_start"] for s in st)
+    return {"steady_s": round(t1 - t0, 3), "steady_images_per_s": round(images / (t1 - t0), 3),
+            "forward_share_of_task_time": round(fwd / busy, 3), "processes": len({s["pid"] for s in st})}
+
+
+def row(name: str, s: Sample, images: int, model_ips: float, **extra) -> dict:
+    ips = images / s.wall_s
+    out = {"name": name, "images": images, "wall_s": round(s.wall_s, 3), "images_per_s": round(ips, 3),
+           "ratio_to_model": round(ips / model_ips, 3), "cpu_busy": s.cpu_busy, "peak_rss_mb": s.peak_rss_mb, **extra}
+    if "steady_images_per_s" in extra:
+        out["ratio_steady_to_model"] = round(extra["steady_images_per_s"] / model_ips, 3)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="shardinfer's speed benchmark (see docs/benchmarks.md)")
+    p.add_argument("--images", type=int, default=1280)
+    p.add_argument("--latency-ms", type=float, default=30.0, help="per-request latency for the latency runs")
+    p.add_argument("--tensor-images", type=int, default=256, help="images for the tensors-in UDF variant")
+    p.add_argument("--small", type=int, default=1000, help="second infer size, to show driver memory is flat")
+    p.add_argument("--master", default="local[*]", help="Spark master for every Spark run (default local[*])")
+    p.add_argument("--json", default=None, help="where to write the results (default bench-results/bench-N.json)")
+    p.add_argument("--skip", default="", help="comma list of runs to skip: seed,udf,tensors,latency,small")
+    a = p.parse_args()
+    skip = set(filter(None, a.skip.split(",")))
+    n = a.images
+    out_json = a.json or os.path.join(ROOT, "bench-results", f"bench-{n}.json")
+    os.makedirs(os.path.dirname(out_json), exist_ok=True)
+    conf = [f"spark.master={a.master}"]
+    results: dict = {"machine": machine(), "images": n, "master": a.master, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "runs": []}
+    workdir = os.path.join(ROOT, "bench-results", "work")
+    os.makedirs(workdir, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"bench: {msg}", flush=True)
+
+    with LocalS3() as s3:
+        os.environ.update(s3.env)
+        s3.create_bucket(BUCKET)
+        t = time.time()
+        upload_cifar_like(f"s3://{BUCKET}/in/", n, endpoint_url=s3.endpoint_url, threads=8)
+        log(f"uploaded {n} images in {time.time() - t:.1f}s")
+        model_dir = os.path.join(workdir, "model")
+        zoo_builder.write_model(model_dir)
+        model = zoo_builder.write_model(f"s3://{BUCKET}/model/")
+        model_args = ["--sym-url", model["sym"], "--param-url", model["params"], "--label-url", model["labels"]]
+
+        # 1. model-only, with infer's layout: Spark runs one task per core, MXNet on 1 thread each
+        procs = os.cpu_count() if a.master == "local[*]" else int(a.master.strip("local[]").split(",")[0])
+        mo = model_only(model_dir, procs, 1, batches=12)
+        mo_alt = model_only(model_dir, 1, procs, batches=12)
+        results["model_only"] = mo
+        results["model_only_one_process"] = mo_alt
+        ips = mo["images_per_s"]
+        log(f"model-only {mo} | one process x {procs} threads {mo_alt}")
+
+        # 2. shardinfer
+        s = submit("prepare/main.py", ["--input", f"s3://{BUCKET}/in/", "--output", f"s3://{BUCKET}/shards/"], s3.env, conf)
+        results["prepare"] = {"wall_s": round(s.wall_s, 3), "peak_rss_mb": s.peak_rss_mb, "cpu_busy": s.cpu_busy}
+        log(f"prepare {s.wall_s:.1f}s")
+        out = f"s3://{BUCKET}/pred/"
+        s = submit("infer/main.py", ["--manifest", f"s3://{BUCKET}/shards/manifest.parquet", *model_args,
+                                     "--output", out, "--run-id", "bench"], s3.env, conf)
+        r = row("shardinfer", s, n, ips, **steady_state(out, "bench", n))
+        results["runs"].append(r)
+        log(f"shardinfer {r}")
+        results["prepare"]["share_of_infer"] = round(results["prepare"]["wall_s"] / s.wall_s, 3)
+
+        if "small" not in skip and a.small < n:
+            upload_cifar_like(f"s3://{BUCKET}/small/", a.small, endpoint_url=s3.endpoint_url, threads=8)
+            submit("prepare/main.py", ["--input", f"s3://{BUCKET}/small/", "--output", f"s3://{BUCKET}/shards-small/"],
+                   s3.env, conf)
+            s = submit("infer/main.py", ["--manifest", f"s3://{BUCKET}/shards-small/manifest.parquet", *model_args,
+                                         "--output", out, "--run-id", "small"], s3.env, conf)
+            results["driver_memory"] = {"images": [a.small, n], "python_driver_mb": [s.peak_rss_mb.get("python_driver"),
+                                        r["peak_rss_mb"].get("python_driver")], "jvm_mb": [s.peak_rss_mb.get("jvm"),
+                                        r["peak_rss_mb"].get("jvm")]}
+            log(f"driver memory {results['driver_memory']}")
+
+        def baselines(env: dict, suffix: str) -> None:
+            if "seed" not in skip:
+                s = submit("bench/seed_style.py", ["--input", f"s3://{BUCKET}/in/", "--model-dir", model_dir,
+                                                   "--output", f"s3://{BUCKET}/seed{suffix}.txt"], env, conf)
+                results["runs"].append(row(f"seed-style{suffix}", s, n, ips))
+                log(f"seed-style{suffix} {results['runs'][-1]}")
+            if "udf" not in skip:
+                s = submit("bench/udf_style.py", ["--input", f"s3://{BUCKET}/in/", "--model-dir", model_dir,
+                                                  "--output", os.path.join(workdir, f"udf{suffix}"), "--variant", "bytes"],
+                           env, conf)
+                results["runs"].append(row(f"predict_batch_udf bytes-in{suffix}", s, n, ips))
+                log(f"udf bytes{suffix} {results['runs'][-1]}")
+
+        baselines(s3.env, "")
+        if "tensors" not in skip:
+            nt = min(n, a.tensor_images)
+            storage_prefix = f"s3://{BUCKET}/tensors/"
+            upload_cifar_like(storage_prefix, nt, endpoint_url=s3.endpoint_url, threads=8)
+            s = submit("bench/udf_style.py", ["--input", storage_prefix, "--model-dir", model_dir,
+                                              "--output", os.path.join(workdir, "udf-tensors"), "--variant", "tensors"],
+                       s3.env, conf)
+            results["runs"].append(row("predict_batch_udf tensors-in", s, nt, ips))
+            log(f"udf tensors {results['runs'][-1]}")
+
+        if "latency" not in skip:
+            with FaultProxy(s3.endpoint_url, latency_s=a.latency_ms / 1000.0) as proxy:
+                env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url}
+                suffix = f" +{a.latency_ms:g}ms"
+                s = submit("infer/main.py", ["--manifest", f"s3://{BUCKET}/shards/manifest.parquet", *model_args,
+                                             "--output", f"s3://{BUCKET}/pred-latency/", "--run-id", "bench"], env, conf)
+                r = row(f"shardinfer{suffix}", s, n, ips, **steady_state(f"s3://{BUCKET}/pred-latency/", "bench", n))
+                results["runs"].append(r)
+                log(f"shardinfer{suffix} {r}")
+                baselines(env, suffix)
+                results["latency_proxy_requests"] = proxy.counts["requests"]
+
+    with open(out_json, "w") as f:
+        json.dump(results, f, indent=1)
+    print_table(results)
+    print(f"bench: results in {os.path.relpath(out_json, ROOT)}")
+    return 0
+
+
+def print_table(results: dict) -> None:
+    """The summary table (Markdown)."""
+    mo = results["model_only"]
+    print(f"\nmachine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+          f"{results['images']} images; Spark {results['master']}")
+    print(f"model-only: {mo['images_per_s']} img/s ({mo['procs']} processes x {mo['threads']} MXNet thread); "
+          f"one process x {results['model_only_one_process']['threads']} threads: "
+          f"{results['model_only_one_process']['images_per_s']} img/s\n")
+    print("| run | images | wall s | img/s | x model-only | steady img/s (x model) | CPU busy | peak RSS MB: JVM / py driver / py worker (all workers) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        steady = f"{r['steady_images_per_s']} ({r['ratio_steady_to_model']})" if "steady_images_per_s" in r else "–"
+        m = r["peak_rss_mb"]
+        print(f"| {r['name']} | {r['images']} | {r['wall_s']} | {r['images_per_s']} | {r['ratio_to_model']} | {steady} | "
+              f"{r['cpu_busy']} | {m.get('jvm', '–')} / {m.get('python_driver', '–')} / {m.get('python_worker', '–')} "
+              f"({m.get('python_workers_total', '–')}) |")
+    pr = results["prepare"]
+    print(f"\nprepare: {pr['wall_s']}s = {pr.get('share_of_infer')} of infer's wall time")
+    if "driver_memory" in results:
+        d = results["driver_memory"]
+        print(f"driver peak RSS at {d['images'][0]} vs {d['images'][1]} images: Python {d['python_driver_mb'][0]} vs "
+              f"{d['python_driver_mb'][1]} MB, JVM {d['jvm_mb'][0]} vs {d['jvm_mb'][1]} MB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.shardinfer-installed
 N      ?= 1000
 BENCH_N ?= 1280
 
-.PHONY: setup check-java check-python test demo bench dist clean
+.PHONY: setup check-java check-python test demo bench history dist clean
 
 setup: check-python check-java $(STAMP)
 
@@ -27,6 +27,13 @@ test: setup
 
 demo: setup
 	$(PY) scripts/demo.py --images $(N)
+
+# Spark's history server over the event log directory of spark-defaults.conf: http://localhost:18080
+SPARK_EVENTS ?= /tmp/spark-events
+history: setup
+	@mkdir -p $(SPARK_EVENTS)
+	@echo "Spark history server on http://localhost:18080 (event logs: $(SPARK_EVENTS)); Ctrl-C stops it"
+	SPARK_HISTORY_OPTS="-Dspark.history.fs.logDirectory=file://$(SPARK_EVENTS)" $(VENV)/bin/spark-class org.apache.spark.deploy.history.HistoryServer
 
 # The speed benchmark (docs/benchmarks.md): make bench BENCH_N=10000
 bench: setup

@@ -44,12 +44,26 @@ def spark_context(app_name: str):
     """The SparkContext of ``spark-submit`` (or an existing one); ``local[*]`` when none is configured."""
     from pyspark import SparkConf, SparkContext
 
+    SparkContext._ensure_initialized()  # start the JVM first: only then does SparkConf see spark-submit's settings
     conf = SparkConf().setAppName(app_name)
     if not conf.contains("spark.master"):
         conf.setMaster("local[*]")
+    ensure_event_log_dir(conf)
     sc = SparkContext.getOrCreate(conf)
     sc.setLogLevel(os.environ.get("SHARDINFER_SPARK_LOG_LEVEL", "WARN"))
     return sc
+
+
+def ensure_event_log_dir(conf) -> None:
+    """Create a local ``spark.eventLog.dir`` (Spark refuses to start when it is missing)."""
+    if conf.get("spark.eventLog.enabled", "false").lower() != "true":
+        return
+    target = conf.get("spark.eventLog.dir", "/tmp/spark-events")
+    if target.startswith("file:"):
+        target = target[len("file:"):]
+        target = "/" + target.lstrip("/")
+    if "://" not in target:
+        os.makedirs(target, exist_ok=True)
 
 
 def task_attempts(sc) -> int:
@@ -84,11 +98,14 @@ def run_cli(prog: str, body: Callable[[argparse.Namespace], int], parser: argpar
 
 
 def python_cause(java_message: str) -> str:
-    """The Python exception line inside a Spark job failure (pages of Java stack trace), if any."""
-    lines = [ln.strip() for ln in java_message.splitlines()]
-    causes = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failure)\b.*:", ln)
-              and not ln.startswith(("org.apache", "java.", "py4j", "Caused by"))]
-    return causes[-1] if causes else (lines[0] if lines else "unknown error")
+    """The cause inside a Spark failure's pages of stack trace: the Python exception if any, else the Java one."""
+    lines = [ln.strip().removeprefix(": ") for ln in java_message.splitlines()]
+    causes = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.$]*(Error|Exception)\b[^ ]*: ", ln)
+              and not ln.startswith(("py4j", "Caused by", "org.apache.spark.SparkException", "Traceback"))]
+    python = [ln for ln in causes if not ln.startswith(("java.", "org.", "scala."))]
+    if python:
+        return python[-1]
+    return causes[0] if causes else (lines[0] if lines else "unknown error")
 
 
 def first_line(e: BaseException) -> str:

@@ -28,10 +28,13 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import athena, storage  # noqa: E402
-from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context, task_attempts  # noqa: E402
+from common.cli import (UsageError, add_common_arguments, endpoint_from, first_line, run_cli,  # noqa: E402
+                        spark_context, task_attempts)
 from common.manifest import Manifest, ShardEntry, manifest_from_bytes  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
 from common.output import check_run_id, default_run_id, run_dir, run_record_key  # noqa: E402
+from common.progress import Progress  # noqa: E402
+from infer import report  # noqa: E402
 from infer.task import InferSettings, run_shard  # noqa: E402
 
 PROG = "infer"
@@ -242,7 +245,9 @@ def run(args: argparse.Namespace) -> int:
     sc = spark_context(f"shardinfer-infer-{run_id}")
     settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
                              args.force)
-    statuses = sc.parallelize(entries, len(entries)).map(partial(run_shard, settings=settings)).collect()
+    with Progress(sc, PROG, len(entries), sum(e.num_records for e in entries)) as progress:
+        statuses = (sc.parallelize(entries, len(entries))
+                    .map(partial(run_shard, settings=settings, counter=progress.counter)).collect())
 
     summary = summarise(statuses, args, run_id, manifest, model_id, time.time() - started)
     storage.write_bytes(storage.join(run_dir(args.output, run_id), "summary.json"),
@@ -253,6 +258,10 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['images_written']} images written ({summary['image_errors']} image errors) "
           f"in {summary['elapsed_s']:.1f}s = {summary['images_per_s']} images/s", flush=True)
     print(f"{PROG}: output {summary['output']}", flush=True)
+    try:
+        print(f"{PROG}: report {report.write_report(args.output, run_id, endpoint)}", flush=True)
+    except Exception as e:  # noqa: BLE001 - a report problem never fails the run
+        print(f"{PROG}: warning: no run report: {first_line(e)}", file=sys.stderr, flush=True)
     if not failed:
         write_athena_sql(args, run_id, manifest, endpoint)
     if failed:

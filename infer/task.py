@@ -169,7 +169,7 @@ def infer_shard(entry: ShardEntry, settings: InferSettings) -> dict:
     return status
 
 
-def run_shard(entry: ShardEntry, settings: InferSettings) -> dict:
+def run_shard(entry: ShardEntry, settings: InferSettings, counter=None) -> dict:
     """The Spark task: :func:`infer_shard`, a status record, and the retry policy.
 
     A failure raises (so Spark retries it, perhaps elsewhere) until the last try; the last
@@ -202,6 +202,8 @@ def run_shard(entry: ShardEntry, settings: InferSettings) -> dict:
     status["run_id"] = settings.run_id
     status["t_task_start"] = t_task
     status["t_status_write"] = time.time()
+    if counter is not None:  # the driver's live progress (an accumulator: merged as the task ends)
+        counter.add((1, status.get("rows", 0), int(status["status"] != "ok")))
     try:
         storage.write_bytes(shard_status_key(settings.output_prefix, settings.run_id, entry.shard_id),
                             json.dumps(status, indent=1).encode(), settings.endpoint_url, "application/json")

@@ -28,6 +28,7 @@ from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli,
 from common.athena import symlink_location  # noqa: E402
 from common.images import skip_reason_for_key  # noqa: E402
 from common.manifest import MANIFEST_NAME, SKIPPED_NAME, manifest_to_bytes, shard_name, skipped_to_bytes  # noqa: E402
+from common.progress import Progress  # noqa: E402
 from prepare.tasks import Candidate, PrepareSettings, write_batch  # noqa: E402
 
 PROG = "prepare"
@@ -62,8 +63,15 @@ def write_shards(sc, candidates: list[Candidate], settings: PrepareSettings, sta
     batches = [candidates[i : i + settings.batch_size] for i in range(0, len(candidates), settings.batch_size)]
     if not batches:
         return [], {}
-    outcomes = (sc.parallelize([(start + i, b) for i, b in enumerate(batches)], len(batches))
-                .map(lambda item: write_batch(item[0], item[1], settings)).collect())
+    with Progress(sc, PROG, len(batches), len(candidates)) as progress:
+        counter = progress.counter
+
+        def task(item):
+            outcome = write_batch(item[0], item[1], settings)
+            counter.add((1, outcome.entry.num_records if outcome.entry else 0, 0))
+            return outcome
+
+        outcomes = sc.parallelize([(start + i, b) for i, b in enumerate(batches)], len(batches)).map(task).collect()
     return [o.entry for o in outcomes], {k: r for o in outcomes for k, r in o.bad}
 
 

@@ -41,7 +41,7 @@ def _submit(name: str, script: str, args: list[str], env: dict, logdir: str) -> 
     with open(log, "w") as f:
         f.write(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     for line in (proc.stdout + proc.stderr).splitlines():
-        if line.startswith(("prepare:", "infer:")):
+        if line.startswith(("prepare:", "infer:")) and ": progress " not in line:
             print(f"    {line}", flush=True)
     if proc.returncode != 0:
         print(f"demo: {name} exited {proc.returncode}; full log: {log}", flush=True)
@@ -92,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             rows += pq.read_table(io.BytesIO(storage.read_bytes(f"s3://{BUCKET}/{o.key}")),
                                   columns=["key", "status", "top1_label"]).to_pylist()
         manifest_shards = len(list(storage.list_objects(f"s3://{BUCKET}/shards/cifar10-test/shards/")))
+        # The server stops with the demo: keep a local copy of the run report.
+        report_prefix = f"s3://{BUCKET}/predictions/_runs/{summary['run_id']}/report/"
+        report_dir = os.path.join(args.logdir, "report")
+        os.makedirs(report_dir, exist_ok=True)
+        for o in storage.list_objects(report_prefix):
+            with open(os.path.join(report_dir, os.path.basename(o.key)), "wb") as f:
+                f.write(storage.read_bytes(f"s3://{BUCKET}/{o.key}"))
 
     top = Counter(r["top1_label"] for r in rows if r["status"] == "ok").most_common(5)
     print("\n=== shardinfer demo summary ===")
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {secs:7.1f}s  {name}")
     print(f"    {time.time() - t_all:7.1f}s  total")
     print(f"Spark logs: {os.path.relpath(args.logdir, ROOT)}/prepare.log, infer.log")
+    print(f"run report: {os.path.relpath(report_dir, ROOT)}/index.html  (copied from {report_prefix})")
     return 0 if not summary["shards_failed"] else 1
 
 

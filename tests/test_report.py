@@ -1,0 +1,72 @@
+"""See the run: progress lines, per-shard timings, the run report, Spark's event log."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from common import storage
+from common.localdev import run_spark_submit, upload_cifar_like
+from tests.helpers import infer_args, statuses
+
+
+@pytest.fixture(scope="module")
+def watched_run(s3, model_uris, tmp_path_factory):
+    """prepare + infer through spark-submit on 40 images (5 shards of 8), progress as plain lines, event log on."""
+    s3.create_bucket("watched")
+    upload_cifar_like("s3://watched/in/", 40, seed=71, endpoint_url=s3.endpoint_url)
+    events = tmp_path_factory.mktemp("events")
+    env = {**s3.env, "SHARDINFER_PROGRESS": "lines", "SHARDINFER_PROGRESS_INTERVAL": "1"}
+    conf = ["spark.master=local[2]", f"spark.eventLog.dir=file://{events}/new-dir"]
+    p = run_spark_submit("prepare/main.py", ["--input", "s3://watched/in/", "--output", "s3://watched/shards/",
+                                             "--batch", "8"], env, conf)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    i = run_spark_submit("infer/main.py", infer_args("s3://watched/shards/manifest.parquet", model_uris,
+                                                     "s3://watched/pred/", "--run-id", "w"), env, conf)
+    assert i.returncode == 0, i.stdout[-2000:] + i.stderr[-2000:]
+    return {"prepare": p, "infer": i, "events": events / "new-dir"}
+
+
+def test_progress_lines_end_with_everything_done(watched_run):
+    prep = watched_run["prepare"].stdout
+    assert re.search(r"^prepare: progress 5/5 shards, 40/40 images, [\d.]+ images/s, 0 failed, .* done$", prep, re.M)
+    out = watched_run["infer"].stdout
+    assert re.search(r"^infer: progress 5/5 shards, 40/40 images, [\d.]+ images/s, 0 failed, .* done$", out, re.M)
+
+
+def test_timings_present_and_ordered(watched_run):
+    st = statuses("s3://watched/pred/", "w")
+    assert sorted(st) == [0, 1, 2, 3, 4]
+    for s in st.values():
+        assert s["t_task_start"] <= s["t_start"] <= s["t_fetched"] <= s["t_decoded"] <= s["t_forwarded"] <= s["t_end"]
+        assert s["host"] and s["pid"] > 0
+
+
+def test_report_written_at_the_end_of_infer(watched_run):
+    out = watched_run["infer"].stdout
+    assert "infer: report s3://watched/pred/_runs/w/report/index.html" in out
+    page = storage.read_bytes("s3://watched/pred/_runs/w/report/index.html").decode()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert sorted(images) == ["shard_times.png", "throughput.png", "timeline.png"]
+    for name in images:  # every image the page shows is there, and is a PNG
+        assert storage.read_bytes(f"s3://watched/pred/_runs/w/report/{name}").startswith(b"\x89PNG\r\n\x1a\n")
+    # the timeline's data: one bar set (a row of the shard table) per shard
+    assert sorted(int(x) for x in re.findall(r"data-shard='(\d+)'", page)) == [0, 1, 2, 3, 4]
+
+
+def test_report_command_on_demand(watched_run, tmp_path):
+    from infer.report import main
+
+    assert main(["--output", "s3://watched/pred/", "--run-id", "w", "--to", str(tmp_path)]) == 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["index.html", "shard_times.png", "throughput.png", "timeline.png"]
+    page = (tmp_path / "index.html").read_text()
+    assert all(f"<img src='{name}'" in page for name in files if name.endswith(".png"))
+    assert main(["--output", "s3://watched/pred/", "--run-id", "nope"]) == 2
+
+
+def test_event_log_written_to_the_configured_directory(watched_run):
+    logs = list(watched_run["events"].iterdir())
+    assert len(logs) == 2  # prepare and infer, in a directory that did not exist before
+    assert all("local-" in p.name or "app-" in p.name for p in logs)

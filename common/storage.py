@@ -321,19 +321,8 @@ def object_uri(prefix_uri: str, key: str) -> str:
 
 
 def exists(uri: str, endpoint_url: Optional[str] = None) -> bool:
-    """True if the object or file exists."""
-    if is_s3(uri):
-        p = parse_s3(uri)
-        try:
-            s3_client(endpoint_url).head_object(Bucket=p.bucket, Key=p.key)
-            return True
-        except botocore.exceptions.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise _translate(uri, e) from e
-        except Exception as e:  # noqa: BLE001
-            raise _translate(uri, e) from e
-    return os.path.exists(uri)
+    """True if the object or file exists (one S3 HEAD)."""
+    return read_metadata(uri, endpoint_url) is not None
 
 
 def delete(uri: str, endpoint_url: Optional[str] = None) -> None:

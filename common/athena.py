@@ -28,24 +28,18 @@ _SYMLINK_FORMAT = (
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
+_SIMPLE_TYPES = {pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double", pa.float32(): "float",
+                 pa.bool_(): "boolean", pa.string(): "string"}
+
+
 def hive_type(t: pa.DataType) -> str:
     """The Athena (Hive DDL) type of an Arrow type.
 
     Raises:
         ValueError: a type Athena cannot read from Parquet the way we write it (e.g. unsigned).
     """
-    if pa.types.is_int32(t):
-        return "int"
-    if pa.types.is_int64(t):
-        return "bigint"
-    if pa.types.is_float64(t):
-        return "double"
-    if pa.types.is_float32(t):
-        return "float"
-    if pa.types.is_boolean(t):
-        return "boolean"
-    if pa.types.is_string(t):
-        return "string"
+    if t in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[t]
     if pa.types.is_timestamp(t):
         return "timestamp"
     if pa.types.is_list(t):

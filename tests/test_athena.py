@@ -302,3 +302,8 @@ def test_compaction_refuses_an_unfinished_run(spark, two_runs, capsys):
     assert "run rbroken is not finished" in capsys.readouterr().err
     assert main(["--output", OUT, "--run-id", "ra", "--target", OUT]) == 2
     assert "--target must differ from --output" in capsys.readouterr().err
+
+
+def test_unsigned_types_have_no_athena_column_type():
+    with pytest.raises(ValueError, match="uint32 has no Athena equivalent"):
+        athena.hive_type(pa.uint32())

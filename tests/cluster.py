@@ -62,6 +62,23 @@ class StandaloneCluster:
             self.workers.append(w)
         return self
 
+    def python_workers(self, i: int) -> list[int]:
+        """Pids of the Python worker processes running under worker ``i`` (its executor's tasks)."""
+        import psutil
+
+        try:
+            kids = psutil.Process(self.workers[i].pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        out = []
+        for k in kids:
+            try:
+                if "pyspark" in " ".join(k.cmdline()):
+                    out.append(k.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
     def kill_worker(self, i: int) -> None:
         """SIGKILL worker ``i`` with its executor and Python workers (a lost node)."""
         os.killpg(self.workers[i].pid, signal.SIGKILL)

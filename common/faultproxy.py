@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import random
+import re
 import socket
 import struct
 import threading
@@ -36,21 +37,30 @@ class FaultProxy:
     """Start with :meth:`start` (or as a context manager); ``endpoint_url`` is where clients connect."""
 
     def __init__(self, upstream: str, fault_rate: float = 0.0, latency_s: float = 0.0, jitter_s: float = 0.0,
-                 seed: int = 0, faults: tuple[str, ...] = FAULTS):
-        """Configure (not start) a proxy in front of ``upstream`` (``http://host:port``)."""
+                 seed: int = 0, faults: tuple[str, ...] = FAULTS, only: Optional[str] = None,
+                 max_faults: Optional[int] = None):
+        """Configure (not start) a proxy in front of ``upstream`` (``http://host:port``).
+
+        ``only``: a regex on ``"METHOD /path"``; only matching requests may get a fault.
+        ``max_faults``: stop injecting after this many.
+        """
         u = urllib.parse.urlsplit(upstream)
         self.upstream = (u.hostname or "127.0.0.1", u.port or 80)
         self.fault_rate, self.latency_s, self.jitter_s, self.faults = fault_rate, latency_s, jitter_s, faults
         self._rng = random.Random(seed)
+        self._only = re.compile(only) if only else None
+        self.max_faults = max_faults
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
         self._server: Optional[http.server.ThreadingHTTPServer] = None
         self.endpoint_url = ""
 
-    def _decide(self) -> tuple[Optional[str], float]:
+    def _decide(self, request: str) -> tuple[Optional[str], float]:
         with self._lock:
             self.counts["requests"] += 1
-            if self._rng.random() < self.fault_rate:
+            eligible = (self._only is None or self._only.search(request)) and (
+                self.max_faults is None or sum(self.counts[f] for f in FAULTS) < self.max_faults)
+            if eligible and self._rng.random() < self.fault_rate:
                 fault = self._rng.choice(self.faults)
                 self.counts[fault] += 1
                 return fault, 0.0
@@ -108,7 +118,7 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                fault, delay = proxy._decide()
+                fault, delay = proxy._decide(f"{self.command} {self.path}")
                 if fault == "503":
                     return self._error(503, "SlowDown", "Please reduce your request rate.")
                 if fault == "500":

@@ -46,6 +46,8 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # "same work already done" from "different work under the same key".
 META_INPUT_DIGEST = "shardinfer-input-digest"
 META_ROWS = "shardinfer-rows"
+META_ROWS_ERROR = "shardinfer-rows-error"
+META_INVOCATION = "shardinfer-invocation"
 
 
 class ConflictError(RuntimeError):

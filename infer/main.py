@@ -21,6 +21,7 @@ import re
 import shlex
 import sys
 import time
+import uuid
 from functools import partial
 from typing import Optional, Sequence
 
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
 
     sc = spark_context(f"shardinfer-infer-{run_id}")
     settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
-                             args.force)
+                             args.force, invocation=uuid.uuid4().hex)
     with Progress(sc, PROG, len(entries), sum(e.num_records for e in entries)) as progress:
         statuses = (sc.parallelize(entries, len(entries))
                     .map(partial(run_shard, settings=settings, counter=progress.counter)).collect())

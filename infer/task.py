@@ -25,7 +25,7 @@ from common import storage
 from common.images import INPUT_SIZE, BadImageError, decode_rgb, preprocess_into
 from common.manifest import ShardEntry
 from common.model import ModelError, ModelSpec, get_predictor, top_k
-from common.output import (META_INPUT_DIGEST, META_ROWS, STATUS_OK, ConflictError, ImageResult, input_digest, part_key,
+from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, STATUS_OK, ConflictError, ImageResult, input_digest, part_key,
                            predictions_table, shard_status_key, table_to_parquet)
 from common.shard import ShardFormatError, unpack_shard
 
@@ -44,6 +44,9 @@ class InferSettings:
     endpoint_url: Optional[str] = None
     # Overwrite part files even when they exist with a different input digest.
     force: bool = False
+    # Unique per infer invocation: a try that finds its own invocation's file knows an earlier
+    # try of the same task wrote it (reply lost) and counts it as written, not as done before.
+    invocation: str = ""
 
 
 PARQUET_TYPE = "application/vnd.apache.parquet"
@@ -57,21 +60,26 @@ class ShardError(RuntimeError):
 PERMANENT = (ShardError, ShardFormatError, ConflictError, ModelError)
 
 
-def _existing(key: str, digest: str, settings: InferSettings) -> Optional[str]:
-    """``"already present"`` if ``key`` holds this very work, None if absent; ConflictError otherwise."""
+def _existing(key: str, digest: str, settings: InferSettings) -> Optional[dict]:
+    """The part file's metadata if ``key`` holds this very work, None if absent; ConflictError otherwise."""
     meta = storage.read_metadata(key, settings.endpoint_url)
     if meta is None:
         return None
     if meta.get(META_INPUT_DIGEST) == digest:
-        return "already present"
+        return meta
     raise ConflictError(
         f"{key} already exists from different input (digest {meta.get(META_INPUT_DIGEST, 'none')[:12]}, "
         f"this run: {digest[:12]}); not overwritten: use another --run-id, or --force to replace it"
     )
 
 
-def _already_done(status: dict, outcome: str, key: str) -> dict:
-    status.update(status="ok", outcome=outcome, part=key, rows=0, rows_error=0, t_end=time.time())
+def _already_done(status: dict, key: str, meta: dict, settings: InferSettings) -> dict:
+    """Status for a shard whose part file is there: written by this invocation (an earlier try whose
+    reply was lost) or by an earlier one."""
+    ours = bool(settings.invocation) and meta.get(META_INVOCATION) == settings.invocation
+    status.update(status="ok", outcome="written" if ours else "already present", part=key,
+                  rows=int(meta.get(META_ROWS, 0)) if ours else 0,
+                  rows_error=int(meta.get(META_ROWS_ERROR, 0)) if ours else 0, t_end=time.time())
     return status
 
 
@@ -129,9 +137,9 @@ def infer_shard(entry: ShardEntry, settings: InferSettings) -> dict:
     key = part_key(settings.output_prefix, settings.run_id, entry.shard_id)
     digest = input_digest(entry.sha256, settings.model.params_sha256 or "", settings.top_k)
     if not settings.force:
-        done = _existing(key, digest, settings)
-        if done:  # a retry, a speculative copy or a rerun: the work is there already
-            return _already_done(status, done, key)
+        meta = _existing(key, digest, settings)
+        if meta is not None:  # a retry, a speculative copy or a rerun: the work is there already
+            return _already_done(status, key, meta, settings)
     payloads = _fetch_shard(entry, settings)
     status["t_fetched"] = time.time()
 
@@ -144,24 +152,26 @@ def infer_shard(entry: ShardEntry, settings: InferSettings) -> dict:
     table = predictions_table(results, predictor.labels, entry.shard_id, predictor.model_id, settings.manifest_id,
                               datetime.now(timezone.utc))
     data = table_to_parquet(table, key)
-    meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results))}
+    rows_error = sum(r.status != STATUS_OK for r in results)
+    meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results)), META_ROWS_ERROR: str(rows_error),
+            META_INVOCATION: settings.invocation}
     if settings.force:
         storage.write_bytes(key, data, settings.endpoint_url, PARQUET_TYPE, metadata=meta)
         outcome = "written"
     elif storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_TYPE):
         outcome = "written"
     else:  # another copy of this task (or an earlier try whose reply was lost) got there first
-        done = _existing(key, digest, settings)
-        if done is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
+        existing = _existing(key, digest, settings)
+        if existing is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
             raise storage.StorageError(f"{key}: conditional PUT refused but no object is there yet")
-        return _already_done(status, done, key)
+        return _already_done(status, key, existing, settings)
     status.update(
         status="ok",
         outcome=outcome,
         part=key,
         rows=len(results),
-        rows_ok=sum(r.status == STATUS_OK for r in results),
-        rows_error=sum(r.status != STATUS_OK for r in results),
+        rows_ok=len(results) - rows_error,
+        rows_error=rows_error,
         bytes=len(data),
         model=predictor.model_id,
         t_end=time.time(),

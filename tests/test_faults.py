@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,24 @@ def test_s3_faults_are_retried_and_output_is_exact(s3, model_uris):
     manifest = read_manifest(f"{root}shards/manifest.parquet")
     assert manifest.num_images == 150 and len(manifest.entries) == 5
     assert_exactly_once(manifest, f"{root}pred/", run_id_from(i.stdout))
+    # a try whose PUT succeeded but whose reply was lost still counts its shard as written now
+    assert "5/5 shards ok (5 written, 0 already done), 150 images written" in i.stdout
+
+
+def test_lost_reply_to_a_part_put_is_retried_and_counted_once(s3, spark, model_uris, eight_shards):
+    """The part PUT reaches S3 but the reply is lost: the retry finds its own file (412), nothing is duplicated."""
+    from infer.main import main
+
+    out = f"{eight_shards['root']}lost-reply/"
+    with FaultProxy(s3.endpoint_url, fault_rate=1.0, faults=("reset_after",), only=r"^PUT .*/part-00003\.parquet",
+                    max_faults=1) as proxy:
+        rc = main(infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "lost",
+                             "--s3-endpoint-url", proxy.endpoint_url))
+    assert rc == 0 and proxy.counts["reset_after"] == 1
+    assert statuses(out, "lost")[3]["outcome"] == "written"
+    summary = json.loads(storage.read_bytes(f"{out}_runs/lost/summary.json"))
+    assert summary["shards_written"] == 8 and summary["images_written"] == 64
+    assert_exactly_once(read_manifest(eight_shards["manifest"]), out, "lost")
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,10 @@ class ModelFiles:
         """The first 12 hex digits of the params sha256."""
         return self.params_sha256[:12]
 
+    def model_id(self, spec: "ModelSpec") -> str:
+        """``resnet-18@sha256:<12 hex>``: the ``model`` column, and what a run is tied to."""
+        return f"{spec.name}@sha256:{self.short_digest}"
+
 
 def read_labels(text: str, source: str) -> tuple[str, ...]:
     """Parse synset.txt: ``nXXXXXXXX name, alias`` per line -> ``name, alias``.
@@ -208,7 +212,7 @@ class Predictor:
         files = files or fetch_model(spec)
         self.labels = files.labels
         self.params_sha256 = files.params_sha256
-        self.model_id = f"{spec.name}@sha256:{files.short_digest}"
+        self.model_id = files.model_id(spec)
         sym, arg, aux = check_model(files, spec)
         self._mx = mx
         self._mod = mx.mod.Module(symbol=sym, data_names=[DATA_NAME], label_names=None, context=device_context(spec.device))

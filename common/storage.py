@@ -16,7 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import boto3
 import botocore.config
@@ -230,6 +230,15 @@ def read_metadata(uri: str, endpoint_url: Optional[str] = None) -> Optional[dict
             return json.loads(f.read())
     except FileNotFoundError:
         return {}
+
+
+def check_buckets(uris: Iterable[str], endpoint_url: Optional[str] = None) -> None:
+    """:func:`check_bucket` once per distinct S3 bucket among ``uris`` (the first URI names it in errors)."""
+    seen: set[str] = set()
+    for uri in uris:
+        if is_s3(uri) and parse_s3(uri).bucket not in seen:
+            seen.add(parse_s3(uri).bucket)
+            check_bucket(uri, endpoint_url)
 
 
 def check_bucket(uri: str, endpoint_url: Optional[str] = None) -> None:

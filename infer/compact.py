@@ -109,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if storage.join(args.target) == storage.join(args.output):
         raise UsageError("--target must differ from --output (compaction never rewrites the source files)")
     endpoint = endpoint_from(args)
-    for uri in (args.output, args.target):
-        storage.check_bucket(uri, endpoint)
+    storage.check_buckets((args.output, args.target), endpoint)
     try:
         record = json.loads(storage.read_bytes(run_record_key(args.output, run_id), endpoint))
     except storage.NotFound as e:

@@ -15,6 +15,7 @@ failed (their ids are printed), 2 for bad arguments or inputs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from common.cli import (UsageError, add_common_arguments, endpoint_from, first_l
                         spark_context, task_attempts)
 from common.manifest import Manifest, ShardEntry, manifest_from_bytes  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
-from common.output import check_run_id, default_run_id, run_dir, run_record_key  # noqa: E402
+from common.output import check_run_id, default_run_id, read_statuses, run_dir, run_record_key  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from infer import report  # noqa: E402
 from infer.task import InferSettings, run_shard  # noqa: E402
@@ -105,17 +106,7 @@ def present_shards(output: str, run_id: str, endpoint_url: Optional[str]) -> set
 
 def failed_shards(output: str, run_id: str, endpoint_url: Optional[str]) -> list[int]:
     """Shard ids whose recorded status is failed."""
-    prefix = storage.join(run_dir(output, run_id), "shards") + "/"
-    failed = []
-    try:
-        objects = list(storage.list_objects(prefix, endpoint_url))
-    except storage.NotFound:
-        objects = []
-    for obj in objects:
-        rec = json.loads(storage.read_bytes(storage.object_uri(prefix, obj.key), endpoint_url))
-        if rec.get("status") != "ok":
-            failed.append(int(rec["shard_id"]))
-    return sorted(failed)
+    return [int(r["shard_id"]) for r in read_statuses(output, run_id, endpoint_url) if r.get("status") != "ok"]
 
 
 def select_entries(args: argparse.Namespace, manifest: Manifest, run_id: str, endpoint_url: Optional[str]) -> list[ShardEntry]:
@@ -225,15 +216,14 @@ def run(args: argparse.Namespace) -> int:
         check_run_id(args.run_id)
     endpoint = endpoint_from(args)
     started = time.time()
-    for uri in (args.manifest, args.output, args.sym_url, args.param_url, args.label_url):
-        storage.check_bucket(uri, endpoint)  # seconds, not a minute of retries, for a typo
+    # seconds, not a minute of retries, for a typo in a bucket or endpoint
+    storage.check_buckets((args.manifest, args.output, args.sym_url, args.param_url, args.label_url), endpoint)
     manifest = manifest_from_bytes(storage.read_bytes(args.manifest, endpoint), args.manifest)
     spec = ModelSpec(args.sym_url, args.param_url, args.label_url, MODEL_BATCH, endpoint, device=args.device)
     files = fetch_model(spec)
     check_model(files, spec)  # a bad model fails here, once, before any task starts
-    spec = ModelSpec(args.sym_url, args.param_url, args.label_url, MODEL_BATCH, endpoint,
-                     params_sha256=files.params_sha256, device=args.device)
-    model_id = f"{spec.name}@sha256:{files.short_digest}"
+    spec = dataclasses.replace(spec, params_sha256=files.params_sha256)  # executors must load this very model
+    model_id = files.model_id(spec)
     run_id = args.run_id or default_run_id(manifest.manifest_id, spec.name, files.params_sha256)
     check_run_record(args, run_id, manifest, model_id, endpoint)
     entries = select_entries(args, manifest, run_id, endpoint)

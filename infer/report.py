@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import html
 import io
-import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -31,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from common import storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli  # noqa: E402
-from common.output import check_run_id, run_dir  # noqa: E402
+from common.output import check_run_id, read_statuses, run_dir  # noqa: E402
 
 PROG = "report"
 STAGES = (("fetch", "t_start", "t_fetched", "#4e79a7"), ("decode", "t_fetched", "t_decoded", "#f28e2b"),
@@ -40,17 +39,11 @@ IMAGES = ("timeline.png", "throughput.png", "shard_times.png")
 
 
 def load_statuses(output: str, run_id: str, endpoint_url: Optional[str] = None) -> list[dict]:
-    """Every shard's status record of a run, by shard id."""
-    prefix = storage.join(run_dir(output, run_id), "shards") + "/"
-    try:
-        objects = list(storage.list_objects(prefix, endpoint_url))
-    except storage.NotFound:
-        objects = []
-    records = [json.loads(storage.read_bytes(storage.object_uri(prefix, o.key), endpoint_url)) for o in objects
-               if o.key.endswith(".json")]
+    """Every shard's status record of a run, by shard id; UsageError when there is none."""
+    records = read_statuses(output, run_id, endpoint_url)
     if not records:
-        raise UsageError(f"run {run_id}: no status records under {prefix}")
-    return sorted(records, key=lambda r: r["shard_id"])
+        raise UsageError(f"run {run_id}: no status records under {run_dir(output, run_id)}/shards/")
+    return records
 
 
 def timed(records: list[dict]) -> list[dict]:

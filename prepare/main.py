@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args))
     started = time.time()
-    for uri in (settings.input_uri, settings.output_uri):
-        storage.check_bucket(uri, settings.endpoint_url)  # seconds, not a minute of retries, for a typo
+    # seconds, not a minute of retries, for a typo in a bucket or endpoint
+    storage.check_buckets((settings.input_uri, settings.output_uri), settings.endpoint_url)
 
     # Listing happens on the driver: keys and sizes only, never image bytes.
     skipped: list[tuple[str, str]] = []

@@ -41,6 +41,10 @@ class ModelSpec:
     # exact model the driver checked, even if the object is replaced mid-run.
     params_sha256: Optional[str] = None
     device: str = "cpu"
+    # A model converted by infer (--precision bf16/int8): its precision, and the digest of the
+    # fp32 params it was made from, which the ``model`` column names.
+    precision: str = "fp32"
+    source_params_sha256: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -64,8 +68,10 @@ class ModelFiles:
         return self.params_sha256[:12]
 
     def model_id(self, spec: "ModelSpec") -> str:
-        """``resnet-18@sha256:<12 hex>``: the ``model`` column, and what a run is tied to."""
-        return f"{spec.name}@sha256:{self.short_digest}"
+        """``resnet-18@sha256:<12 hex>`` (``+int8``/``+bf16`` when converted): the ``model`` column, and
+        what a run is tied to.  A converted model is named by the fp32 params it was made from."""
+        digest = (spec.source_params_sha256 or self.params_sha256)[:12]
+        return f"{spec.name}@sha256:{digest}" + ("" if spec.precision == "fp32" else f"+{spec.precision}")
 
 
 def read_labels(text: str, source: str) -> tuple[str, ...]:
@@ -238,7 +244,7 @@ class Predictor:
             padded[:n] = batch
             batch = padded
         self._mod.forward(self._mx.io.DataBatch([self._mx.nd.array(batch, dtype=np.float32)]), is_train=False)
-        return self._mod.get_outputs()[0].asnumpy()[:n]
+        return self._mod.get_outputs()[0].asnumpy()[:n].astype(np.float32, copy=False)
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -55,9 +55,11 @@ class ConflictError(RuntimeError):
     """A part file exists that was made from different input (another model, shard or --top-k)."""
 
 
-def input_digest(shard_sha256: str, params_sha256: str, top_k: int) -> str:
-    """What determines a shard's predictions (besides the clock): shard bytes, model params, k."""
-    return hashlib.sha256(f"{shard_sha256}:{params_sha256}:{top_k}".encode()).hexdigest()
+def input_digest(shard_sha256: str, params_sha256: str, top_k: int, extra: str = "") -> str:
+    """What determines a shard's predictions (besides the clock): shard bytes, model params, k, and
+    ``extra`` settings such as a reduced precision (empty for the fp32 defaults, so older runs still match)."""
+    text = f"{shard_sha256}:{params_sha256}:{top_k}" + (f":{extra}" if extra else "")
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class OutputCheckError(RuntimeError):
@@ -85,10 +87,11 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def default_run_id(manifest_id: str, model_name: str, params_sha256: str) -> str:
-    """``<manifest_id>-<model>-<params digest>``: the same inputs give the same run (so reruns fill in)."""
+def default_run_id(manifest_id: str, model_name: str, params_sha256: str, precision: str = "fp32") -> str:
+    """``<manifest_id>-<model>-<params digest>[-bf16|-int8]``: the same inputs give the same run (so reruns fill in)."""
     model = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-.") or "model"
-    return check_run_id(f"{manifest_id}-{model}-{params_sha256[:8]}")
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return check_run_id(f"{manifest_id}-{model}-{params_sha256[:8]}{suffix}")
 
 
 def part_key(output_prefix: str, run_id: str, shard_id: int) -> str:

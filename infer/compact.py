@@ -33,7 +33,7 @@ from common import athena, storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
 from common.manifest import manifest_from_bytes  # noqa: E402
 from common.output import PREDICTION_SCHEMA, check_run_id, run_record_key, table_to_parquet  # noqa: E402
-from infer.main import failed_shards, present_shards  # noqa: E402
+from infer.plan import failed_shards, present_shards  # noqa: E402
 
 PROG = "compact"
 # Athena reads Parquet fastest in files of roughly 128 MB-1 GB; small per-shard files (tens

@@ -1,7 +1,16 @@
-"""infer's Spark task: one manifest shard in, one Parquet object and one status record out.
+"""infer's Spark task: a group of consecutive manifest shards in, one Parquet object and one status per shard out.
 
-    fetch (one GET, sha256 checked) -> unpack records -> decode + preprocess each image
+For each shard::
+
+    HEAD (already done?) -> fetch (one GET, sha256 checked) -> unpack records -> decode + preprocess
     -> forward in batches of the bound size -> top-k -> Parquet in memory, read back -> one PUT
+
+A task runs its shards in order as a small pipeline on three threads: while the model runs on
+shard *i* (the task's own thread), a prefetch thread fetches and decodes shard *i + 1* and a
+writer thread uploads shard *i − 1*'s Parquet and status.  At most one shard is prepared
+ahead, so memory stays bounded (two input batches per task).  Everything that was per shard
+stays per shard: its own object, status, conditional PUT and input digest; a permanent
+error is recorded for that shard alone while the task goes on.
 
 Everything the task needs travels in :class:`InferSettings` (strings and numbers); the
 model is built once per executor Python process by :func:`common.model.get_predictor`.
@@ -15,9 +24,10 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -25,14 +35,14 @@ from common import storage
 from common.images import INPUT_SIZE, BadImageError, decode_rgb, preprocess_into
 from common.manifest import ShardEntry
 from common.model import ModelError, ModelSpec, get_predictor, top_k
-from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, STATUS_OK, ConflictError, ImageResult, input_digest, part_key,
-                           predictions_table, shard_status_key, table_to_parquet)
+from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, STATUS_OK, ConflictError,
+                           ImageResult, input_digest, part_key, predictions_table, shard_status_key, table_to_parquet)
 from common.shard import ShardFormatError, unpack_shard
 
 
 @dataclass(frozen=True)
 class InferSettings:
-    """What every infer task needs; picklable (see tests/test_infer_units.py)."""
+    """What every infer task needs; picklable (see tests/test_formats.py)."""
 
     model: ModelSpec
     output_prefix: str
@@ -47,6 +57,9 @@ class InferSettings:
     # Unique per infer invocation: a try that finds its own invocation's file knows an earlier
     # try of the same task wrote it (reply lost) and counts it as written, not as done before.
     invocation: str = ""
+    # What else determines the predictions besides shard, params and k (e.g. the precision):
+    # part of each part file's input digest, so other settings never pass for the same work.
+    digest_extra: str = ""
 
 
 PARQUET_TYPE = "application/vnd.apache.parquet"
@@ -58,6 +71,11 @@ class ShardError(RuntimeError):
 
 # Failures that another try cannot fix: recorded at once instead of retried by Spark.
 PERMANENT = (ShardError, ShardFormatError, ConflictError, ModelError)
+
+
+def shard_digest(entry: ShardEntry, settings: InferSettings) -> str:
+    """The input digest a shard's part file carries (x-amz-meta-shardinfer-input-digest)."""
+    return input_digest(entry.sha256, settings.model.params_sha256 or "", settings.top_k, settings.digest_extra)
 
 
 def _existing(key: str, digest: str, settings: InferSettings) -> Optional[dict]:
@@ -83,8 +101,13 @@ def _already_done(status: dict, key: str, meta: dict, settings: InferSettings) -
     return status
 
 
-def _fetch_shard(entry: ShardEntry, settings: InferSettings) -> list[bytes]:
-    data = storage.read_bytes(entry.uri, settings.endpoint_url)
+def fetch_shard(entry: ShardEntry, endpoint_url: Optional[str]) -> list[bytes]:
+    """The shard's image payloads in record order, after checking size, sha256 and record count.
+
+    Raises:
+        ShardError: the bytes or the record count differ from the manifest (names the shard).
+    """
+    data = storage.read_bytes(entry.uri, endpoint_url)
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != entry.num_bytes or digest != entry.sha256:
         raise ShardError(
@@ -97,59 +120,107 @@ def _fetch_shard(entry: ShardEntry, settings: InferSettings) -> list[bytes]:
     return payloads
 
 
-def predict_images(payloads: list[bytes], keys: tuple[str, ...], predictor, k: int) -> tuple[list[ImageResult], float, float]:
-    """Decode, preprocess and predict in batches of the bound size; an undecodable image fails only its row.
+def decode_into(payloads: Sequence[bytes], keys: Sequence[str], out: np.ndarray) -> dict[int, str]:
+    """Decode and preprocess every payload into ``out[i]``; an undecodable image gets zeros and an error.
 
     Returns:
-        ``(results in record order, seconds decoding, seconds in the model)``.
+        ``{record: "error: ..."}`` for the images that could not be decoded.
     """
-    bs = predictor.batch_size
-    results: list[ImageResult] = []
-    decode_s = forward_s = 0.0
-    batch = np.zeros((bs, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-    for start in range(0, len(payloads), bs):
-        td = time.time()
-        chunk = payloads[start : start + bs]
-        errors: dict[int, str] = {}
-        for i, png in enumerate(chunk):
-            try:
-                preprocess_into(decode_rgb(png, keys[start + i]), batch[i])
-            except BadImageError as e:
-                errors[i] = f"error: {e}"
-                batch[i] = 0.0
-        tf = time.time()
-        decode_s += tf - td
-        ids, probs = top_k(predictor.predict(batch[: len(chunk)]), k)
-        forward_s += time.time() - tf
-        for i in range(len(chunk)):
-            rec = start + i
-            if i in errors:
-                results.append(ImageResult(keys[rec], rec, errors[i]))
-            else:
-                results.append(ImageResult(keys[rec], rec, STATUS_OK, ids[i].tolist(), probs[i].tolist()))
-    return results, decode_s, forward_s
+    errors: dict[int, str] = {}
+    for i, data in enumerate(payloads):
+        try:
+            preprocess_into(decode_rgb(data, keys[i]), out[i])
+        except BadImageError as e:
+            errors[i] = f"error: {e}"
+            out[i] = 0.0
+    return errors
 
 
-def infer_shard(entry: ShardEntry, settings: InferSettings) -> dict:
-    """Process one shard and upload its predictions; returns the status record (without writing it)."""
+def predict_batch(batch: np.ndarray, predictor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k ids and probabilities for every row of ``batch``, in forward passes of the bound size."""
+    ids, probs = [], []
+    for start in range(0, batch.shape[0], predictor.batch_size):
+        i, p = top_k(predictor.predict(batch[start : start + predictor.batch_size]), k)
+        ids.append(i)
+        probs.append(p)
+    return np.concatenate(ids), np.concatenate(probs)
+
+
+def image_results(keys: Sequence[str], errors: dict[int, str], ids: np.ndarray, probs: np.ndarray) -> list[ImageResult]:
+    """One :class:`ImageResult` per record: the prediction, or the image's error and none."""
+    return [ImageResult(key, rec, errors[rec]) if rec in errors
+            else ImageResult(key, rec, STATUS_OK, ids[rec].tolist(), probs[rec].tolist())
+            for rec, key in enumerate(keys)]
+
+
+@dataclass
+class _Prepared:
+    """A shard after the prefetch stage: decoded input, or already done, or an error to handle."""
+
+    entry: ShardEntry
+    status: dict
+    key: str
+    digest: str
+    batch: Optional[np.ndarray] = None
+    errors: dict = field(default_factory=dict)
+    done: Optional[dict] = None
+    error: Optional[BaseException] = None
+
+
+class _Buffers:
+    """Two reusable input arrays per task: the one the model reads and the one being decoded."""
+
+    def __init__(self) -> None:
+        self._arrays: list[np.ndarray] = []
+        self._next = 0
+
+    def take(self, rows: int) -> np.ndarray:
+        if len(self._arrays) < 2:
+            self._arrays.append(np.zeros((0, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32))
+        i = self._next
+        self._next = (i + 1) % 2
+        if self._arrays[i].shape[0] < rows:
+            self._arrays[i] = np.empty((rows, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+        return self._arrays[i][:rows]
+
+
+def _prepare(entry: ShardEntry, settings: InferSettings, buffers: _Buffers) -> _Prepared:
+    """Prefetch stage: is the work already there?  If not, fetch, check and decode the shard."""
     t0 = time.time()
-    status: dict = {"shard_id": entry.shard_id, "uri": entry.uri, "t_start": t0}
-    key = part_key(settings.output_prefix, settings.run_id, entry.shard_id)
-    digest = input_digest(entry.sha256, settings.model.params_sha256 or "", settings.top_k)
-    if not settings.force:
-        meta = _existing(key, digest, settings)
-        if meta is not None:  # a retry, a speculative copy or a rerun: the work is there already
-            return _already_done(status, key, meta, settings)
-    payloads = _fetch_shard(entry, settings)
-    status["t_fetched"] = time.time()
+    prep = _Prepared(entry, {"shard_id": entry.shard_id, "uri": entry.uri, "t_start": t0},
+                     part_key(settings.output_prefix, settings.run_id, entry.shard_id), shard_digest(entry, settings))
+    try:
+        if not settings.force:
+            meta = _existing(prep.key, prep.digest, settings)
+            if meta is not None:  # a retry, a speculative copy or a rerun: the work is there already
+                prep.done = _already_done(prep.status, prep.key, meta, settings)
+                return prep
+        payloads = fetch_shard(entry, settings.endpoint_url)
+        prep.status["t_fetched"] = time.time()
+        prep.batch = buffers.take(len(payloads))
+        prep.errors = decode_into(payloads, entry.keys, prep.batch)
+        prep.status["t_decoded"] = time.time()
+    except Exception as e:  # noqa: BLE001 - handed to the task thread, which applies the retry policy
+        prep.error = e
+    return prep
 
+
+def _forward(prep: _Prepared, settings: InferSettings) -> list[ImageResult]:
+    """Model stage (the task's own thread)."""
     predictor, loaded = get_predictor(settings.model)
-    status.update(model_loaded=loaded, model_load_s=round(predictor.load_seconds, 3) if loaded else 0.0)
-    results, decode_s, forward_s = predict_images(payloads, entry.keys, predictor, settings.top_k)
-    status["t_decoded"] = status["t_fetched"] + decode_s
-    status["t_forwarded"] = status["t_decoded"] + forward_s
+    prep.status.update(model_loaded=loaded, model_load_s=round(predictor.load_seconds, 3) if loaded else 0.0,
+                       model=predictor.model_id, t_forward_start=time.time())
+    ids, probs = predict_batch(prep.batch, predictor, settings.top_k)
+    prep.status["t_forwarded"] = time.time()
+    prep.batch = None  # the buffer is the prefetch stage's again
+    return image_results(prep.entry.keys, prep.errors, ids, probs)
 
-    table = predictions_table(results, predictor.labels, entry.shard_id, predictor.model_id, settings.manifest_id,
+
+def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) -> dict:
+    """Writer stage: Parquet in memory, checked, then one (conditional) PUT."""
+    status, key, digest = prep.status, prep.key, prep.digest
+    predictor, _ = get_predictor(settings.model)
+    table = predictions_table(results, predictor.labels, prep.entry.shard_id, predictor.model_id, settings.manifest_id,
                               datetime.now(timezone.utc))
     data = table_to_parquet(table, key)
     rows_error = sum(r.status != STATUS_OK for r in results)
@@ -157,67 +228,117 @@ def infer_shard(entry: ShardEntry, settings: InferSettings) -> dict:
             META_INVOCATION: settings.invocation}
     if settings.force:
         storage.write_bytes(key, data, settings.endpoint_url, PARQUET_TYPE, metadata=meta)
-        outcome = "written"
-    elif storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_TYPE):
-        outcome = "written"
-    else:  # another copy of this task (or an earlier try whose reply was lost) got there first
+    elif not storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_TYPE):
+        # another copy of this task (or an earlier try whose reply was lost) got there first
         existing = _existing(key, digest, settings)
         if existing is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
             raise storage.StorageError(f"{key}: conditional PUT refused but no object is there yet")
         return _already_done(status, key, existing, settings)
-    status.update(
-        status="ok",
-        outcome=outcome,
-        part=key,
-        rows=len(results),
-        rows_ok=len(results) - rows_error,
-        rows_error=rows_error,
-        bytes=len(data),
-        model=predictor.model_id,
-        t_end=time.time(),
-    )
+    status.update(status="ok", outcome="written", part=key, rows=len(results), rows_ok=len(results) - rows_error,
+                  rows_error=rows_error, bytes=len(data), t_end=time.time())
     return status
 
 
-def run_shard(entry: ShardEntry, settings: InferSettings, counter=None) -> dict:
-    """The Spark task: :func:`infer_shard`, a status record, and the retry policy.
+def failed_status(entry: ShardEntry, e: BaseException) -> dict:
+    """The status of a shard that failed for good: the error's first line, and its traceback."""
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if not isinstance(e, PERMANENT + (storage.StorageError,)):
+        message = f"{type(e).__name__}: {message}"
+    return {"shard_id": entry.shard_id, "uri": entry.uri, "status": "failed", "error": message,
+            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=8)), "rows": 0,
+            "t_end": time.time()}
 
-    A failure raises (so Spark retries it, perhaps elsewhere) until the last try; the last
-    try records the shard as failed and returns, so the job goes on with the other shards.
+
+class _Group:
+    """The bookkeeping of one task: retry policy, status records, progress."""
+
+    def __init__(self, settings: InferSettings, attempt: int, counter) -> None:
+        self.settings, self.attempt, self.counter = settings, attempt, counter
+        self.host = {"host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt}
+        self.t_task = time.time()
+        self.statuses: list[dict] = []
+        self.retry: Optional[BaseException] = None  # the first error another try may fix
+
+    def failed(self, entry: ShardEntry, e: BaseException) -> Optional[dict]:
+        """A failure is recorded on the last try or when permanent; otherwise the group is retried later."""
+        if self.attempt + 1 < self.settings.attempts and not isinstance(e, PERMANENT):
+            self.retry = self.retry or e
+            return None
+        return failed_status(entry, e)
+
+    def record(self, status: dict) -> dict:
+        """Stamp, store and count one shard's final status (called on the writer thread)."""
+        status.update(self.host)
+        status["run_id"] = self.settings.run_id
+        status["t_task_start"] = self.t_task
+        status["t_status_write"] = time.time()
+        try:
+            storage.write_bytes(shard_status_key(self.settings.output_prefix, self.settings.run_id, status["shard_id"]),
+                                json.dumps(status, indent=1).encode(), self.settings.endpoint_url, "application/json")
+        except storage.StorageError as e:
+            status["status_write_error"] = str(e)
+        status["t_task_end"] = time.time()
+        self.statuses.append(status)
+        return status
+
+    def finish(self) -> list[dict]:
+        """The statuses, or raise so that Spark tries the group again (done shards are then skipped)."""
+        if self.retry is not None:
+            raise self.retry
+        if self.counter is not None:  # the driver's live progress (an accumulator: merged as the task ends)
+            self.counter.add((len(self.statuses), sum(s.get("rows", 0) for s in self.statuses),
+                              sum(s["status"] != "ok" for s in self.statuses)))
+        return sorted(self.statuses, key=lambda s: s["shard_id"])
+
+
+def run_group(entries: Sequence[ShardEntry], settings: InferSettings, counter=None) -> list[dict]:
+    """The Spark task: the shards of one group in order, pipelined, and the retry policy.
+
+    A shard whose failure another try may fix makes the whole task fail *after* the other
+    shards are done, so Spark retries the group and the retry skips every shard already
+    written (one HEAD each).  On the last try, and for permanent errors at once, the shard
+    is recorded as failed and the task goes on.
+
+    Returns:
+        One status record per shard, by shard id.
     """
     from pyspark import TaskContext
 
-    t_task = time.time()
     ctx = TaskContext.get()
-    attempt = ctx.attemptNumber() if ctx is not None else 0
-    host = {"host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt}
-    try:
-        status = infer_shard(entry, settings)
-    except Exception as e:  # noqa: BLE001 - every failure is either retried or recorded
-        if attempt + 1 < settings.attempts and not isinstance(e, PERMANENT):
-            raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not isinstance(e, PERMANENT + (storage.StorageError,)):
-            message = f"{type(e).__name__}: {message}"
-        status = {
-            "shard_id": entry.shard_id,
-            "uri": entry.uri,
-            "status": "failed",
-            "error": message,
-            "traceback": traceback.format_exc(limit=8),
-            "rows": 0,
-            "t_end": time.time(),
-        }
-    status.update(host)
-    status["run_id"] = settings.run_id
-    status["t_task_start"] = t_task
-    status["t_status_write"] = time.time()
-    if counter is not None:  # the driver's live progress (an accumulator: merged as the task ends)
-        counter.add((1, status.get("rows", 0), int(status["status"] != "ok")))
-    try:
-        storage.write_bytes(shard_status_key(settings.output_prefix, settings.run_id, entry.shard_id),
-                            json.dumps(status, indent=1).encode(), settings.endpoint_url, "application/json")
-    except storage.StorageError as e:
-        status["status_write_error"] = str(e)
-    status["t_task_end"] = time.time()
-    return status
+    group = _Group(settings, ctx.attemptNumber() if ctx is not None else 0, counter)
+    buffers = _Buffers()
+
+    def write(prep: _Prepared, results: list[ImageResult]) -> None:
+        try:
+            status = _write(prep, results, settings)
+        except Exception as e:  # noqa: BLE001 - every failure is either retried or recorded
+            status = group.failed(prep.entry, e)
+        if status is not None:
+            group.record(status)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="shardinfer-prefetch") as prefetch, \
+            ThreadPoolExecutor(1, thread_name_prefix="shardinfer-write") as writer:
+        upcoming: Future = prefetch.submit(_prepare, entries[0], settings, buffers)
+        pending: Optional[Future] = None
+        for i in range(len(entries)):
+            prep = upcoming.result()
+            if i + 1 < len(entries):
+                upcoming = prefetch.submit(_prepare, entries[i + 1], settings, buffers)
+            if prep.done is not None:
+                writer.submit(group.record, prep.done)  # statuses are recorded in order on the writer thread
+                continue
+            try:
+                if prep.error is not None:
+                    raise prep.error
+                results = _forward(prep, settings)
+            except Exception as e:  # noqa: BLE001
+                status = group.failed(prep.entry, e)
+                if status is not None:
+                    writer.submit(group.record, status)
+                continue
+            if pending is not None:
+                pending.result()  # at most one write in flight
+            pending = writer.submit(write, prep, results)
+        if pending is not None:
+            pending.result()
+    return group.finish()

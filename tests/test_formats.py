@@ -16,7 +16,7 @@ from common.manifest import FORMAT_VERSION, ManifestError, ShardEntry, manifest_
 from common.model import ModelSpec
 from common.output import (ImageResult, check_run_id, default_run_id, part_key, predictions_table,
                            table_to_parquet)
-from infer.task import InferSettings, run_shard
+from infer.task import InferSettings, run_group
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "manifests", "examples")
 
@@ -93,4 +93,4 @@ def test_task_closure_is_picklable():
     """What travels to executors is strings and numbers: no client, no model."""
     settings = InferSettings(ModelSpec("s3://b/m-symbol.json", "s3://b/m.params", "s3://b/s.txt"), "s3://b/p/", "r",
                              "m1")
-    assert pickle.loads(pickle.dumps(partial(run_shard, settings=settings))).keywords["settings"] == settings
+    assert pickle.loads(pickle.dumps(partial(run_group, settings=settings))).keywords["settings"] == settings

@@ -1,0 +1,96 @@
+"""infer's plan: which shards this invocation runs, and how they are grouped into Spark tasks.
+
+Selection (``--shards``, ``--only-missing``, ``--only-failed``) reads the manifest rows, the
+run's partition listing and its status records; grouping cuts the selected shards, in id
+order, into task groups of ``--shards-per-task`` consecutive entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from typing import Optional, Sequence
+
+from common import storage
+from common.cli import UsageError
+from common.manifest import Manifest, ShardEntry
+from common.output import read_statuses
+
+# Shards per Spark task.  Measured (docs/benchmarks.md): Spark's local per-task cost is
+# ~0.15 s and the in-task pipeline only overlaps fetch/decode/write within a group, so
+# groups of 4 64-image shards (~2-4 s of model time each) make Spark's share small, while
+# 2-4 groups per core keep the last wave's tail short and a retried group cheap.  The
+# planner lowers it when there are too few shards to give every core 2 groups.
+DEFAULT_SHARDS_PER_TASK = 4
+MIN_GROUPS_PER_CORE = 2
+
+
+def parse_shard_ids(text: str, manifest: Manifest) -> list[int]:
+    """``"3,17,40-45"`` -> sorted ids; every id must exist in the manifest.
+
+    Raises:
+        UsageError: bad syntax or an id outside the manifest (named).
+    """
+    ids: set[int] = set()
+    last = len(manifest.entries) - 1
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise UsageError(f"--shards: {part!r} is not an id or a range like 40-45")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if lo > hi:
+            raise UsageError(f"--shards: range {part!r} runs backwards")
+        if hi > last:
+            raise UsageError(f"--shards: {part!r} is outside the manifest {manifest.uri} (shard ids 0-{last})")
+        ids.update(range(lo, hi + 1))
+    return sorted(ids)
+
+
+def present_shards(output: str, run_id: str, endpoint_url: Optional[str]) -> set[int]:
+    """Shard ids whose part file exists in the run's partition."""
+    prefix = storage.join(output, f"run_id={run_id}") + "/"
+    found = set()
+    try:
+        for obj in storage.list_objects(prefix, endpoint_url):
+            m = re.search(r"part-(\d+)\.parquet$", obj.key)
+            if m and obj.size > 0:
+                found.add(int(m.group(1)))
+    except storage.NotFound:
+        pass
+    return found
+
+
+def failed_shards(output: str, run_id: str, endpoint_url: Optional[str]) -> list[int]:
+    """Shard ids whose recorded status is failed."""
+    return [int(r["shard_id"]) for r in read_statuses(output, run_id, endpoint_url) if r.get("status") != "ok"]
+
+
+def select_entries(args: argparse.Namespace, manifest: Manifest, run_id: str,
+                   endpoint_url: Optional[str]) -> list[ShardEntry]:
+    """The manifest rows this invocation runs, in shard id order."""
+    by_id = {e.shard_id: e for e in manifest.entries}
+    if args.shards:
+        return [by_id[i] for i in parse_shard_ids(args.shards, manifest)]
+    if args.only_missing:
+        present = present_shards(args.output, run_id, endpoint_url)
+        return [e for e in manifest.entries if e.shard_id not in present]
+    if args.only_failed:
+        return [by_id[i] for i in failed_shards(args.output, run_id, endpoint_url) if i in by_id]
+    return list(manifest.entries)
+
+
+def shards_per_task(requested: Optional[int], shards: int, cores: int) -> int:
+    """``--shards-per-task`` when given, else the default, lowered so every core gets a couple of groups."""
+    if requested is not None:
+        if requested < 1:
+            raise UsageError(f"--shards-per-task must be at least 1, got {requested}")
+        return requested
+    fair = math.ceil(shards / max(1, cores * MIN_GROUPS_PER_CORE))
+    return max(1, min(DEFAULT_SHARDS_PER_TASK, fair))
+
+
+def group_entries(entries: Sequence[ShardEntry], per_task: int) -> list[list[ShardEntry]]:
+    """Consecutive runs of ``per_task`` selected entries (in the order given), the last one shorter."""
+    return [list(entries[i : i + per_task]) for i in range(0, len(entries), per_task)]

@@ -1,0 +1,125 @@
+"""infer's run records under ``<output>/_runs/<run_id>/``: run.json (what the run is), summary.json
+(what one invocation did, with the command that reruns its failures) and athena.sql.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from typing import Optional
+
+from common import athena, storage
+from common.cli import UsageError
+from common.manifest import Manifest
+from common.output import run_dir, run_record_key
+from infer.plan import present_shards
+
+PROG = "infer"
+
+
+def read_run_record(output: str, run_id: str, endpoint_url: Optional[str]) -> Optional[dict]:
+    """``run.json`` of the run, or None for a new run."""
+    try:
+        return json.loads(storage.read_bytes(run_record_key(output, run_id), endpoint_url))
+    except storage.NotFound:
+        return None
+
+
+def check_run_record(record: Optional[dict], args: argparse.Namespace, run_id: str, manifest: Manifest,
+                     model_id: str) -> bool:
+    """A run belongs to one manifest, one model (and precision) and one --top-k: refuse a mismatch.
+
+    Returns:
+        True when ``record`` describes this very work (nothing to rewrite).
+
+    Raises:
+        UsageError: ``run_id`` already holds another manifest's or (without --force) another model's output.
+    """
+    if record is None:
+        if args.only_failed:
+            raise UsageError(f"--only-failed: run {run_id} has no record at {run_record_key(args.output, run_id)}; "
+                             "nothing to rerun")
+        return False
+    if record.get("manifest_id") != manifest.manifest_id:
+        raise UsageError(f"--run-id {run_id} belongs to manifest {record.get('manifest_id')} "
+                         f"({record.get('manifest')}), not {manifest.manifest_id} ({args.manifest}); use another --run-id")
+    if record.get("model") != model_id and not args.force:
+        raise UsageError(f"--run-id {run_id} was made with model {record.get('model')}, not {model_id}; "
+                         "use another --run-id (or --force to replace its files)")
+    if record.get("top_k") != args.top_k and not args.force:
+        raise UsageError(f"--run-id {run_id} was made with --top-k {record.get('top_k')}, not {args.top_k}")
+    return record.get("model") == model_id and record.get("top_k") == args.top_k
+
+
+def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
+                     conversion: Optional[dict], endpoint_url: Optional[str]) -> None:
+    """Write ``run.json``: manifest, model, precision (with its samples, agreement and CPU), --top-k."""
+    record = {"run_id": run_id, "manifest": args.manifest, "manifest_id": manifest.manifest_id, "model": model_id,
+              "sym_url": args.sym_url, "param_url": args.param_url, "label_url": args.label_url, "top_k": args.top_k,
+              "precision": args.precision, "conversion": conversion,
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    storage.write_bytes(run_record_key(args.output, run_id), json.dumps(record, indent=1).encode(), endpoint_url,
+                        "application/json")
+
+
+def rerun_command(args: argparse.Namespace, run_id: str) -> str:
+    """The exact command that reruns this run's failed shards."""
+    cmd = ["spark-submit", "--properties-file", "spark-defaults.conf", "infer/main.py", "--manifest", args.manifest,
+           "--sym-url", args.sym_url, "--param-url", args.param_url, "--label-url", args.label_url,
+           "--output", args.output, "--run-id", run_id]
+    if args.top_k != 5:
+        cmd += ["--top-k", str(args.top_k)]
+    if args.device != "cpu":
+        cmd += ["--device", args.device]
+    if args.precision != "fp32":
+        cmd += ["--precision", args.precision]
+    if args.shards_per_task is not None:
+        cmd += ["--shards-per-task", str(args.shards_per_task)]
+    if args.s3_endpoint_url:
+        cmd += ["--s3-endpoint-url", args.s3_endpoint_url]
+    return shlex.join(cmd + ["--only-failed"])
+
+
+def summarise(statuses: list[dict], args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
+              elapsed: float, groups: int, per_task: int) -> dict:
+    """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``."""
+    failed = sorted((s for s in statuses if s["status"] != "ok"), key=lambda s: s["shard_id"])
+    written = [s for s in statuses if s.get("outcome") == "written"]
+    rows = sum(s.get("rows", 0) for s in written)
+    return {
+        "run_id": run_id,
+        "manifest": args.manifest,
+        "manifest_id": manifest.manifest_id,
+        "model": model_id,
+        "precision": args.precision,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "shards_selected": len(statuses),
+        "tasks": groups,
+        "shards_per_task": per_task,
+        "shards_written": len(written),
+        "shards_already_done": sum(1 for s in statuses if s["status"] == "ok" and s.get("outcome") != "written"),
+        "shards_failed": [s["shard_id"] for s in failed],
+        "errors": {str(s["shard_id"]): s.get("error", "") for s in failed},
+        "images_written": rows,
+        "image_errors": sum(s.get("rows_error", 0) for s in written),
+        "model_loads": sum(1 for s in statuses if s.get("model_loaded")),
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(rows / elapsed, 3) if elapsed > 0 else None,
+        "output": storage.join(args.output, f"run_id={run_id}") + "/",
+        "rerun_failed": rerun_command(args, run_id) if failed else None,
+    }
+
+
+def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, endpoint_url: Optional[str]) -> None:
+    """Once every shard of the manifest has its part file, leave the Athena statements in ``_runs/<run_id>/``."""
+    present = present_shards(args.output, run_id, endpoint_url)
+    missing = [e.shard_id for e in manifest.entries if e.shard_id not in present]
+    if missing:
+        print(f"{PROG}: run {run_id} is not complete yet ({len(missing)} of {len(manifest.entries)} shards missing); "
+              "athena.sql is written when every shard is done", flush=True)
+        return
+    uri = storage.join(run_dir(args.output, run_id), "athena.sql")
+    storage.write_bytes(uri, athena.run_statements(args.output, run_id).encode(), endpoint_url, "text/plain")
+    print(f"{PROG}: run complete: Athena statements in {uri}", flush=True)

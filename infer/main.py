@@ -9,7 +9,7 @@
         [--shards-per-task N] [--dry-run]
 
 The driver reads the manifest, checks the model once (so a bad URL or mismatched params
-fail before any task starts) while Spark starts beside it, converts the model when a
+fail before Spark starts), converts the model when a
 reduced precision is asked for (infer/precision.py), plans task groups (infer/plan.py),
 and collects one small status record per shard; predictions go from each task straight to
 S3.  Run records: infer/runrecord.py.  Exit code 0 when every selected shard is ok, 1 when
@@ -25,7 +25,6 @@ import os
 import sys
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Optional, Sequence
 
@@ -103,16 +102,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_run_id(args.run_id)
 
 
-def start_spark(args: argparse.Namespace) -> Optional[Future]:
-    """Start the SparkContext in the background, so it comes up while the driver checks inputs and model."""
-    if args.dry_run:
-        return None
-    pool = ThreadPoolExecutor(1, thread_name_prefix="shardinfer-spark-start")
-    future = pool.submit(spark_context, f"shardinfer-infer-{args.run_id or 'run'}")
-    pool.shutdown(wait=False)
-    return future
-
-
 def prepare_model(args: argparse.Namespace, files, spec: ModelSpec, record: Optional[dict], manifest, run_id: str,
                   endpoint: Optional[str]) -> tuple[ModelSpec, Optional[dict]]:
     """The spec the executors load, and the conversion record for run.json (None at fp32)."""
@@ -138,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     endpoint = endpoint_from(args)
     started = time.time()
-    spark_future = start_spark(args)
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
     storage.check_buckets((args.manifest, args.output, args.sym_url, args.param_url, args.label_url), endpoint)
     manifest = manifest_from_bytes(storage.read_bytes(args.manifest, endpoint), args.manifest)
@@ -151,24 +139,27 @@ def run(args: argparse.Namespace) -> int:
     record = runrecord.read_run_record(args.output, run_id, endpoint)
     record_matches = runrecord.check_run_record(record, args, run_id, manifest, model_id)
     entries = plan.select_entries(args, manifest, run_id, endpoint)
-    cores = (spark_future.result().defaultParallelism if spark_future else os.cpu_count()) or 1
-    per_task = plan.shards_per_task(args.shards_per_task, len(entries), cores)
-    groups = plan.group_entries(entries, per_task)
-    print(f"{PROG}: manifest {manifest.manifest_id}: {len(manifest.entries)} shards, {manifest.num_images} images; "
-          f"run_id={run_id}; model {model_id}; running {len(entries)} shards in {len(groups)} tasks of up to "
-          f"{per_task}", flush=True)
-    if args.dry_run:
-        shown = ", ".join(f"{g[0].shard_id}-{g[-1].shard_id}" if len(g) > 1 else str(g[0].shard_id) for g in groups[:20])
-        print(f"{PROG}: dry run: task groups {shown}{' ...' if len(groups) > 20 else ''}; nothing written", flush=True)
-        return 0
     if not entries:
-        print(f"{PROG}: nothing to do", flush=True)
+        print(f"{PROG}: manifest {manifest.manifest_id}: run_id={run_id}: nothing to do", flush=True)
+        return 0
+    if args.dry_run:  # grouped for this machine's cores: on a cluster Spark's parallelism decides
+        per_task = plan.shards_per_task(args.shards_per_task, len(entries), os.cpu_count() or 1)
+        groups = plan.group_entries(entries, per_task)
+        shown = ", ".join(f"{g[0].shard_id}-{g[-1].shard_id}" if len(g) > 1 else str(g[0].shard_id) for g in groups[:20])
+        print(f"{PROG}: dry run: manifest {manifest.manifest_id}, run_id={run_id}, model {model_id}: {len(entries)} of "
+              f"{len(manifest.entries)} shards in {len(groups)} tasks of up to {per_task}: {shown}"
+              f"{' ...' if len(groups) > 20 else ''}; nothing written", flush=True)
         return 0
     spec, conversion = prepare_model(args, files, spec, record, manifest, run_id, endpoint)
     if not record_matches or (conversion and conversion != (record or {}).get("conversion")):
         runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint)
 
-    sc = spark_future.result()
+    sc = spark_context(f"shardinfer-infer-{run_id}")
+    per_task = plan.shards_per_task(args.shards_per_task, len(entries), sc.defaultParallelism)
+    groups = plan.group_entries(entries, per_task)
+    print(f"{PROG}: manifest {manifest.manifest_id}: {len(manifest.entries)} shards, {manifest.num_images} images; "
+          f"run_id={run_id}; model {model_id}; running {len(entries)} shards in {len(groups)} tasks of up to "
+          f"{per_task}", flush=True)
     settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
                              args.force, invocation=uuid.uuid4().hex,
                              digest_extra="" if args.precision == "fp32" else args.precision)

@@ -7,7 +7,9 @@ server, except that, with probability ``fault_rate``, it instead
 * answers ``500 InternalError``,
 * resets the connection before forwarding, or
 * forwards the request and then resets the connection, so the client never learns that
-  its PUT succeeded (the case that makes retries dangerous without conditional writes).
+  its PUT succeeded (the case that makes retries dangerous without conditional writes),
+* or, only when asked for (``faults=("expired",)``), answers ``400 ExpiredToken``, which
+  boto3 does not retry.
 
 Every other request is delayed by ``latency_s`` plus a random ``0..jitter_s``.  Decisions
 come from a seeded RNG.  It listens on 127.0.0.1 only.
@@ -28,6 +30,9 @@ from collections import Counter
 from typing import Optional
 
 FAULTS = ("503", "500", "reset", "reset_after")
+# Not among the default faults: a 400 that boto3 does not retry (as an expired session token),
+# so the job's own retry policy (Spark's task retry) is what recovers from it.
+ALL_FAULTS = FAULTS + ("expired",)
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 _XML = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{msg}</Message>'
         '<RequestId>faultproxy</RequestId></Error>')
@@ -52,14 +57,16 @@ class FaultProxy:
         self.max_faults = max_faults
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
+        self.requests: Counter = Counter()  # "METHOD /path" -> how many times the proxy saw it
         self._server: Optional[http.server.ThreadingHTTPServer] = None
         self.endpoint_url = ""
 
     def _decide(self, request: str) -> tuple[Optional[str], float]:
         with self._lock:
             self.counts["requests"] += 1
+            self.requests[request.split("?", 1)[0]] += 1
             eligible = (self._only is None or self._only.search(request)) and (
-                self.max_faults is None or sum(self.counts[f] for f in FAULTS) < self.max_faults)
+                self.max_faults is None or sum(self.counts[f] for f in ALL_FAULTS) < self.max_faults)
             if eligible and self._rng.random() < self.fault_rate:
                 fault = self._rng.choice(self.faults)
                 self.counts[fault] += 1
@@ -125,6 +132,8 @@ class FaultProxy:
                     return self._error(500, "InternalError", "We encountered an internal error. Please try again.")
                 if fault == "reset":
                     return self._reset()
+                if fault == "expired":
+                    return self._error(400, "ExpiredToken", "The provided token has expired.")
                 if delay:
                     time.sleep(delay)
                 status, headers, data = self._forward(body)

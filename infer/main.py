@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     record_matches = runrecord.check_run_record(record, args, run_id, manifest, model_id)
     entries = plan.select_entries(args, manifest, run_id, endpoint)
     if not entries:
-        print(f"{PROG}: manifest {manifest.manifest_id}: run_id={run_id}: nothing to do", flush=True)
+        print(f"{PROG}: manifest {manifest.manifest_id}: run_id={run_id}; running 0 shards: nothing to do", flush=True)
         return 0
     if args.dry_run:  # grouped for this machine's cores: on a cluster Spark's parallelism decides
         per_task = plan.shards_per_task(args.shards_per_task, len(entries), os.cpu_count() or 1)

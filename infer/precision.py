@@ -152,6 +152,8 @@ def convert(sym, arg: dict, aux: dict, precision: str, calibration: Optional[np.
 
     if precision == "fp32":
         return sym, arg, aux
+    # MXNet's converters cast parameters in the dicts they are given: keep the caller's fp32 ones intact
+    arg, aux = {k: v.copy() for k, v in arg.items()}, {k: v.copy() for k, v in aux.items()}
     if precision == "bf16":
         import mxnet.contrib.amp  # noqa: F401 - registers mx.contrib.amp
 

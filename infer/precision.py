@@ -179,7 +179,8 @@ def model_bytes(sym, arg: dict, aux: dict) -> tuple[bytes, bytes]:
         mx.nd.save(path, {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
         with open(path, "rb") as f:
             params = f.read()
-    return sym.tojson().encode(), params
+    # tojson drops AMP's amp_cast nodes by default, which leaves bf16 weights feeding fp32 inputs
+    return sym.tojson(remove_amp_cast=False).encode(), params
 
 
 @dataclass(frozen=True)

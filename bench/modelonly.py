@@ -27,6 +27,7 @@ def child(model_dir: str, batches: int, go_file: str, ready_file: str) -> None:
     from common import zoo_builder
     from common.model import ModelSpec, Predictor
 
+    # the same file names whatever the precision: bench/run.py writes each converted model to its own directory
     spec = ModelSpec(os.path.join(model_dir, zoo_builder.SYMBOL_FILE), os.path.join(model_dir, zoo_builder.PARAMS_FILE),
                      os.path.join(model_dir, zoo_builder.SYNSET_FILE))
     p = Predictor(spec)

@@ -6,9 +6,13 @@ One local S3-protocol server, one data set of CIFAR-like PNGs, one model (the te
 ResNet-18), measured one after the other:
 
 1. model-only: the bound model on a 64x3x224x224 batch, with infer's settings (as many
-   processes as infer runs tasks at once, with the same MXNet threads each);
-2. shardinfer: prepare, then infer (whole spark-submit wall time, and steady state from
-   the first task's start to the last task's end, from the status records);
+   processes as infer runs tasks at once, with the same MXNet threads each), at fp32 and
+   converted to bf16 and int8 exactly as infer converts them;
+2. shardinfer: prepare, then infer at each precision, on the whole manifest and on its
+   first quarter (``--shards``): the marginal throughput between the two sizes is the
+   steady state, and what is left of the small run's wall time is the fixed cost of one
+   spark-submit (JVM, SparkContext, model check, conversion, worker start, report);
+   fp32 also with other ``--shards-per-task`` values (``--spt-sweep``);
 3. seed-style: bench/seed_style.py (one GET per image, padded partitions, collect, one text file);
 4. Spark predict_batch_udf: bench/udf_style.py, bytes in (preprocessing in the predict
    function) and tensors in (on at most --tensor-images images: 600 KB of floats per row);
@@ -28,11 +32,17 @@ import platform
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.measure import Sample, run_sampled  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
 from common import storage, zoo_builder  # noqa: E402
+from common.images import preprocess  # noqa: E402
+from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
+from common.testdata import cifar_like_png  # noqa: E402
+from infer import precision  # noqa: E402
 from common.faultproxy import FaultProxy  # noqa: E402
 from common.localdev import ROOT, LocalS3, spark_env, spark_submit_command, upload_cifar_like  # noqa: E402
 
@@ -43,8 +53,35 @@ def machine() -> dict:
     """What ran the benchmark."""
     model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
-    return {"cpu": model, "cores": os.cpu_count(), "memory_mib": mem, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {"cpu": model, "cpu_flags": precision.cpu_info()["flags"], "cores": os.cpu_count(), "memory_mib": mem,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def converted_models(model_dir: str, workdir: str, calibration: int = 256) -> dict[str, str]:
+    """``{precision: directory}``: the test ResNet-18 converted as infer converts it (int8 calibrated on
+    ``calibration`` generated images), each written under the zoo file names for bench/modelonly.py."""
+    spec = ModelSpec(*(os.path.join(model_dir, f) for f in (zoo_builder.SYMBOL_FILE, zoo_builder.PARAMS_FILE,
+                                                             zoo_builder.SYNSET_FILE)))
+    files = fetch_model(spec)
+    sym, arg, aux = check_model(files, spec)
+    images = np.stack([preprocess(cifar_like_png(i, seed=99), str(i)) for i in range(calibration)])
+    dirs = {"fp32": model_dir}
+    for p in ("bf16", "int8"):
+        out = os.path.join(workdir, f"model-{p}")
+        os.makedirs(out, exist_ok=True)
+        sym_json, params = precision.model_bytes(*precision.convert(sym, arg, aux, p, images))
+        for name, data in ((zoo_builder.SYMBOL_FILE, sym_json), (zoo_builder.PARAMS_FILE, params),
+                           (zoo_builder.SYNSET_FILE, precision.labels_text(files))):
+            with open(os.path.join(out, name), "wb") as f:
+                f.write(data)
+        dirs[p] = out
+    return dirs
+
+
+def marginal(small: dict, big: dict) -> dict:
+    """Steady-state images/s between two run sizes, and the fixed cost per spark-submit it implies."""
+    steady = (big["images"] - small["images"]) / (big["wall_s"] - small["wall_s"])
+    return {"steady_images_per_s": round(steady, 3), "fixed_s": round(small["wall_s"] - small["images"] / steady, 3)}
 
 
 def submit(script: str, args: list[str], env: dict, conf: list[str]) -> Sample:
@@ -59,7 +96,7 @@ def steady_state(output: str, run_id: str, images: int) -> dict:
     prefix = f"{output}_runs/{run_id}/shards/"
     st = [json.loads(storage.read_bytes(f"s3://{BUCKET}/{o.key}")) for o in storage.list_objects(prefix)]
     t0, t1 = min(s["t_start"] for s in st), max(s["t_end"] for s in st)
-    fwd = sum(s["t_forwarded"] - s["t_decoded"] for s in st)
+    fwd = sum(s["t_forwarded"] - s.get("t_forward_start", s["t_decoded"]) for s in st)
     busy = sum(s["t_end"] - s["t_start"] for s in st)
     return {"steady_s": round(t1 - t0, 3), "steady_images_per_s": round(images / (t1 - t0), 3),
             "forward_share_of_task_time": round(fwd / busy, 3), "processes": len({s["pid"] for s in st})}
@@ -82,7 +119,9 @@ def main() -> int:
     p.add_argument("--small", type=int, default=1000, help="second infer size, to show driver memory is flat")
     p.add_argument("--master", default="local[*]", help="Spark master for every Spark run (default local[*])")
     p.add_argument("--json", default=None, help="where to write the results (default bench-results/bench-N.json)")
-    p.add_argument("--skip", default="", help="comma list of runs to skip: seed,udf,tensors,latency,small")
+    p.add_argument("--skip", default="", help="comma list of runs to skip: seed,udf,tensors,latency,small,bf16,int8")
+    p.add_argument("--spt-sweep", default="1,8", help="other --shards-per-task values to run fp32 infer with "
+                   "(comma list, empty for none)")
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     n = a.images
@@ -110,31 +149,63 @@ def main() -> int:
 
         # 1. model-only, with infer's layout: Spark runs one task per core, MXNet on 1 thread each
         procs = os.cpu_count() if a.master == "local[*]" else int(a.master.strip("local[]").split(",")[0])
-        mo = model_only(model_dir, procs, 1, batches=12)
+        precisions = [p for p in precision.PRECISIONS if p not in skip]
+        dirs = converted_models(model_dir, workdir)
+        results["model_only_by_precision"] = {p: model_only(dirs[p], procs, 1, batches=12 if p == "fp32" else 24)
+                                              for p in precisions}
+        mo = results["model_only_by_precision"]["fp32"]
         mo_alt = model_only(model_dir, 1, procs, batches=12)
         results["model_only"] = mo
         results["model_only_one_process"] = mo_alt
         ips = mo["images_per_s"]
-        log(f"model-only {mo} | one process x {procs} threads {mo_alt}")
+        log(f"model-only {results['model_only_by_precision']} | fp32 one process x {procs} threads {mo_alt}")
 
         # 2. shardinfer
         s = submit("prepare/main.py", ["--input", f"s3://{BUCKET}/in/", "--output", f"s3://{BUCKET}/shards/"], s3.env, conf)
         results["prepare"] = {"wall_s": round(s.wall_s, 3), "peak_rss_mb": s.peak_rss_mb, "cpu_busy": s.cpu_busy}
         log(f"prepare {s.wall_s:.1f}s")
         out = f"s3://{BUCKET}/pred/"
-        s = submit("infer/main.py", ["--manifest", f"s3://{BUCKET}/shards/manifest.parquet", *model_args,
-                                     "--output", out, "--run-id", "bench"], s3.env, conf)
-        r = row("shardinfer", s, n, ips, **steady_state(out, "bench", n))
-        results["runs"].append(r)
-        log(f"shardinfer {r}")
-        results["prepare"]["share_of_infer"] = round(results["prepare"]["wall_s"] / s.wall_s, 3)
+        manifest_uri = f"s3://{BUCKET}/shards/manifest.parquet"
+        shards = -(-n // 64)
+        quarter = max(1, shards // 4)
+        n_small = min(n, quarter * 64)
+
+        def infer_run(run_id: str, images: int, *extra: str) -> tuple[Sample, dict]:
+            s = submit("infer/main.py", ["--manifest", manifest_uri, *model_args, "--output", out, "--run-id", run_id,
+                                         "--min-agreement", "0", *extra], s3.env, conf)
+            return s, steady_state(out, run_id, images)
+
+        results["precisions"] = {}
+        for p in precisions:
+            small, _ = infer_run(f"{p}-small", n_small, "--precision", p, "--shards", f"0-{quarter - 1}")
+            big, st = infer_run(f"{p}-big", n, "--precision", p)
+            m = marginal({"images": n_small, "wall_s": small.wall_s}, {"images": n, "wall_s": big.wall_s})
+            model_ips = results["model_only_by_precision"][p]["images_per_s"]
+            results["precisions"][p] = {
+                "small": {"images": n_small, "wall_s": round(small.wall_s, 3)},
+                "big": {"images": n, "wall_s": round(big.wall_s, 3), "images_per_s": round(n / big.wall_s, 3)},
+                **m, "ratio_steady_to_own_model_only": round(m["steady_images_per_s"] / model_ips, 3),
+                "ratio_steady_to_fp32_model_only": round(m["steady_images_per_s"] / ips, 3),
+                "task_span_images_per_s": st["steady_images_per_s"], "peak_rss_mb": big.peak_rss_mb}
+            log(f"infer {p}: {results['precisions'][p]}")
+            if p == "fp32":
+                s = big
+                r = row("shardinfer", big, n, ips, **st)
+                results["runs"].append(r)
+                results["prepare"]["share_of_infer"] = round(results["prepare"]["wall_s"] / big.wall_s, 3)
+        results["shards_per_task"] = {}
+        for spt in filter(None, a.spt_sweep.split(",")):
+            big, st = infer_run(f"spt{spt}", n, "--shards-per-task", spt)
+            results["shards_per_task"][spt] = {"wall_s": round(big.wall_s, 3), "images_per_s": round(n / big.wall_s, 3),
+                                               "task_span_images_per_s": st["steady_images_per_s"]}
+            log(f"infer fp32 --shards-per-task {spt}: {results['shards_per_task'][spt]}")
 
         if "small" not in skip and a.small < n:
             upload_cifar_like(f"s3://{BUCKET}/small/", a.small, endpoint_url=s3.endpoint_url, threads=8)
             submit("prepare/main.py", ["--input", f"s3://{BUCKET}/small/", "--output", f"s3://{BUCKET}/shards-small/"],
                    s3.env, conf)
             s = submit("infer/main.py", ["--manifest", f"s3://{BUCKET}/shards-small/manifest.parquet", *model_args,
-                                         "--output", out, "--run-id", "small"], s3.env, conf)
+                                         "--output", out, "--run-id", "driver-small"], s3.env, conf)
             results["driver_memory"] = {"images": [a.small, n], "python_driver_mb": [s.peak_rss_mb.get("python_driver"),
                                         r["peak_rss_mb"].get("python_driver")], "jvm_mb": [s.peak_rss_mb.get("jvm"),
                                         r["peak_rss_mb"].get("jvm")]}
@@ -186,7 +257,8 @@ def main() -> int:
 def print_table(results: dict) -> None:
     """The summary table (Markdown)."""
     mo = results["model_only"]
-    print(f"\nmachine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+    print(f"\nmachine: {results['machine']['cpu']} ({', '.join(results['machine'].get('cpu_flags', []))}), "
+          f"{results['machine']['cores']} cores; "
           f"{results['images']} images; Spark {results['master']}")
     print(f"model-only: {mo['images_per_s']} img/s ({mo['procs']} processes x {mo['threads']} MXNet thread); "
           f"one process x {results['model_only_one_process']['threads']} threads: "
@@ -199,6 +271,16 @@ def print_table(results: dict) -> None:
         print(f"| {r['name']} | {r['images']} | {r['wall_s']} | {r['images_per_s']} | {r['ratio_to_model']} | {steady} | "
               f"{r['cpu_busy']} | {m.get('jvm', '–')} / {m.get('python_driver', '–')} / {m.get('python_worker', '–')} "
               f"({m.get('python_workers_total', '–')}) |")
+    if results.get("precisions"):
+        print("\n| precision | model-only img/s | infer steady img/s (marginal) | x own model-only | x fp32 model-only "
+              "| fixed s per submit | whole job img/s at " f"{results['images']} |")
+        print("|---|---|---|---|---|---|---|")
+        for p, r in results["precisions"].items():
+            print(f"| {p} | {results['model_only_by_precision'][p]['images_per_s']} | {r['steady_images_per_s']} | "
+                  f"{r['ratio_steady_to_own_model_only']} | {r['ratio_steady_to_fp32_model_only']} | {r['fixed_s']} | "
+                  f"{r['big']['images_per_s']} |")
+    for spt, r in results.get("shards_per_task", {}).items():
+        print(f"fp32 --shards-per-task {spt}: {r['images_per_s']} img/s whole job, {r['task_span_images_per_s']} in tasks")
     pr = results["prepare"]
     print(f"\nprepare: {pr['wall_s']}s = {pr.get('share_of_infer')} of infer's wall time")
     if "driver_memory" in results:

@@ -208,11 +208,14 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, entries: S
     if warning:
         log(f"warning: {warning}")
     total = sum(e.num_records for e in entries)
-    n_cal = calibration_images if precision == "int8" else 0
+    # int8 needs two disjoint samples: a small manifest is split in halves between them
+    n_cal = min(calibration_images, total // 2) if precision == "int8" else 0
     n_agree = min(calibration_images, total - n_cal)
-    if n_agree < 1:
-        raise ValueError(f"--calibration-images {calibration_images}: the manifest holds only {total} images, "
-                         "none left to measure agreement with fp32 on")
+    if n_agree < 1 or (precision == "int8" and n_cal < 1):
+        raise ValueError(f"--precision {precision}: the manifest holds only {total} image(s), too few to "
+                         "calibrate and measure agreement with fp32")
+    if n_cal < (calibration_images if precision == "int8" else 0) or n_agree < calibration_images:
+        log(f"note: the manifest holds {total} images: {n_cal} calibrate, {n_agree} measure agreement")
     started = time.time()
     cal_items, agree_items = sample_plan([(e.shard_id, e.num_records) for e in entries], n_cal, n_agree)
     cal = load_sample(entries, cal_items, spec.endpoint_url) if cal_items else None
@@ -220,10 +223,12 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, entries: S
     sym, arg, aux = check_model(files, spec)
     t_convert = time.time()
     csym, carg, caux = convert(sym, arg, aux, precision, cal, spec.batch_size)
-    convert_s = time.time() - t_convert
+    t_agree = time.time()
     reference = top1(sym, arg, aux, agree, spec.batch_size)
     converted = top1(csym, carg, caux, agree, spec.batch_size)
     agreement = float((reference == converted).mean())
+    seconds = {"sample_s": round(t_convert - started, 3), "convert_s": round(t_agree - t_convert, 3),
+               "agreement_s": round(time.time() - t_agree, 3)}
     summary = (f"--precision {precision}: top-1 agreement with fp32 {agreement:.4f} on {len(agree)} images "
                f"(minimum {min_agreement:g})")
     if agreement < min_agreement:
@@ -245,7 +250,7 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, entries: S
               "agreement_images": len(agree), "calibration_images": 0 if cal is None else len(cal),
               "min_agreement": min_agreement, "samples": {"calibration": [list(x) for x in cal_items],
                                                           "agreement": [list(x) for x in agree_items]},
-              "convert_s": round(convert_s, 3), "prepare_s": round(time.time() - started, 3), "cpu": cpu}
+              **seconds, "prepare_s": round(time.time() - started, 3), "cpu": cpu}
     return Converted(stored, record)
 
 

@@ -7,8 +7,9 @@ Reads the per-shard status records in ``<output>/_runs/<run_id>/shards/`` and wr
 shows:
 
 * ``timeline.png`` — one lane per executor Python process; each shard is a set of bars,
-  fetch / decode / forward / write in four colours (the picture that shows a pipeline
-  whose I/O and compute alternate instead of overlapping);
+  fetch / decode / forward / write in four colours (inside a task group the next shard's
+  fetch and decode overlap the current shard's forward pass: the picture shows whether
+  the model waits for its input);
 * ``throughput.png`` — images finished per second over the run;
 * ``shard_times.png`` — the distribution of per-shard time by stage;
 
@@ -34,7 +35,7 @@ from common.output import check_run_id, read_statuses, run_dir  # noqa: E402
 
 PROG = "report"
 STAGES = (("fetch", "t_start", "t_fetched", "#4e79a7"), ("decode", "t_fetched", "t_decoded", "#f28e2b"),
-          ("forward", "t_decoded", "t_forwarded", "#59a14f"), ("write", "t_forwarded", "t_end", "#e15759"))
+          ("forward", "t_forward_start", "t_forwarded", "#59a14f"), ("write", "t_forwarded", "t_end", "#e15759"))
 IMAGES = ("timeline.png", "throughput.png", "shard_times.png")
 
 
@@ -48,8 +49,11 @@ def load_statuses(output: str, run_id: str, endpoint_url: Optional[str] = None) 
 
 def timed(records: list[dict]) -> list[dict]:
     """The records that ran the model in this invocation (they carry all stage timestamps)."""
-    return [r for r in records if r.get("status") == "ok" and all(k in r for k in ("t_start", "t_fetched", "t_decoded",
+    runs = [r for r in records if r.get("status") == "ok" and all(k in r for k in ("t_start", "t_fetched", "t_decoded",
                                                                                       "t_forwarded", "t_end"))]
+    for r in runs:  # records from before task groups: the forward pass began as decoding ended
+        r.setdefault("t_forward_start", r["t_decoded"])
+    return runs
 
 
 def lanes(records: list[dict]) -> dict[str, list[dict]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -40,6 +41,8 @@ class Sample:
     stderr: str
     cpu_busy: float
     peak_rss_mb: dict = field(default_factory=dict)
+    # CPU seconds the calling process (bench/run.py: the local S3 server's threads) used meanwhile
+    caller_cpu_s: float = 0.0
 
 
 def run_sampled(cmd: list[str], env: dict, interval: float = 0.25, timeout: float = 7200) -> Sample:
@@ -47,6 +50,7 @@ def run_sampled(cmd: list[str], env: dict, interval: float = 0.25, timeout: floa
     peaks: dict[str, float] = {}
     done = threading.Event()
     busy0, total0 = _cpu_times()
+    own0 = os.times()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -77,5 +81,7 @@ def run_sampled(cmd: list[str], env: dict, interval: float = 0.25, timeout: floa
     done.set()
     sampler.join()
     busy1, total1 = _cpu_times()
+    own1 = os.times()
     return Sample(proc.returncode, wall, out, err, round((busy1 - busy0) / max(total1 - total0, 1e-9), 3),
-                  {k: round(v, 1) for k, v in peaks.items()})
+                  {k: round(v, 1) for k, v in peaks.items()},
+                  round(own1.user + own1.system - own0.user - own0.system, 2))

@@ -85,6 +85,7 @@ def marginal(small: dict, big: dict) -> dict:
 
 
 def submit(script: str, args: list[str], env: dict, conf: list[str]) -> Sample:
+    """One spark-submit, sampled (``caller_cpu_s``: the local S3 server's threads in this process)."""
     s = run_sampled(spark_submit_command(script, args, conf), spark_env(env))
     if s.returncode != 0:
         raise SystemExit(f"{script} failed ({s.returncode}):\n{s.stdout[-3000:]}\n{s.stderr[-3000:]}")
@@ -186,7 +187,8 @@ def main() -> int:
                 "big": {"images": n, "wall_s": round(big.wall_s, 3), "images_per_s": round(n / big.wall_s, 3)},
                 **m, "ratio_steady_to_own_model_only": round(m["steady_images_per_s"] / model_ips, 3),
                 "ratio_steady_to_fp32_model_only": round(m["steady_images_per_s"] / ips, 3),
-                "task_span_images_per_s": st["steady_images_per_s"], "peak_rss_mb": big.peak_rss_mb}
+                "task_span_images_per_s": st["steady_images_per_s"], "peak_rss_mb": big.peak_rss_mb,
+                "s3_server_cpu_s": big.caller_cpu_s, "s3_server_cpu_share": round(big.caller_cpu_s / ((os.cpu_count() or 1) * big.wall_s), 3)}
             log(f"infer {p}: {results['precisions'][p]}")
             if p == "fp32":
                 s = big
@@ -197,7 +199,8 @@ def main() -> int:
         for spt in filter(None, a.spt_sweep.split(",")):
             big, st = infer_run(f"spt{spt}", n, "--shards-per-task", spt)
             results["shards_per_task"][spt] = {"wall_s": round(big.wall_s, 3), "images_per_s": round(n / big.wall_s, 3),
-                                               "task_span_images_per_s": st["steady_images_per_s"]}
+                                               "task_span_images_per_s": st["steady_images_per_s"],
+                                               "s3_server_cpu_s": big.caller_cpu_s}
             log(f"infer fp32 --shards-per-task {spt}: {results['shards_per_task'][spt]}")
 
         if "small" not in skip and a.small < n:

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:  # grouped for this machine's cores: on a cluster Spark's parallelism decides
         per_task = plan.shards_per_task(args.shards_per_task, len(entries), os.cpu_count() or 1)
-        groups = plan.group_entries(entries, per_task)
+        groups = plan.group_entries(entries, per_task, os.cpu_count() or 1)
         shown = ", ".join(f"{g[0].shard_id}-{g[-1].shard_id}" if len(g) > 1 else str(g[0].shard_id) for g in groups[:20])
         print(f"{PROG}: dry run: manifest {manifest.manifest_id}, run_id={run_id}, model {model_id}: {len(entries)} of "
               f"{len(manifest.entries)} shards in {len(groups)} tasks of up to {per_task}: {shown}"
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     sc = spark_context(f"shardinfer-infer-{run_id}")
     per_task = plan.shards_per_task(args.shards_per_task, len(entries), sc.defaultParallelism)
-    groups = plan.group_entries(entries, per_task)
+    groups = plan.group_entries(entries, per_task, sc.defaultParallelism)
     print(f"{PROG}: manifest {manifest.manifest_id}: {len(manifest.entries)} shards, {manifest.num_images} images; "
           f"run_id={run_id}; model {model_id}; running {len(entries)} shards in {len(groups)} tasks of up to "
           f"{per_task}", flush=True)

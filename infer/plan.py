@@ -91,6 +91,22 @@ def shards_per_task(requested: Optional[int], shards: int, cores: int) -> int:
     return max(1, min(DEFAULT_SHARDS_PER_TASK, fair))
 
 
-def group_entries(entries: Sequence[ShardEntry], per_task: int) -> list[list[ShardEntry]]:
-    """Consecutive runs of ``per_task`` selected entries (in the order given), the last one shorter."""
-    return [list(entries[i : i + per_task]) for i in range(0, len(entries), per_task)]
+def group_entries(entries: Sequence[ShardEntry], per_task: int, cores: int = 1) -> list[list[ShardEntry]]:
+    """Consecutive runs of at most ``per_task`` selected entries (in the order given), balanced.
+
+    The number of groups is rounded up to a multiple of ``cores`` (as far as there are
+    shards) and the sizes differ by at most one, larger groups first: Spark hands tasks out
+    in order, so every core gets the same work and the last wave has no lone long task.
+    """
+    if not entries:
+        return []
+    count = math.ceil(len(entries) / per_task)
+    if count % cores:
+        count = min(len(entries), count + cores - count % cores)
+    base, extra = divmod(len(entries), count)
+    groups, start = [], 0
+    for i in range(count):
+        size = base + (1 if i < extra else 0)
+        groups.append(list(entries[start : start + size]))
+        start += size
+    return groups

@@ -29,10 +29,15 @@ def _summary(out: str, run_id: str) -> dict:
     return json.loads(storage.read_bytes(f"{out}_runs/{run_id}/summary.json"))
 
 
-def test_grouping_is_consecutive_and_default_keeps_cores_busy(ten_shards):
+def test_grouping_is_consecutive_balanced_and_default_keeps_cores_busy(ten_shards):
     entries = ten_shards["entries"]
-    groups = group_entries(entries[1:8], 3)
-    assert [[e.shard_id for e in g] for g in groups] == [[1, 2, 3], [4, 5, 6], [7]]
+    ids = lambda groups: [[e.shard_id for e in g] for g in groups]  # noqa: E731
+    assert ids(group_entries(entries[1:8], 3)) == [[1, 2, 3], [4, 5], [6, 7]]  # sizes within one
+    # two cores: a multiple of 2 groups, sizes within one of each other, larger first
+    assert ids(group_entries(entries[1:8], 3, cores=2)) == [[1, 2], [3, 4], [5, 6], [7]]
+    assert ids(group_entries(entries, 4, cores=2)) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert ids(group_entries(entries[:3], 8, cores=2)) == [[0, 1], [2]]
+    assert group_entries([], 4, cores=2) == []
     assert shards_per_task(None, 10_000, 2) == 4  # the default
     assert shards_per_task(None, 10, 2) == 3  # 10 shards, 2 cores: 4 groups, 2 per core
     assert shards_per_task(None, 3, 2) == 1
@@ -72,7 +77,7 @@ def test_selection_that_does_not_align_with_groups(ten_shards, model_uris):
                            "--shards-per-task", "2")) == 0
     assert sorted(part_objects(out, "u")) == [f"unaligned/run_id=u/part-{i:05d}.parquet" for i in (1, 4, 5, 6, 9)]
     s = _summary(out, "u")
-    assert s["tasks"] == 3 and s["shards_written"] == 5 and s["images_written"] == 20
+    assert s["tasks"] == 4 and s["shards_written"] == 5 and s["images_written"] == 20  # [1, 4] [5] [6] [9]
     # the same selection again: every shard is found done, nothing is rewritten
     assert main(infer_args(ten_shards["manifest"], model_uris, out, "--run-id", "u", "--shards", "4-9",
                            "--shards-per-task", "4")) == 0
@@ -87,7 +92,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(ten_shards, model_uris, caps
     assert main(infer_args(ten_shards["manifest"], model_uris, out, "--run-id", "d", "--shards", "2-8",
                            "--shards-per-task", "3", "--dry-run")) == 0
     text = capsys.readouterr().out
-    assert "7 of 10 shards in 3 tasks of up to 3: 2-4, 5-7, 8; nothing written" in text
+    # grouped for this machine's cores
+    expected = {1: "3 tasks of up to 3: 2-4, 5-7, 8", 2: "4 tasks of up to 3: 2-3, 4-5, 6-7, 8"}.get(os.cpu_count())
+    assert f"7 of 10 shards in {expected or ''}" in text and "nothing written" in text
     assert list(storage.list_objects(out)) == []
 
 
@@ -99,7 +106,7 @@ def test_retried_group_skips_the_shards_it_wrote(s3, ten_shards, model_uris):
                     max_faults=1) as proxy:
         env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url}
         p = submit("infer/main.py", infer_args(ten_shards["manifest"], model_uris, out, "--run-id", "r",
-                                               "--shards", "0-3", "--shards-per-task", "4"), env, "spark.master=local[2,2]")
+                                               "--shards", "0-3", "--shards-per-task", "4"), env, "spark.master=local[1,2]")  # one core: one group
     assert p.returncode == 0, p.stderr[-4000:]
     assert proxy.counts["expired"] == 1
     st = statuses(out, "r")

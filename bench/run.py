@@ -34,6 +34,7 @@ import time
 
 import numpy as np
 
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # this process converts models (before mxnet)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.measure import Sample, run_sampled  # noqa: E402

@@ -30,6 +30,10 @@ from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script by spark-submit: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The driver's own MXNet work (model check, --precision conversion and agreement) may use every
+# core: MXNet reads this once, when it is first imported (below).  Executors are unaffected:
+# Spark sets OMP_NUM_THREADS in its Python workers from spark.task.cpus / spark.executorEnv.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 from common import storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, endpoint_from, first_line, run_cli,  # noqa: E402
@@ -123,8 +127,6 @@ def prepare_model(args: argparse.Namespace, files, spec: ModelSpec, record: Opti
 def run(args: argparse.Namespace) -> int:
     """Run infer for parsed arguments; returns the exit code."""
     check_arguments(args)
-    # the driver's own MXNet work (model check, conversion) may use every core; executors are set by Spark
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     endpoint = endpoint_from(args)
     started = time.time()
     # seconds, not a minute of retries, for a typo in a bucket or endpoint

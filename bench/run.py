@@ -32,15 +32,12 @@ import platform
 import sys
 import time
 
-import numpy as np
-
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # this process converts models (before mxnet)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.measure import Sample, run_sampled  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
 from common import storage, zoo_builder  # noqa: E402
-from common.images import preprocess  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
 from common.testdata import cifar_like_png  # noqa: E402
 from infer import precision  # noqa: E402
@@ -65,7 +62,8 @@ def converted_models(model_dir: str, workdir: str, calibration: int = 256) -> di
                                                              zoo_builder.SYNSET_FILE)))
     files = fetch_model(spec)
     sym, arg, aux = check_model(files, spec)
-    images = np.stack([preprocess(cifar_like_png(i, seed=99), str(i)) for i in range(calibration)])
+    images = precision.Sample(tuple(cifar_like_png(i, seed=99) for i in range(calibration)),
+                              tuple(str(i) for i in range(calibration)))
     dirs = {"fp32": model_dir}
     for p in ("bf16", "int8"):
         out = os.path.join(workdir, f"model-{p}")
@@ -182,6 +180,9 @@ def main() -> int:
             small, _ = infer_run(f"{p}-small", n_small, "--precision", p, "--shards", f"0-{quarter - 1}")
             big, st = infer_run(f"{p}-big", n, "--precision", p)
             m = marginal({"images": n_small, "wall_s": small.wall_s}, {"images": n, "wall_s": big.wall_s})
+            conversion = json.loads(storage.read_bytes(f"{out}_runs/{p}-small/run.json")).get("conversion") or {}
+            m["conversion_s"] = conversion.get("prepare_s", 0.0)
+            m["fixed_s_without_conversion"] = round(m["fixed_s"] - m["conversion_s"], 3)
             model_ips = results["model_only_by_precision"][p]["images_per_s"]
             results["precisions"][p] = {
                 "small": {"images": n_small, "wall_s": round(small.wall_s, 3)},
@@ -277,12 +278,12 @@ def print_table(results: dict) -> None:
               f"({m.get('python_workers_total', '–')}) |")
     if results.get("precisions"):
         print("\n| precision | model-only img/s | infer steady img/s (marginal) | x own model-only | x fp32 model-only "
-              "| fixed s per submit | whole job img/s at " f"{results['images']} |")
+              "| fixed s per submit (of which conversion) | whole job img/s at " f"{results['images']} |")
         print("|---|---|---|---|---|---|---|")
         for p, r in results["precisions"].items():
             print(f"| {p} | {results['model_only_by_precision'][p]['images_per_s']} | {r['steady_images_per_s']} | "
-                  f"{r['ratio_steady_to_own_model_only']} | {r['ratio_steady_to_fp32_model_only']} | {r['fixed_s']} | "
-                  f"{r['big']['images_per_s']} |")
+                  f"{r['ratio_steady_to_own_model_only']} | {r['ratio_steady_to_fp32_model_only']} | {r['fixed_s']} "
+                  f"({r.get('conversion_s', 0.0)}) | {r['big']['images_per_s']} |")
     for spt, r in results.get("shards_per_task", {}).items():
         print(f"fp32 --shards-per-task {spt}: {r['images_per_s']} img/s whole job, {r['task_span_images_per_s']} in tasks")
     pr = results["prepare"]

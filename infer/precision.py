@@ -22,7 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -104,22 +104,37 @@ def sample_plan(shards: Sequence[tuple[int, int]], calibration: int, agreement: 
     return calib, agree
 
 
+@dataclass(frozen=True)
+class Sample:
+    """Sampled images as their original bytes: decoded one batch at a time, so a sample of
+    thousands of images costs the driver its compressed size, not 600 KB of floats per image."""
+
+    payloads: tuple[bytes, ...]
+    keys: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def batches(self, size: int) -> Iterator[np.ndarray]:
+        """Model input in batches of up to ``size`` rows; undecodable images are left out."""
+        from infer.task import decode_into
+
+        for start in range(0, len(self), size):
+            out = np.empty((min(size, len(self) - start), 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+            bad = decode_into(self.payloads[start : start + size], self.keys[start : start + size], out)
+            yield out[[i for i in range(len(out)) if i not in bad]] if bad else out
+
+
 def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]], endpoint_url: Optional[str],
-                threads: int = 8) -> np.ndarray:
-    """The model input (``n x 3 x 224 x 224``) of the sampled images; undecodable ones are left out."""
-    from infer.task import decode_into, fetch_shard
+                threads: int = 8) -> Sample:
+    """Fetch the shards that hold ``items`` (``(shard_id, record)`` pairs, in parallel) and keep those records."""
+    from infer.task import fetch_shard
 
     by_id = {e.shard_id: e for e in entries}
-    wanted: dict[int, list[int]] = {}
-    for sid, rec in items:
-        wanted.setdefault(sid, []).append(rec)
+    wanted = list(dict.fromkeys(sid for sid, _ in items))
     with ThreadPoolExecutor(threads) as pool:
         fetched = dict(zip(wanted, pool.map(lambda sid: fetch_shard(by_id[sid], endpoint_url), wanted)))
-    out = np.empty((len(items), 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-    payloads = [fetched[sid][rec] for sid, rec in items]
-    keys = [by_id[sid].keys[rec] for sid, rec in items]
-    bad = decode_into(payloads, keys, out)
-    return out[[i for i in range(len(items)) if i not in bad]]
+    return Sample(tuple(fetched[sid][rec] for sid, rec in items), tuple(by_id[sid].keys[rec] for sid, rec in items))
 
 
 def _bind(sym, arg: dict, aux: dict, batch: int):
@@ -131,22 +146,45 @@ def _bind(sym, arg: dict, aux: dict, batch: int):
     return mod
 
 
-def top1(sym, arg: dict, aux: dict, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Top-1 class per image, in forward passes of ``batch`` (the last one zero-padded)."""
+def _padded(images: np.ndarray, batch: int) -> np.ndarray:
+    """``images`` with rows repeated up to ``batch`` rows (statistics stay those of real images)."""
+    return images if len(images) == batch else images[np.arange(batch) % len(images)]
+
+
+def top1(sym, arg: dict, aux: dict, batches: Iterable[np.ndarray], batch: int = 64) -> np.ndarray:
+    """Top-1 class per image of ``batches`` (each of at most ``batch`` rows)."""
     import mxnet as mx
 
     mod = _bind(sym, arg, aux, batch)
     out = []
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch]
-        padded = np.zeros((batch,) + images.shape[1:], dtype=np.float32)
-        padded[: len(chunk)] = chunk
-        mod.forward(mx.io.DataBatch([mx.nd.array(padded)]), is_train=False)
-        out.append(mod.get_outputs()[0].asnumpy().astype(np.float32)[: len(chunk)].argmax(axis=1))
+    for images in batches:
+        if len(images):
+            mod.forward(mx.io.DataBatch([mx.nd.array(_padded(images, batch))]), is_train=False)
+            out.append(mod.get_outputs()[0].asnumpy().astype(np.float32)[: len(images)].argmax(axis=1))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def convert(sym, arg: dict, aux: dict, precision: str, calibration: Optional[np.ndarray] = None, batch: int = 64):
+def _calibration_iter(sample: Sample, batch: int):
+    """An ``mx.io.DataIter`` over ``sample`` for MXNet's calibration, decoding batch by batch."""
+    import mxnet as mx
+
+    class CalibrationIter(mx.io.DataIter):
+        def __init__(self) -> None:
+            super().__init__(batch)
+            self.provide_data = [mx.io.DataDesc(DATA_NAME, (batch, 3, INPUT_SIZE, INPUT_SIZE))]
+            self.provide_label: list = []
+            self.reset()
+
+        def reset(self) -> None:
+            self._batches = (b for b in sample.batches(batch) if len(b))
+
+        def next(self):
+            return mx.io.DataBatch([mx.nd.array(_padded(next(self._batches), batch))], pad=0)
+
+    return CalibrationIter()
+
+
+def convert(sym, arg: dict, aux: dict, precision: str, calibration: Optional[Sample] = None, batch: int = 64):
     """``(symbol, arg_params, aux_params)`` of the model at ``precision`` (fp32: unchanged)."""
     import mxnet as mx
 
@@ -163,7 +201,7 @@ def convert(sym, arg: dict, aux: dict, precision: str, calibration: Optional[np.
 
         if calibration is None or len(calibration) == 0:
             raise ModelError("--precision int8 needs calibration images; the sample is empty")
-        data = mx.io.NDArrayIter(data={DATA_NAME: calibration}, batch_size=min(batch, len(calibration)))
+        data = _calibration_iter(calibration, batch)
         return quantize_model_mkldnn(sym, arg, aux, ctx=mx.cpu(), data_names=(DATA_NAME,), label_names=None,
                                      calib_mode="naive", calib_data=data, num_calib_examples=len(calibration),
                                      quantized_dtype="auto")
@@ -224,12 +262,12 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, entries: S
     t_convert = time.time()
     csym, carg, caux = convert(sym, arg, aux, precision, cal, spec.batch_size)
     t_agree = time.time()
-    reference = top1(sym, arg, aux, agree, spec.batch_size)
-    converted = top1(csym, carg, caux, agree, spec.batch_size)
+    reference = top1(sym, arg, aux, agree.batches(spec.batch_size), spec.batch_size)
+    converted = top1(csym, carg, caux, agree.batches(spec.batch_size), spec.batch_size)
     agreement = float((reference == converted).mean())
     seconds = {"sample_s": round(t_convert - started, 3), "convert_s": round(t_agree - t_convert, 3),
                "agreement_s": round(time.time() - t_agree, 3)}
-    summary = (f"--precision {precision}: top-1 agreement with fp32 {agreement:.4f} on {len(agree)} images "
+    summary = (f"--precision {precision}: top-1 agreement with fp32 {agreement:.4f} on {len(reference)} images "
                f"(minimum {min_agreement:g})")
     if agreement < min_agreement:
         raise AgreementError(f"{summary}: refused; keep fp32, raise --calibration-images, or lower --min-agreement")
@@ -247,7 +285,7 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, entries: S
                        source_params_sha256=files.params_sha256)
     record = {"precision": precision, "model_dir": model_dir, "params_sha256": sha,
               "source_params_sha256": files.params_sha256, "agreement": round(agreement, 6),
-              "agreement_images": len(agree), "calibration_images": 0 if cal is None else len(cal),
+              "agreement_images": len(reference), "calibration_images": 0 if cal is None else len(cal),
               "min_agreement": min_agreement, "samples": {"calibration": [list(x) for x in cal_items],
                                                           "agreement": [list(x) for x in agree_items]},
               **seconds, "prepare_s": round(time.time() - started, 3), "cpu": cpu}

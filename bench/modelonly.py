@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def child(model_dir: str, batches: int, go_file: str, ready_file: str) -> None:
     import numpy as np
 
-    from common import zoo_builder
+    from testkit import zoo_builder
     from common.model import ModelSpec, Predictor
 
     # the same file names whatever the precision: bench/run.py writes each converted model to its own directory

@@ -37,12 +37,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.measure import Sample, run_sampled  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
-from common import storage, zoo_builder  # noqa: E402
+from common import storage  # noqa: E402
+from testkit import zoo_builder  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
-from common.testdata import cifar_like_png  # noqa: E402
+from testkit.testdata import cifar_like_png  # noqa: E402
 from infer import precision  # noqa: E402
-from common.faultproxy import FaultProxy  # noqa: E402
-from common.localdev import ROOT, LocalS3, spark_env, spark_submit_command, upload_cifar_like  # noqa: E402
+from testkit.faultproxy import FaultProxy  # noqa: E402
+from testkit.localdev import ROOT, LocalS3, spark_env, spark_submit_command, upload_cifar_like  # noqa: E402
 
 BUCKET = "bench"
 

@@ -20,7 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common import storage, zoo_builder  # noqa: E402
+from common import storage  # noqa: E402
+
+from testkit import zoo_builder  # noqa: E402
 from common.cli import spark_context  # noqa: E402
 from common.images import preprocess  # noqa: E402
 from common.model import ModelSpec, get_predictor  # noqa: E402

@@ -21,7 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import storage, zoo_builder  # noqa: E402
+from common import storage  # noqa: E402
+
+from testkit import zoo_builder  # noqa: E402
 from common.model import ModelSpec  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Load an MXNet model-zoo model (symbol JSON, params, synset) and predict with it.
 
 The same code loads the real zoo files from ``http(s)://``, ``s3://`` or a path on a user's
-cluster and the test model of :mod:`common.zoo_builder` here.  A Spark task receives only a
+cluster and the test model of :mod:`testkit.zoo_builder` here.  A Spark task receives only a
 :class:`ModelSpec` (strings); :func:`get_predictor` downloads and binds the model once per
 executor Python process and hands the same :class:`Predictor` to every later task there.
 That cache relies on ``spark.python.worker.reuse=true`` (pinned in spark-defaults.conf).

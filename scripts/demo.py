@@ -20,8 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from common import storage, zoo_builder  # noqa: E402
-from common.localdev import ROOT, LocalS3, run_spark_submit, spark_submit_command, upload_cifar_like  # noqa: E402
+from common import storage  # noqa: E402
+
+from testkit import zoo_builder  # noqa: E402
+from testkit.localdev import ROOT, LocalS3, run_spark_submit, spark_submit_command, upload_cifar_like  # noqa: E402
 
 BUCKET = "shardinfer-demo"
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 
-from common.localdev import spark_env, venv_bin
+from testkit.localdev import spark_env, venv_bin
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """Shared fixtures: one local S3 server, one test model, one local Spark, one hostile bucket.
 
 Everything is real: moto's S3 server on 127.0.0.1, Spark in local mode, RecordIO and Parquet
-files, the zoo-format model from common.zoo_builder loaded by the production code.
+files, the zoo-format model from testkit.zoo_builder loaded by the production code.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import storage, zoo_builder
-from common.localdev import LocalS3, upload_cifar_like
-from common.testdata import cifar_like_image, cifar_like_png
+from common import storage
+
+from testkit import zoo_builder
+from testkit.localdev import LocalS3, upload_cifar_like
+from testkit.testdata import cifar_like_image, cifar_like_png
 
 MODEL_BUCKET = "models"
 

@@ -12,7 +12,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 
 from common import storage
-from common.localdev import ROOT, run_spark_submit, spark_env
+from testkit.localdev import ROOT, run_spark_submit, spark_env
 from common.manifest import Manifest, manifest_from_bytes
 
 

@@ -17,12 +17,14 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from common import athena, storage, zoo_builder
-from common.localdev import ROOT
+from common import athena, storage
+
+from testkit import zoo_builder
+from testkit.localdev import ROOT
 from common.manifest import ShardEntry, manifest_to_bytes
 from common.output import PREDICTION_SCHEMA
 from common.shard import pack_shard
-from common.testdata import cifar_like_png
+from testkit.testdata import cifar_like_png
 from tests.helpers import infer_args, output_rows
 
 BUCKET = "athena"

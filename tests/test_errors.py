@@ -8,8 +8,10 @@ import uuid
 import mxnet as mx
 import pytest
 
-from common import storage, zoo_builder
-from common.localdev import ROOT, run_spark_submit
+from common import storage
+
+from testkit import zoo_builder
+from testkit.localdev import ROOT, run_spark_submit
 from tests.cluster import free_port
 from tests.helpers import infer_args, run_python
 
@@ -102,7 +104,7 @@ def test_error_through_spark_submit(s3):
 
 def test_secret_key_is_never_written(s3, model_uris, tmp_path):
     """Credentials in the environment: nothing the run writes (logs, records, event log, output) holds the secret."""
-    from common.localdev import upload_cifar_like
+    from testkit.localdev import upload_cifar_like
 
     secret = f"SECRET-{uuid.uuid4().hex}"
     env = {**s3.env, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": f"TOKEN-{secret}"}

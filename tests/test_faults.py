@@ -11,8 +11,8 @@ import time
 import pytest
 
 from common import storage
-from common.faultproxy import FaultProxy
-from common.localdev import run_spark_submit, spark_submit_command, spark_env, upload_cifar_like
+from testkit.faultproxy import FaultProxy
+from testkit.localdev import run_spark_submit, spark_submit_command, spark_env, upload_cifar_like
 from tests.helpers import (assert_exactly_once, infer_args, last_modified, part_objects, read_manifest, run_id_from,
                            statuses, submit)
 

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from common import storage
-from common.faultproxy import FaultProxy
-from common.localdev import upload_cifar_like
+from testkit.faultproxy import FaultProxy
+from testkit.localdev import upload_cifar_like
 from infer.plan import group_entries, shards_per_task
 from tests.helpers import assert_exactly_once, infer_args, part_objects, read_manifest, statuses, submit
 

@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from common import storage, zoo_builder
-from common.localdev import run_spark_submit
+from common import storage
+
+from testkit import zoo_builder
+from testkit.localdev import run_spark_submit
 from common.manifest import manifest_from_bytes
 
 OUTPUT = "s3://hostile/predictions/"

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from common import storage
-from common.localdev import upload_cifar_like
+from testkit.localdev import upload_cifar_like
 from common.manifest import ShardEntry, manifest_to_bytes
 from common.shard import pack_shard
-from common.testdata import cifar_like_png
+from testkit.testdata import cifar_like_png
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from common import zoo_builder
+from testkit import zoo_builder
 from common.images import preprocess
 from common.model import ModelError, ModelSpec, Predictor, check_model, fetch_model, read_labels, top_k
-from common.testdata import cifar_like_png
+from testkit.testdata import cifar_like_png
 
 ZOO_LAYERS = ["bn_data", "conv0", "bn0", "relu0", "stage1_unit1_bn1", "stage1_unit1_conv1", "stage1_unit1_sc",
               "stage1_unit2_conv2", "stage2_unit1_sc", "stage3_unit1_sc", "stage4_unit1_sc", "stage4_unit2_conv2",

@@ -119,7 +119,7 @@ def test_batch_must_be_positive(capsys):
 
 def test_bad_image_moves_boundaries_and_leaves_no_stale_shard(s3, spark):
     """65 candidates, one undecodable: the first pass writes 2 shards, the result is one shard of 64."""
-    from common.localdev import upload_cifar_like
+    from testkit.localdev import upload_cifar_like
     from prepare.main import main
 
     s3.create_bucket("stale")

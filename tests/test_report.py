@@ -7,7 +7,7 @@ import re
 import pytest
 
 from common import storage
-from common.localdev import run_spark_submit, upload_cifar_like
+from testkit.localdev import run_spark_submit, upload_cifar_like
 from tests.helpers import infer_args, statuses
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.shard import MAGIC, ShardFormatError, frame_record, iter_records, pack_shard, unpack_shard
-from common.testdata import cifar_like_png
+from testkit.testdata import cifar_like_png
 
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 

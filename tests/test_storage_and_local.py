@@ -10,9 +10,11 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-from common import storage, zoo_builder
+from common import storage
+
+from testkit import zoo_builder
 from common.model import ModelError, ModelSpec, Predictor
-from common.testdata import cifar_like_png
+from testkit.testdata import cifar_like_png
 
 
 def test_listing_is_paginated_and_complete(s3):

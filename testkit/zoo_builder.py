@@ -15,7 +15,7 @@ images (one training-mode forward pass gives each BN layer its batch statistics)
 ``fc1`` is centred on the mean feature, so that the top-1 class depends on the image.
 Predictions are not meaningful: this is a stand-in with the right shapes and names.
 
-Run ``python -m common.zoo_builder --help``.
+Run ``python -m testkit.zoo_builder --help``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from common import storage
 from common.images import INPUT_SIZE, preprocess
-from common.testdata import cifar_like_png
+from testkit.testdata import cifar_like_png
 
 PREFIX = "resnet-18"
 SYMBOL_FILE = f"{PREFIX}-symbol.json"
@@ -215,7 +215,7 @@ def write_model(output: str, seed: int = 0, endpoint_url: Optional[str] = None) 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: build the test ResNet-18 and print the three URLs."""
     p = argparse.ArgumentParser(
-        prog="python -m common.zoo_builder",
+        prog="python -m testkit.zoo_builder",
         description="Write a ResNet-18 in the MXNet model-zoo format (resnet-18-symbol.json, "
         "resnet-18-0000.params, synset.txt) with deterministic, calibrated weights. "
         "For tests and demos only: its predictions are not meaningful.",

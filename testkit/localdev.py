@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 from common import storage
-from common.testdata import cifar_like_png, image_name
+from testkit.testdata import cifar_like_png, image_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CREDENTIALS = {

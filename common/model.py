@@ -206,8 +206,25 @@ def device_context(device: str):
     raise ModelError(f"unknown device {device!r}: expected cpu or gpu")
 
 
+def _numpy_view(arr) -> np.ndarray:
+    """A writable numpy view of a CPU float32 NDArray's memory (no copy)."""
+    import ctypes
+
+    import mxnet as mx
+
+    arr.wait_to_read()
+    ptr = ctypes.c_void_p()
+    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(arr.handle, ctypes.byref(ptr)))
+    return np.frombuffer((ctypes.c_float * arr.size).from_address(ptr.value), dtype=np.float32).reshape(arr.shape)
+
+
 class Predictor:
-    """A bound MXNet Module with static shapes: ``(batch, 3, 224, 224)`` in, probabilities out."""
+    """A bound MXNet executor with static shapes: ``(batch, 3, 224, 224)`` in, probabilities out.
+
+    On CPU each batch is copied straight into the executor's own input array (one memcpy),
+    instead of into a new NDArray that the executor then copies again: at int8 speed that
+    second copy of 38 MB was 7 % of a forward pass.
+    """
 
     def __init__(self, spec: ModelSpec, files: Optional[ModelFiles] = None):
         """Download (unless ``files`` is given), check and bind the model."""
@@ -219,11 +236,20 @@ class Predictor:
         self.labels = files.labels
         self.params_sha256 = files.params_sha256
         self.model_id = files.model_id(spec)
-        sym, arg, aux = check_model(files, spec)
+        sym, arg, aux = check_model(files, spec)  # every argument has a parameter of the right shape
         self._mx = mx
-        self._mod = mx.mod.Module(symbol=sym, data_names=[DATA_NAME], label_names=None, context=device_context(spec.device))
-        self._mod.bind(for_training=False, data_shapes=[(DATA_NAME, (spec.batch_size, 3, INPUT_SIZE, INPUT_SIZE))])
-        self._mod.set_params(arg, aux, allow_missing=False, allow_extra=True)
+        ctx = device_context(spec.device)
+        # only the input's type is given: a converted model's other arguments keep their own (int8, bf16)
+        self._exe = sym.simple_bind(ctx, grad_req="null", type_dict={DATA_NAME: np.float32},
+                                    **{DATA_NAME: (spec.batch_size, 3, INPUT_SIZE, INPUT_SIZE)})
+        for name, target in self._exe.arg_dict.items():
+            if name != DATA_NAME:
+                target[:] = arg[name]
+        for name, target in self._exe.aux_dict.items():
+            target[:] = aux[name]
+        self._input = self._exe.arg_dict[DATA_NAME]
+        self._input[:] = 0.0
+        self._view = _numpy_view(self._input) if spec.device == "cpu" and self._input.dtype == np.float32 else None
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -234,17 +260,17 @@ class Predictor:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a ``(n, 3, 224, 224)`` float32 batch, ``n <= batch_size``.
 
-        A short batch is zero-padded to the bound shape and the padding rows dropped.
+        A short batch fills the first ``n`` rows of the bound input; the other rows' outputs are dropped.
         """
         n = batch.shape[0]
         if n > self.batch_size:
             raise ValueError(f"batch of {n} rows exceeds the bound batch size {self.batch_size}")
-        if n < self.batch_size:
-            padded = np.zeros((self.batch_size,) + batch.shape[1:], dtype=np.float32)
-            padded[:n] = batch
-            batch = padded
-        self._mod.forward(self._mx.io.DataBatch([self._mx.nd.array(batch, dtype=np.float32)]), is_train=False)
-        return self._mod.get_outputs()[0].asnumpy()[:n].astype(np.float32, copy=False)
+        if self._view is not None:  # the previous forward is over: its outputs were read (asnumpy waits)
+            np.copyto(self._view[:n], batch, casting="same_kind")
+        else:
+            self._input[:n] = self._mx.nd.array(batch, dtype=np.float32)
+        self._exe.forward(is_train=False)
+        return self._exe.outputs[0].asnumpy()[:n].astype(np.float32, copy=False)
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse a bf16/int8 model whose top-1 agrees with fp32 on fewer of the agreement images "
                    f"(default {precision.DEFAULT_MIN_AGREEMENT})")
     p.add_argument("--shards-per-task", type=int, default=None,
-                   help=f"consecutive shards per Spark task, run as a pipeline (default {plan.DEFAULT_SHARDS_PER_TASK}, "
-                   "fewer when there are too few shards to keep every core busy)")
+                   help="consecutive shards per Spark task, run as a pipeline (default 4 at fp32, 6 at bf16, 12 at "
+                   "int8: a few seconds of model time; fewer when there are too few shards to keep every core busy)")
     p.add_argument("--dry-run", action="store_true", help="check the manifest and model, select and group the "
                    "shards, print the plan; write nothing and start no task")
     p.add_argument("--force", action="store_true", help="overwrite part files that exist from different input "
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: manifest {manifest.manifest_id}: run_id={run_id}; running 0 shards: nothing to do", flush=True)
         return 0
     if args.dry_run:  # grouped for this machine's cores: on a cluster Spark's parallelism decides
-        per_task = plan.shards_per_task(args.shards_per_task, len(entries), os.cpu_count() or 1)
+        per_task = plan.shards_per_task(args.shards_per_task, len(entries), os.cpu_count() or 1, args.precision)
         groups = plan.group_entries(entries, per_task, os.cpu_count() or 1)
         shown = ", ".join(f"{g[0].shard_id}-{g[-1].shard_id}" if len(g) > 1 else str(g[0].shard_id) for g in groups[:20])
         print(f"{PROG}: dry run: manifest {manifest.manifest_id}, run_id={run_id}, model {model_id}: {len(entries)} of "
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint)
 
     sc = spark_context(f"shardinfer-infer-{run_id}")
-    per_task = plan.shards_per_task(args.shards_per_task, len(entries), sc.defaultParallelism)
+    per_task = plan.shards_per_task(args.shards_per_task, len(entries), sc.defaultParallelism, args.precision)
     groups = plan.group_entries(entries, per_task, sc.defaultParallelism)
     print(f"{PROG}: manifest {manifest.manifest_id}: {len(manifest.entries)} shards, {manifest.num_images} images; "
           f"run_id={run_id}; model {model_id}; running {len(entries)} shards in {len(groups)} tasks of up to "

@@ -17,12 +17,14 @@ from common.cli import UsageError
 from common.manifest import Manifest, ShardEntry
 from common.output import read_statuses
 
-# Shards per Spark task.  Measured (docs/benchmarks.md): Spark's local per-task cost is
-# ~0.15 s and the in-task pipeline only overlaps fetch/decode/write within a group, so
-# groups of 4 64-image shards (~2-4 s of model time each) make Spark's share small, while
-# 2-4 groups per core keep the last wave's tail short and a retried group cheap.  The
-# planner lowers it when there are too few shards to give every core 2 groups.
-DEFAULT_SHARDS_PER_TASK = 4
+# Shards per Spark task, by precision.  Measured (docs/benchmarks.md, 2 cores, AVX-512 VNNI):
+# each task costs ~0.2 s that the pipeline cannot hide (Spark's local per-task cost, the
+# group's first fetch and decode, its last write), so a task should hold a few seconds of
+# model time: fp32 1 -> 4 shards per task took 5,120 images from 59.8 s to 52.9 s, 8 gave
+# the same as 4; int8 (3.3x faster per shard) gained 5-8 % more from 4 -> 8-15.  Smaller
+# groups keep a retry cheap and the last wave short; the planner lowers the default when
+# there are too few shards to give every core 2 groups.
+DEFAULT_SHARDS_PER_TASK = {"fp32": 4, "bf16": 6, "int8": 12}
 MIN_GROUPS_PER_CORE = 2
 
 
@@ -81,14 +83,14 @@ def select_entries(args: argparse.Namespace, manifest: Manifest, run_id: str,
     return list(manifest.entries)
 
 
-def shards_per_task(requested: Optional[int], shards: int, cores: int) -> int:
-    """``--shards-per-task`` when given, else the default, lowered so every core gets a couple of groups."""
+def shards_per_task(requested: Optional[int], shards: int, cores: int, precision: str = "fp32") -> int:
+    """``--shards-per-task`` when given, else the precision's default, lowered so every core gets a couple of groups."""
     if requested is not None:
         if requested < 1:
             raise UsageError(f"--shards-per-task must be at least 1, got {requested}")
         return requested
     fair = math.ceil(shards / max(1, cores * MIN_GROUPS_PER_CORE))
-    return max(1, min(DEFAULT_SHARDS_PER_TASK, fair))
+    return max(1, min(DEFAULT_SHARDS_PER_TASK[precision], fair))
 
 
 def group_entries(entries: Sequence[ShardEntry], per_task: int, cores: int = 1) -> list[list[ShardEntry]]:

@@ -38,7 +38,8 @@ def test_grouping_is_consecutive_balanced_and_default_keeps_cores_busy(ten_shard
     assert ids(group_entries(entries, 4, cores=2)) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
     assert ids(group_entries(entries[:3], 8, cores=2)) == [[0, 1], [2]]
     assert group_entries([], 4, cores=2) == []
-    assert shards_per_task(None, 10_000, 2) == 4  # the default
+    assert shards_per_task(None, 10_000, 2) == 4  # the default at fp32
+    assert shards_per_task(None, 10_000, 2, "int8") == 12  # int8: 3x faster shards, longer groups
     assert shards_per_task(None, 10, 2) == 3  # 10 shards, 2 cores: 4 groups, 2 per core
     assert shards_per_task(None, 3, 2) == 1
     assert shards_per_task(7, 3, 2) == 7  # asked for: kept

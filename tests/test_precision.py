@@ -71,6 +71,9 @@ def test_reduced_precision_keeps_the_answers(digits, capsys):
         got = _top1(out, run_id)
         acc = sum(got[k] == labels[k] for k in labels) / len(labels)
         agree = sum(got[k] == fp32[k] for k in labels) / len(labels)
+        with capsys.disabled():  # the figures, for the record (pytest -s shows them)
+            print(f"\ndigits, {len(labels)} held-out images: {precision} accuracy {acc:.4f} (fp32 {acc32:.4f}), "
+                  f"top-1 agreement with fp32 {agree:.4f}")
         assert abs(acc - acc32) <= 0.005, (precision, acc, acc32)
         assert agree >= 0.99, (precision, agree)
 

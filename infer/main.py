@@ -106,7 +106,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_run_id(args.run_id)
 
 
-def prepare_model(args: argparse.Namespace, files, spec: ModelSpec, record: Optional[dict], manifest, run_id: str,
+def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record: Optional[dict], manifest, run_id: str,
                   endpoint: Optional[str]) -> tuple[ModelSpec, Optional[dict]]:
     """The spec the executors load, and the conversion record for run.json (None at fp32)."""
     if args.precision == "fp32":
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
               f"{len(manifest.entries)} shards in {len(groups)} tasks of up to {per_task}: {shown}"
               f"{' ...' if len(groups) > 20 else ''}; nothing written", flush=True)
         return 0
-    spec, conversion = prepare_model(args, files, spec, record, manifest, run_id, endpoint)
+    spec, conversion = model_for_executors(args, files, spec, record, manifest, run_id, endpoint)
     if not record_matches or (conversion and conversion != (record or {}).get("conversion")):
         runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint)
 

@@ -15,10 +15,8 @@ same run reuses it instead of converting again.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ import numpy as np
 from common import storage
 from common.images import INPUT_SIZE
 from common.manifest import ShardEntry
-from common.model import DATA_NAME, ModelError, ModelFiles, ModelSpec, check_model
+from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
 
 PRECISIONS = ("fp32", "bf16", "int8")
 DEFAULT_CALIBRATION_IMAGES = 512
@@ -137,15 +135,6 @@ def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]],
     return Sample(tuple(fetched[sid][rec] for sid, rec in items), tuple(by_id[sid].keys[rec] for sid, rec in items))
 
 
-def _bind(sym, arg: dict, aux: dict, batch: int):
-    import mxnet as mx
-
-    mod = mx.mod.Module(symbol=sym, data_names=[DATA_NAME], label_names=None, context=mx.cpu())
-    mod.bind(for_training=False, data_shapes=[(DATA_NAME, (batch, 3, INPUT_SIZE, INPUT_SIZE))])
-    mod.set_params(arg, aux, allow_missing=False, allow_extra=True)
-    return mod
-
-
 def _padded(images: np.ndarray, batch: int) -> np.ndarray:
     """``images`` with rows repeated up to ``batch`` rows (statistics stay those of real images)."""
     return images if len(images) == batch else images[np.arange(batch) % len(images)]
@@ -153,14 +142,8 @@ def _padded(images: np.ndarray, batch: int) -> np.ndarray:
 
 def top1(sym, arg: dict, aux: dict, batches: Iterable[np.ndarray], batch: int = 64) -> np.ndarray:
     """Top-1 class per image of ``batches`` (each of at most ``batch`` rows)."""
-    import mxnet as mx
-
-    mod = _bind(sym, arg, aux, batch)
-    out = []
-    for images in batches:
-        if len(images):
-            mod.forward(mx.io.DataBatch([mx.nd.array(_padded(images, batch))]), is_train=False)
-            out.append(mod.get_outputs()[0].asnumpy().astype(np.float32)[: len(images)].argmax(axis=1))
+    model = BoundModel(sym, arg, aux, batch)
+    out = [model.forward(images).argmax(axis=1) for images in batches if len(images)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -209,16 +192,9 @@ def convert(sym, arg: dict, aux: dict, precision: str, calibration: Optional[Sam
 
 
 def model_bytes(sym, arg: dict, aux: dict) -> tuple[bytes, bytes]:
-    """``(symbol JSON, params)`` in the zoo file format (``arg:``/``aux:`` names)."""
-    import mxnet as mx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.params")
-        mx.nd.save(path, {**{f"arg:{k}": v for k, v in arg.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
-        with open(path, "rb") as f:
-            params = f.read()
+    """``(symbol JSON, params)`` in the zoo file format."""
     # tojson drops AMP's amp_cast nodes by default, which leaves bf16 weights feeding fp32 inputs
-    return sym.tojson(remove_amp_cast=False).encode(), params
+    return sym.tojson(remove_amp_cast=False).encode(), params_bytes(arg, aux)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 
 from common import storage
 from common.images import preprocess
+from common.model import params_bytes
 
 PREFIX = "digits"
 SYMBOL_FILE = f"{PREFIX}-symbol.json"
@@ -99,22 +100,8 @@ def train(epochs: int = EPOCHS) -> dict[str, bytes]:
     first = next(name for name in sym.list_arguments() if name.endswith("weight"))
     params[first] = params[first] / 255.0
     head = mx.sym.SoftmaxOutput(sym, name="softmax")
-    save = {f"arg:{k}": v for k, v in params.items()}
-    return {SYMBOL_FILE: head.tojson().encode(), PARAMS_FILE: _params_bytes(save),
+    return {SYMBOL_FILE: head.tojson().encode(), PARAMS_FILE: params_bytes(params, {}),
             SYNSET_FILE: "".join(f"n{i:08d} digit {i}\n" for i in range(10)).encode()}
-
-
-def _params_bytes(arrays: dict) -> bytes:
-    import os
-    import tempfile
-
-    import mxnet as mx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, PARAMS_FILE)
-        mx.nd.save(path, arrays)
-        with open(path, "rb") as f:
-            return f.read()
 
 
 def write_model(output: str, endpoint_url: Optional[str] = None, files: Optional[dict[str, bytes]] = None) -> dict[str, str]:

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
 from common import storage
 from common.images import INPUT_SIZE, preprocess
+from common.model import params_bytes
 from testkit.testdata import cifar_like_png
 
 PREFIX = "resnet-18"
@@ -183,13 +183,7 @@ def build_model(seed: int = 0, num_classes: int = NUM_CLASSES) -> dict[str, byte
     args, aux = _initial_params(sym, seed)
     calib = np.stack([preprocess(cifar_like_png(i, seed=10_000 + seed), f"calib-{i}") for i in range(CALIBRATION_IMAGES)])
     _calibrate(sym, args, aux, calib)
-    save = {f"arg:{k}": mx.nd.array(v) for k, v in args.items()}
-    save.update({f"aux:{k}": mx.nd.array(v) for k, v in aux.items()})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, PARAMS_FILE)
-        mx.nd.save(path, save)
-        with open(path, "rb") as fh:
-            params = fh.read()
+    params = params_bytes({k: mx.nd.array(v) for k, v in args.items()}, {k: mx.nd.array(v) for k, v in aux.items()})
     return {
         SYMBOL_FILE: sym.tojson().encode(),
         PARAMS_FILE: params,

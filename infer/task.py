@@ -320,12 +320,13 @@ def run_group(entries: Sequence[ShardEntry], settings: InferSettings, counter=No
             ThreadPoolExecutor(1, thread_name_prefix="shardinfer-write") as writer:
         upcoming: Future = prefetch.submit(_prepare, entries[0], settings, buffers)
         pending: Optional[Future] = None
+        recorded: list[Future] = []  # waited on at the end, so that nothing the writer does fails unseen
         for i in range(len(entries)):
             prep = upcoming.result()
             if i + 1 < len(entries):
                 upcoming = prefetch.submit(_prepare, entries[i + 1], settings, buffers)
             if prep.done is not None:
-                writer.submit(group.record, prep.done)  # statuses are recorded in order on the writer thread
+                recorded.append(writer.submit(group.record, prep.done))  # recorded in order on the writer thread
                 continue
             try:
                 if prep.error is not None:
@@ -334,11 +335,12 @@ def run_group(entries: Sequence[ShardEntry], settings: InferSettings, counter=No
             except Exception as e:  # noqa: BLE001
                 status = group.failed(prep.entry, e)
                 if status is not None:
-                    writer.submit(group.record, status)
+                    recorded.append(writer.submit(group.record, status))
                 continue
             if pending is not None:
                 pending.result()  # at most one write in flight
             pending = writer.submit(write, prep, results)
-        if pending is not None:
-            pending.result()
+            recorded.append(pending)
+        for future in recorded:
+            future.result()
     return group.finish()

@@ -50,9 +50,9 @@ BUCKET = "bench"
 
 def machine() -> dict:
     """What ran the benchmark."""
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = precision.cpu_info()
     mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
-    return {"cpu": model, "cpu_flags": precision.cpu_info()["flags"], "cores": os.cpu_count(), "memory_mib": mem,
+    return {"cpu": cpu["model"], "cpu_flags": cpu["flags"], "cores": os.cpu_count(), "memory_mib": mem,
             "python": platform.python_version(), "platform": platform.platform()}
 
 

@@ -145,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: manifest {manifest.manifest_id}: run_id={run_id}; running 0 shards: nothing to do", flush=True)
         return 0
     if args.dry_run:  # grouped for this machine's cores: on a cluster Spark's parallelism decides
-        per_task = plan.shards_per_task(args.shards_per_task, len(entries), os.cpu_count() or 1, args.precision)
-        groups = plan.group_entries(entries, per_task, os.cpu_count() or 1)
+        per_task, groups = plan.plan_groups(entries, args.shards_per_task, os.cpu_count() or 1, args.precision)
         shown = ", ".join(f"{g[0].shard_id}-{g[-1].shard_id}" if len(g) > 1 else str(g[0].shard_id) for g in groups[:20])
         print(f"{PROG}: dry run: manifest {manifest.manifest_id}, run_id={run_id}, model {model_id}: {len(entries)} of "
               f"{len(manifest.entries)} shards in {len(groups)} tasks of up to {per_task}: {shown}"
@@ -157,8 +156,7 @@ def run(args: argparse.Namespace) -> int:
         runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint)
 
     sc = spark_context(f"shardinfer-infer-{run_id}")
-    per_task = plan.shards_per_task(args.shards_per_task, len(entries), sc.defaultParallelism, args.precision)
-    groups = plan.group_entries(entries, per_task, sc.defaultParallelism)
+    per_task, groups = plan.plan_groups(entries, args.shards_per_task, sc.defaultParallelism, args.precision)
     print(f"{PROG}: manifest {manifest.manifest_id}: {len(manifest.entries)} shards, {manifest.num_images} images; "
           f"run_id={run_id}; model {model_id}; running {len(entries)} shards in {len(groups)} tasks of up to "
           f"{per_task}", flush=True)

@@ -84,13 +84,19 @@ def select_entries(args: argparse.Namespace, manifest: Manifest, run_id: str,
 
 
 def shards_per_task(requested: Optional[int], shards: int, cores: int, precision: str = "fp32") -> int:
-    """``--shards-per-task`` when given, else the precision's default, lowered so every core gets a couple of groups."""
+    """``--shards-per-task`` when given (checked by the command line), else the precision's default,
+    lowered so every core gets a couple of groups."""
     if requested is not None:
-        if requested < 1:
-            raise UsageError(f"--shards-per-task must be at least 1, got {requested}")
         return requested
     fair = math.ceil(shards / max(1, cores * MIN_GROUPS_PER_CORE))
     return max(1, min(DEFAULT_SHARDS_PER_TASK[precision], fair))
+
+
+def plan_groups(entries: Sequence[ShardEntry], requested: Optional[int], cores: int,
+                precision: str = "fp32") -> tuple[int, list[list[ShardEntry]]]:
+    """``(shards per task, task groups)`` for the selected entries on ``cores`` task slots."""
+    per_task = shards_per_task(requested, len(entries), cores, precision)
+    return per_task, group_entries(entries, per_task, cores)
 
 
 def group_entries(entries: Sequence[ShardEntry], per_task: int, cores: int = 1) -> list[list[ShardEntry]]:

@@ -13,7 +13,7 @@ from typing import Optional
 import pyarrow as pa
 
 from common import storage
-from common.manifest import MANIFEST_SCHEMA, SKIPPED_SCHEMA
+from common.manifest import MANIFEST_SCHEMA, PARTS_DIR, SKIPPED_SCHEMA
 from common.output import PREDICTION_SCHEMA
 
 PARTITION_COLUMN = "run_id"
@@ -94,6 +94,23 @@ def add_partition(location: str, run_id: str, table: str = "predictions", databa
             f"PARTITION ({_ident(PARTITION_COLUMN)} = '{run_id}') LOCATION '{_folder(location)}{PARTITION_COLUMN}={run_id}/'")
 
 
+def create_status_table(location: str, table: str = "shardinfer_status", database: Optional[str] = None) -> str:
+    """``CREATE EXTERNAL TABLE`` over every run's status files under ``<location>/_runs/``
+    (common/status.py), partitioned by ``run_id`` through an injected projection: each query
+    names its run (``WHERE run_id = '…'``) and nothing needs registering."""
+    from common.status import STATUS_SCHEMA
+
+    location = _folder(location)
+    return (
+        f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(STATUS_SCHEMA)}\n)\n"
+        f"PARTITIONED BY ({_ident(PARTITION_COLUMN)} string)\n"
+        f"STORED AS PARQUET\n"
+        f"LOCATION '{location}_runs/'\n"
+        f"TBLPROPERTIES (\n  'projection.enabled' = 'true',\n  'projection.{PARTITION_COLUMN}.type' = 'injected',\n"
+        f"  'storage.location.template' = '{location}_runs/${{{PARTITION_COLUMN}}}/status/'\n)"
+    )
+
+
 def symlink_location(prepare_output: str, name: str) -> str:
     """``<output>/_athena/<name>/``: the folder holding ``symlink.txt`` for ``manifest`` or ``skipped``."""
     return storage.join(prepare_output, SYMLINK_DIR, name) + "/"
@@ -101,15 +118,17 @@ def symlink_location(prepare_output: str, name: str) -> str:
 
 def create_manifest_table(prepare_output: str, table: str = "manifest", database: Optional[str] = None,
                           skipped: bool = False) -> str:
-    """``CREATE EXTERNAL TABLE`` over one prepare output's ``manifest.parquet`` (or ``skipped.parquet``).
+    """``CREATE EXTERNAL TABLE`` over one prepare output's shard rows (format 2: the ``manifest/``
+    folder of part files, directly) or its ``skipped.parquet``.
 
-    The shards sit beside the manifest, so the table reads through a symlink file (Athena's
-    ``SymlinkTextInputFormat``) that names exactly the one Parquet file.
+    ``skipped.parquet`` sits beside the shards and the index, so that table reads through a
+    symlink file (Athena's ``SymlinkTextInputFormat``) that names exactly the one Parquet file.
     """
-    schema = SKIPPED_SCHEMA if skipped else MANIFEST_SCHEMA
-    loc = symlink_location(prepare_output, "skipped" if skipped else "manifest")
-    return (f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(schema)}\n)\n"
-            f"{_SYMLINK_FORMAT}\nLOCATION '{loc}'")
+    if not skipped:
+        return (f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(MANIFEST_SCHEMA)}\n)\n"
+                f"STORED AS PARQUET\nLOCATION '{storage.join(prepare_output, PARTS_DIR)}/'")
+    return (f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(SKIPPED_SCHEMA)}\n)\n"
+            f"{_SYMLINK_FORMAT}\nLOCATION '{symlink_location(prepare_output, 'skipped')}'")
 
 
 def run_statements(location: str, run_id: str, table: str = "predictions", database: Optional[str] = None) -> str:

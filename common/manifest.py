@@ -1,26 +1,46 @@
-"""The manifest contract: ``manifest.parquet`` (one row per shard) and ``skipped.parquet``.
+"""The manifest contract, format 2: shard rows in ``manifest/part-*.parquet``, a small index
+``manifest.parquet`` (one row per part, written last), and ``skipped.parquet``.
 
-Documented for users in ``manifests/README.md``; bump :data:`FORMAT_VERSION` whenever a
-column or metadata key changes meaning, so an older reader refuses a newer file clearly.
+Documented for users in ``manifests/README.md``.  Version-1 manifests (one ``manifest.parquet``
+holding every shard row) stay readable: they are read as an index of one part, the file itself.
+Bump :data:`FORMAT_VERSION` whenever a column or metadata key changes meaning, so an older reader
+refuses a newer file clearly.
+
+Nothing here holds a whole manifest's keys: the driver reads the index; a task reads the
+row groups of the one part that hold its shards (:func:`read_shards`), in two ranged GETs.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
-import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMAT_VERSION = "1"
-MANIFEST_NAME = "manifest.parquet"
-SKIPPED_NAME = "skipped.parquet"
+from common import storage
 
-MANIFEST_SCHEMA = pa.schema(
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
+MANIFEST_NAME = "manifest.parquet"
+PARTS_DIR = "manifest"
+SKIPPED_NAME = "skipped.parquet"
+# A part is what one prepare task writes: 1,024 shards (65,536 images at --batch 64), so a
+# billion images make ~15,300 parts and an index of ~1 MB.  Row groups of 32 shards: a task
+# of 4-12 shards reads one or two of them (~25 KB) plus the footer.
+SHARDS_PER_PART = 1024
+ROW_GROUP_SHARDS = 32
+# The tail read that brings a part's footer (64 row groups: ~40 KB) in the same GET.
+_TAIL = 128 * 1024
+
+SHARD_SCHEMA = pa.schema(
     [
         pa.field("shard_id", pa.int32(), nullable=False),
         pa.field("uri", pa.string(), nullable=False),
@@ -28,6 +48,18 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("num_bytes", pa.int64(), nullable=False),
         pa.field("sha256", pa.string(), nullable=False),
         pa.field("keys", pa.list_(pa.string()), nullable=False),
+    ]
+)
+MANIFEST_SCHEMA = SHARD_SCHEMA  # the shard rows' schema (Athena's manifest table), in both versions
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("part_id", pa.int32(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("first_shard_id", pa.int32(), nullable=False),
+        pa.field("num_shards", pa.int32(), nullable=False),
+        pa.field("num_images", pa.int64(), nullable=False),
+        pa.field("num_bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
     ]
 )
 SKIPPED_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("reason", pa.string(), nullable=False)])
@@ -40,6 +72,7 @@ META_CREATED = b"shardinfer.created_at"
 META_VERSION = b"shardinfer.format_version"
 META_NUM_IMAGES = b"shardinfer.num_images"
 META_NUM_SKIPPED = b"shardinfer.num_skipped"
+META_NUM_SHARDS = b"shardinfer.num_shards"
 
 
 class ManifestError(ValueError):
@@ -48,7 +81,7 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One manifest row: what a Spark task needs to process one shard."""
+    """One shard row: what a Spark task needs to process one shard."""
 
     shard_id: int
     uri: str
@@ -59,20 +92,50 @@ class ShardEntry:
 
 
 @dataclass(frozen=True)
+class PartEntry:
+    """One index row: a part file holding shards ``first_shard_id .. first_shard_id + num_shards - 1``."""
+
+    part_id: int
+    uri: str
+    first_shard_id: int
+    num_shards: int
+    num_images: int
+    num_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """A read manifest: its rows and metadata."""
+    """A read manifest index: its parts and metadata (never the shard rows)."""
 
     uri: str
     manifest_id: str
     input_uri: str
     batch_size: int
     created_at: str
-    entries: tuple[ShardEntry, ...]
+    version: str
+    parts: tuple[PartEntry, ...]
+    num_skipped: int = 0
+
+    @property
+    def num_shards(self) -> int:
+        """Shards in all parts (ids ``0 .. num_shards - 1``)."""
+        return sum(p.num_shards for p in self.parts)
 
     @property
     def num_images(self) -> int:
         """Images in all shards."""
-        return sum(e.num_records for e in self.entries)
+        return sum(p.num_images for p in self.parts)
+
+    def part_of(self, shard_id: int) -> PartEntry:
+        """The part holding ``shard_id``."""
+        if not 0 <= shard_id < self.num_shards:
+            raise ManifestError(f"{self.uri}: no shard {shard_id} (shard ids 0-{self.num_shards - 1})")
+        return self.parts[bisect.bisect_right(self._firsts, shard_id) - 1]
+
+    @property
+    def _firsts(self) -> list[int]:
+        return [p.first_shard_id for p in self.parts]
 
 
 def shard_name(shard_id: int) -> str:
@@ -80,28 +143,21 @@ def shard_name(shard_id: int) -> str:
     return f"shards/shard-{shard_id:05d}.rec"
 
 
-def compute_manifest_id(entries: Sequence[ShardEntry]) -> str:
-    """A content id: the same shards (bytes and keys) give the same id on every rerun of prepare."""
-    h = hashlib.sha256()
-    for e in sorted(entries, key=lambda e: e.shard_id):
-        h.update(json.dumps([e.shard_id, e.sha256, list(e.keys)], ensure_ascii=False).encode())
-    return "m" + h.hexdigest()[:16]
+def part_name(part_id: int) -> str:
+    """``manifest/part-00003.parquet``: a manifest part's path under prepare's ``--output``."""
+    return f"{PARTS_DIR}/part-{part_id:05d}.parquet"
 
 
-def manifest_to_bytes(entries: Sequence[ShardEntry], input_uri: str, batch_size: int, num_skipped: int,
-                      created_at: datetime | None = None) -> tuple[bytes, str]:
-    """Serialise manifest rows with their metadata.
+def _folder(uri: str) -> str:
+    return uri.rsplit("/", 1)[0] if "/" in uri else "."
 
-    Returns:
-        ``(parquet_bytes, manifest_id)``.
-    """
-    entries = sorted(entries, key=lambda e: e.shard_id)
-    ids = [e.shard_id for e in entries]
-    if ids != list(range(len(ids))):
-        raise ManifestError(f"shard ids must be 0..{len(ids) - 1} without gaps, got {ids[:10]}...")
-    manifest_id = compute_manifest_id(entries)
-    created = (created_at or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    table = pa.Table.from_pydict(
+
+# ----------------------------------------------------------------------------- writing
+
+
+def shard_table(entries: Sequence[ShardEntry]) -> pa.Table:
+    """Shard rows (in shard id order) as an Arrow table in :data:`SHARD_SCHEMA`."""
+    return pa.Table.from_pydict(
         {
             "shard_id": [e.shard_id for e in entries],
             "uri": [e.uri for e in entries],
@@ -110,19 +166,109 @@ def manifest_to_bytes(entries: Sequence[ShardEntry], input_uri: str, batch_size:
             "sha256": [e.sha256 for e in entries],
             "keys": [list(e.keys) for e in entries],
         },
-        schema=MANIFEST_SCHEMA,
-    ).replace_schema_metadata(
-        {
-            META_MANIFEST_ID: manifest_id,
-            META_INPUT: input_uri,
-            META_BATCH: str(batch_size),
-            META_CREATED: created,
-            META_VERSION: FORMAT_VERSION,
-            META_NUM_IMAGES: str(sum(e.num_records for e in entries)),
-            META_NUM_SKIPPED: str(num_skipped),
-        }
+        schema=SHARD_SCHEMA,
     )
-    return _to_parquet(table), manifest_id
+
+
+def rows_digest(table: pa.Table) -> str:
+    """A digest of a part's content (shard ids, shard sha256s, keys in order), computed column-wise.
+
+    The manifest id is built from these: the same shards give the same id, however the
+    Parquet files were encoded.
+    """
+    table = table.combine_chunks()
+    h = hashlib.sha256()
+    h.update(np.asarray(table.column("shard_id").to_numpy(), dtype="<i4").tobytes())
+    h.update(np.asarray(table.column("num_records").to_numpy(), dtype="<i4").tobytes())
+    for name in ("sha256",):
+        h.update("\n".join(table.column(name).to_pylist()).encode())
+    keys = table.column("keys").chunk(0) if table.num_rows else pa.array([], pa.list_(pa.string()))
+    flat = keys.flatten()
+    h.update(np.asarray(pa.compute.binary_length(flat).to_numpy(zero_copy_only=False), dtype="<i4").tobytes())
+    if len(flat):
+        offsets = np.frombuffer(flat.buffers()[1], dtype=np.int32)[flat.offset : flat.offset + len(flat) + 1]
+        h.update(memoryview(flat.buffers()[2])[offsets[0] : offsets[-1]])
+    return h.hexdigest()
+
+
+def part_to_bytes(table: pa.Table, where: str = "manifest part") -> bytes:
+    """Serialise one part's shard rows (contiguous ids, in order), in row groups of :data:`ROW_GROUP_SHARDS`.
+
+    Raises:
+        ManifestError: the ids are not one contiguous ascending run (names ``where``).
+    """
+    ids = table.column("shard_id").to_numpy()
+    if len(ids) == 0 or not np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+        raise ManifestError(f"{where}: shard ids must be one contiguous ascending run, got {ids[:10].tolist()}...")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_SHARDS)
+    return buf.getvalue()
+
+
+def describe_part(part_id: int, uri: str, table: pa.Table, data: bytes) -> PartEntry:
+    """The index row of a written part."""
+    return PartEntry(part_id, uri, int(table.column("shard_id")[0].as_py()), table.num_rows,
+                     int(pa.compute.sum(table.column("num_records")).as_py() or 0), len(data),
+                     hashlib.sha256(data).hexdigest())
+
+
+def compute_manifest_id(part_digests: Sequence[str]) -> str:
+    """``m`` + 16 hex digits from the parts' :func:`rows_digest` values in part order."""
+    return "m" + hashlib.sha256("\n".join(part_digests).encode()).hexdigest()[:16]
+
+
+def index_to_bytes(parts: Sequence[PartEntry], manifest_id: str, input_uri: str, batch_size: int, num_skipped: int,
+                   created_at: Optional[datetime] = None) -> bytes:
+    """Serialise the index (``manifest.parquet``) with its metadata.
+
+    Raises:
+        ManifestError: part ids are not ``0..n-1`` or their shards do not follow on from each other.
+    """
+    parts = sorted(parts, key=lambda p: p.part_id)
+    expect = 0
+    for i, p in enumerate(parts):
+        if p.part_id != i or p.first_shard_id != expect or p.num_shards < 1:
+            raise ManifestError(f"manifest index: part {p.part_id} starts at shard {p.first_shard_id} with "
+                                f"{p.num_shards} shards; expected part {i} starting at shard {expect}")
+        expect += p.num_shards
+    created = (created_at or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cols = {f.name: [getattr(p, f.name) for p in parts] for f in INDEX_SCHEMA}
+    table = pa.Table.from_pydict(cols, schema=INDEX_SCHEMA).replace_schema_metadata({
+        META_MANIFEST_ID: manifest_id,
+        META_INPUT: input_uri,
+        META_BATCH: str(batch_size),
+        META_CREATED: created,
+        META_VERSION: FORMAT_VERSION,
+        META_NUM_IMAGES: str(sum(p.num_images for p in parts)),
+        META_NUM_SHARDS: str(expect),
+        META_NUM_SKIPPED: str(num_skipped),
+    })
+    return _to_parquet(table)
+
+
+def write_manifest(entries: Sequence[ShardEntry], output_uri: str, input_uri: str, batch_size: int,
+                   num_skipped: int = 0, endpoint_url: Optional[str] = None,
+                   shards_per_part: int = SHARDS_PER_PART, created_at: Optional[datetime] = None) -> Manifest:
+    """Write a complete format-2 manifest (parts, then the index) for shard rows held in memory.
+
+    prepare writes its parts from its tasks instead; this serves small manifests (examples, tools).
+    """
+    entries = sorted(entries, key=lambda e: e.shard_id)
+    if [e.shard_id for e in entries] != list(range(len(entries))):
+        raise ManifestError(f"{output_uri}: shard ids must be 0..{len(entries) - 1} without gaps")
+    parts, digests = [], []
+    for part_id, start in enumerate(range(0, len(entries), shards_per_part)):
+        table = shard_table(entries[start : start + shards_per_part])
+        uri = storage.join(output_uri, part_name(part_id))
+        data = part_to_bytes(table, uri)
+        storage.write_bytes(uri, data, endpoint_url)
+        parts.append(describe_part(part_id, uri, table, data))
+        digests.append(rows_digest(table))
+    manifest_id = compute_manifest_id(digests)
+    index_uri = storage.join(output_uri, MANIFEST_NAME)
+    storage.write_bytes(index_uri, index_to_bytes(parts, manifest_id, input_uri, batch_size, num_skipped, created_at),
+                        endpoint_url)
+    return read_manifest(index_uri, endpoint_url)
 
 
 def skipped_to_bytes(rows: Iterable[tuple[str, str]]) -> bytes:
@@ -138,42 +284,134 @@ def _to_parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+# ----------------------------------------------------------------------------- reading
+
+
 def manifest_from_bytes(data: bytes, uri: str) -> Manifest:
-    """Parse and check a manifest.
+    """Parse and check a manifest index (format 2) or a version-1 manifest (read as one part: itself).
 
     Raises:
         ManifestError: not Parquet, an unknown format version, or missing columns/metadata.
     """
     try:
-        table = pq.read_table(io.BytesIO(data))
+        pf = pq.ParquetFile(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types
         raise ManifestError(f"{uri}: not a readable Parquet manifest: {e}") from e
-    meta = table.schema.metadata or {}
+    meta = pf.schema_arrow.metadata or {}
     version = meta.get(META_VERSION, b"").decode()
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ManifestError(
             f"{uri}: manifest format version {version or '(none)'!r} is not supported "
-            f"(this shardinfer reads version {FORMAT_VERSION!r}); rerun prepare with this version"
+            f"(this shardinfer reads versions {', '.join(READABLE_VERSIONS)}); rerun prepare with this version"
         )
-    missing = [n for n in MANIFEST_SCHEMA.names if n not in table.schema.names]
-    if missing:
-        raise ManifestError(f"{uri}: manifest lacks columns {missing}")
     for k in (META_MANIFEST_ID, META_INPUT, META_BATCH, META_CREATED):
         if k not in meta:
             raise ManifestError(f"{uri}: manifest metadata lacks {k.decode()!r}")
-    cols = table.select(MANIFEST_SCHEMA.names).to_pydict()
-    entries = tuple(
-        ShardEntry(int(s), u, int(n), int(b), h, tuple(k))
-        for s, u, n, b, h, k in zip(*(cols[n] for n in MANIFEST_SCHEMA.names))
-    )
-    for e in entries:
+    schema = SHARD_SCHEMA if version == "1" else INDEX_SCHEMA
+    missing = [n for n in schema.names if n not in pf.schema_arrow.names]
+    if missing:
+        raise ManifestError(f"{uri}: manifest lacks columns {missing}")
+    if version == "1":
+        t = pf.read(columns=["shard_id", "num_records"])
+        ids = t.column("shard_id").to_numpy()
+        if not np.array_equal(np.sort(ids), np.arange(len(ids))):
+            raise ManifestError(f"{uri}: shard ids must be 0..{len(ids) - 1} without gaps")
+        if not np.array_equal(ids, np.arange(len(ids))):
+            raise ManifestError(f"{uri}: version-1 manifest rows are not in shard id order")
+        parts: tuple[PartEntry, ...] = (PartEntry(0, uri, 0, len(ids), int(t.column("num_records").to_numpy().sum()),
+                                                  len(data), hashlib.sha256(data).hexdigest()),) if len(ids) else ()
+    else:
+        cols = pf.read(columns=INDEX_SCHEMA.names).to_pydict()
+        rows = [PartEntry(*(cols[n][i] for n in INDEX_SCHEMA.names)) for i in range(len(cols["part_id"]))]
+        here = _folder(uri)
+        # parts are read beside the index (a copied manifest folder stays usable)
+        parts = tuple(PartEntry(p.part_id, storage.join(here, PARTS_DIR, p.uri.rsplit("/", 1)[-1]), p.first_shard_id,
+                                p.num_shards, p.num_images, p.num_bytes, p.sha256)
+                      for p in sorted(rows, key=lambda p: p.part_id))
+        expect = 0
+        for i, p in enumerate(parts):
+            if p.part_id != i or p.first_shard_id != expect:
+                raise ManifestError(f"{uri}: index row for part {p.part_id} does not follow on (expected part {i} "
+                                    f"starting at shard {expect})")
+            expect += p.num_shards
+    return Manifest(uri=uri, manifest_id=meta[META_MANIFEST_ID].decode(), input_uri=meta[META_INPUT].decode(),
+                    batch_size=int(meta[META_BATCH]), created_at=meta[META_CREATED].decode(), version=version,
+                    parts=parts, num_skipped=int(meta.get(META_NUM_SKIPPED, b"0")))
+
+
+def read_manifest(uri: str, endpoint_url: Optional[str] = None) -> Manifest:
+    """Read the index at ``uri`` (one GET)."""
+    return manifest_from_bytes(storage.read_bytes(uri, endpoint_url), uri)
+
+
+# Parsed part footers, per process: consecutive tasks on an executor mostly read the same part.
+_FOOTERS: "OrderedDict[tuple[str, str], pq.FileMetaData]" = OrderedDict()
+_FOOTERS_LOCK = threading.Lock()
+_FOOTERS_MAX = 16
+
+
+def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[str]) -> pa.Table:
+    """The row groups of ``part`` that hold its rows at ``offsets`` (a footer GET unless cached, then one GET)."""
+    f = storage.RangedFile(part.uri, part.num_bytes, endpoint_url)
+    with _FOOTERS_LOCK:
+        meta = _FOOTERS.get((part.uri, part.sha256))
+    if meta is None:
+        f.fetch(part.num_bytes - _TAIL, part.num_bytes)
+    try:
+        pf = pq.ParquetFile(f, metadata=meta)
+    except Exception as e:  # noqa: BLE001
+        raise ManifestError(f"{part.uri}: not a readable manifest part: {e}") from e
+    if meta is None:
+        with _FOOTERS_LOCK:
+            _FOOTERS[(part.uri, part.sha256)] = pf.metadata
+            while len(_FOOTERS) > _FOOTERS_MAX:
+                _FOOTERS.popitem(last=False)
+    md = pf.metadata
+    if md.num_rows != part.num_shards:
+        raise ManifestError(f"{part.uri}: {md.num_rows} shard rows, the index says {part.num_shards}")
+    starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+    groups = sorted({int(np.searchsorted(starts, o, side="right") - 1) for o in offsets})
+    spans = []
+    for g in groups:
+        rg = md.row_group(g)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            first = min(x for x in (col.dictionary_page_offset, col.data_page_offset) if x is not None and x > 0)
+            spans.append((first, first + col.total_compressed_size))
+    f.fetch(min(s for s, _ in spans), max(e for _, e in spans))  # one GET for every needed column chunk
+    return pf.read_row_groups(groups, columns=SHARD_SCHEMA.names)
+
+
+def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Optional[str] = None) -> list[ShardEntry]:
+    """The rows of ``shard_ids`` (in the order given), reading only the row groups that hold them.
+
+    Raises:
+        ManifestError: an id outside the manifest, or a part that disagrees with the index.
+    """
+    by_part: dict[int, list[int]] = {}
+    for sid in shard_ids:
+        by_part.setdefault(manifest.part_of(sid).part_id, []).append(sid)
+    found: dict[int, ShardEntry] = {}
+    for part_id, ids in by_part.items():
+        part = manifest.parts[part_id]
+        table = _part_rows(part, [i - part.first_shard_id for i in ids], endpoint_url)
+        cols = table.to_pydict()
+        for row, sid in enumerate(cols["shard_id"]):
+            found[sid] = ShardEntry(sid, cols["uri"][row], cols["num_records"][row], cols["num_bytes"][row],
+                                    cols["sha256"][row], tuple(cols["keys"][row]))
+    out = []
+    for sid in shard_ids:
+        e = found.get(sid)
+        if e is None:
+            raise ManifestError(f"{manifest.uri}: shard {sid} is missing from its part")
         if e.num_records != len(e.keys):
-            raise ManifestError(f"{uri}: shard {e.shard_id} has num_records={e.num_records} but {len(e.keys)} keys")
-    return Manifest(
-        uri=uri,
-        manifest_id=meta[META_MANIFEST_ID].decode(),
-        input_uri=meta[META_INPUT].decode(),
-        batch_size=int(meta[META_BATCH]),
-        created_at=meta[META_CREATED].decode(),
-        entries=tuple(sorted(entries, key=lambda e: e.shard_id)),
-    )
+            raise ManifestError(f"{manifest.uri}: shard {sid} has num_records={e.num_records} but {len(e.keys)} keys")
+        out.append(e)
+    return out
+
+
+def iter_shards(manifest: Manifest, endpoint_url: Optional[str] = None) -> Iterator[ShardEntry]:
+    """Every shard row, part by part (one part's rows in memory at a time): for tests and small tools."""
+    for part in manifest.parts:
+        yield from read_shards(manifest, range(part.first_shard_id, part.first_shard_id + part.num_shards),
+                               endpoint_url)

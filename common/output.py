@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,23 +106,6 @@ def run_dir(output_prefix: str, run_id: str) -> str:
 def run_record_key(output_prefix: str, run_id: str) -> str:
     """``_runs/<run_id>/run.json``: which manifest and model the run belongs to."""
     return storage.join(run_dir(output_prefix, run_id), "run.json")
-
-
-def read_statuses(output_prefix: str, run_id: str, endpoint_url: Optional[str] = None) -> list[dict]:
-    """Every shard's last status record of a run, by shard id (empty when the run has none)."""
-    prefix = storage.join(run_dir(output_prefix, run_id), "shards") + "/"
-    try:
-        objects = list(storage.list_objects(prefix, endpoint_url))
-    except storage.NotFound:
-        return []
-    records = [json.loads(storage.read_bytes(storage.object_uri(prefix, o.key), endpoint_url)) for o in objects
-               if o.key.endswith(".json")]
-    return sorted(records, key=lambda r: r["shard_id"])
-
-
-def shard_status_key(output_prefix: str, run_id: str, shard_id: int) -> str:
-    """Where one shard's status record goes."""
-    return storage.join(run_dir(output_prefix, run_id), "shards", f"shard-{shard_id:05d}.json")
 
 
 def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], shard_id: int, model: str,

@@ -8,6 +8,7 @@ picklable, so Spark tasks carry the endpoint string and call :func:`s3_client` w
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -232,6 +233,112 @@ def read_metadata(uri: str, endpoint_url: Optional[str] = None) -> Optional[dict
         return {}
 
 
+def read_range(uri: str, start: int, end: int, endpoint_url: Optional[str] = None) -> bytes:
+    """Bytes ``[start, end)`` of an object or file (one ranged S3 GET).
+
+    Raises:
+        NotFound: it does not exist.
+        StorageError: any other failure, naming ``uri``.
+    """
+    if end <= start:
+        return b""
+    if is_s3(uri):
+        p = parse_s3(uri)
+        try:
+            return s3_client(endpoint_url).get_object(Bucket=p.bucket, Key=p.key,
+                                                      Range=f"bytes={start}-{end - 1}")["Body"].read()
+        except Exception as e:  # noqa: BLE001
+            raise _translate(uri, e) from e
+    if is_http(uri):
+        req = urllib.request.Request(uri, headers={"Range": f"bytes={start}-{end - 1}"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                data = r.read()
+                return data if r.status == 206 else data[start:end]
+        except urllib.error.HTTPError as e:
+            cls = NotFound if e.code == 404 else StorageError
+            raise cls(f"{uri}: HTTP {e.code} {e.reason}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise StorageError(f"{uri}: {e}") from e
+    try:
+        with open(uri, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    except FileNotFoundError as e:
+        raise NotFound(f"{uri}: no such file") from e
+    except OSError as e:
+        raise StorageError(f"{uri}: {e}") from e
+
+
+class RangedFile(io.RawIOBase):
+    """A read-only file over an object of known size, served from byte ranges fetched on demand
+    (pyarrow's Parquet reader reads footer and column chunks through it); :meth:`fetch` reads a
+    span ahead in one request, and ``requests`` counts them."""
+
+    def __init__(self, uri: str, size: int, endpoint_url: Optional[str]) -> None:
+        super().__init__()
+        self.uri, self.size, self.endpoint_url = uri, size, endpoint_url
+        self.pos = 0
+        self.segments: list[tuple[int, bytes]] = []
+        self.requests = 0
+
+    def fetch(self, start: int, end: int) -> None:
+        start, end = max(0, start), min(self.size, end)
+        if end > start and not self._covered(start, end):
+            self.segments.append((start, read_range(self.uri, start, end, self.endpoint_url)))
+            self.requests += 1
+
+    def _covered(self, start: int, end: int) -> Optional[bytes]:
+        for s, data in self.segments:
+            if s <= start and end <= s + len(data):
+                return data[start - s : end - s]
+        return None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: offset, 1: self.pos + offset, 2: self.size + offset}[whence]
+        return self.pos
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), self.size - self.pos))
+        data = self._covered(self.pos, self.pos + n)
+        if data is None:
+            self.fetch(self.pos, self.pos + n)
+            data = self._covered(self.pos, self.pos + n)
+        b[:n] = data
+        self.pos += n
+        return n
+
+
+def upload_file(path: str, uri: str, endpoint_url: Optional[str] = None,
+                content_type: str = "application/octet-stream") -> None:
+    """Publish a local file at ``uri`` as one object (boto3's managed transfer: multipart when large, and
+    the object appears only when every part is there)."""
+    if is_s3(uri):
+        p = parse_s3(uri)
+        try:
+            s3_client(endpoint_url).upload_file(path, p.bucket, p.key, ExtraArgs={"ContentType": content_type})
+        except Exception as e:  # noqa: BLE001
+            raise _translate(uri, e) from e
+        return
+    if is_http(uri):
+        raise StorageError(f"{uri}: cannot write to an http(s) URL")
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    tmp = f"{uri}.tmp-{os.getpid()}"
+    import shutil
+
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, uri)
+
+
 def check_buckets(uris: Iterable[str], endpoint_url: Optional[str] = None) -> None:
     """:func:`check_bucket` once per distinct S3 bucket among ``uris`` (the first URI names it in errors)."""
     seen: set[str] = set()
@@ -320,6 +427,53 @@ def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None, page_size:
             path = os.path.join(root, name)
             st = os.stat(path)
             yield ObjectInfo(path, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
+
+def list_page(prefix_uri: str, endpoint_url: Optional[str] = None, max_keys: int = 1000) -> tuple[list[ObjectInfo], bool]:
+    """The first page of a listing (one request) and whether there is more; a local directory is one page."""
+    if is_s3(prefix_uri):
+        p = parse_s3(prefix_uri)
+        try:
+            page = s3_client(endpoint_url).list_objects_v2(Bucket=p.bucket, Prefix=p.key, MaxKeys=max_keys)
+        except Exception as e:  # noqa: BLE001
+            raise _translate(prefix_uri, e) from e
+        return ([ObjectInfo(o["Key"], int(o["Size"]), o.get("ETag", "").strip('"')) for o in page.get("Contents", [])],
+                bool(page.get("IsTruncated")))
+    return list(list_objects(prefix_uri, endpoint_url)), False
+
+
+def list_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[list[ObjectInfo], list[str]]:
+    """One level under a prefix: the objects directly in it, and the URIs of its sub-prefixes ("folders").
+
+    S3: ``ListObjectsV2`` with ``Delimiter="/"`` (one request per 1,000 entries); a local
+    directory: its files and subdirectories.  ``prefix_uri`` should end with ``/``.
+
+    Raises:
+        NotFound: the bucket or directory does not exist.
+    """
+    if is_s3(prefix_uri):
+        p = parse_s3(prefix_uri)
+        objects, folders = [], []
+        try:
+            pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(
+                Bucket=p.bucket, Prefix=p.key, Delimiter="/")
+            for page in pages:
+                objects += [ObjectInfo(o["Key"], int(o["Size"]), o.get("ETag", "").strip('"'))
+                            for o in page.get("Contents", [])]
+                folders += [f"s3://{p.bucket}/{c['Prefix']}" for c in page.get("CommonPrefixes", [])]
+        except Exception as e:  # noqa: BLE001
+            raise _translate(prefix_uri, e) from e
+        return objects, folders
+    if not os.path.isdir(prefix_uri):
+        raise NotFound(f"{prefix_uri}: no such directory")
+    objects, folders = [], []
+    for entry in sorted(os.scandir(prefix_uri), key=lambda e: e.name):
+        if entry.is_dir():
+            folders.append(os.path.join(entry.path, ""))
+        elif entry.is_file():
+            st = entry.stat()
+            objects.append(ObjectInfo(entry.path, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}"))
+    return objects, folders
 
 
 def object_uri(prefix_uri: str, key: str) -> str:

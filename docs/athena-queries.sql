@@ -58,3 +58,12 @@ SELECT run_id, model, manifest_id, count(*) AS images, count_if(status <> 'ok') 
 FROM predictions
 GROUP BY run_id, model, manifest_id
 ORDER BY run_id;
+
+-- name: failed_shards
+-- Which shards of a run failed, and why: each shard's latest status over every infer invocation,
+-- from the status table (python -m infer.athena --output ... --status prints its DDL).
+SELECT shard_id, max_by(error, t_end) AS error, max_by(executor_host, t_end) AS host, max(t_end) AS failed_at
+FROM (SELECT shard_id, status, error, host AS executor_host, t_end FROM shardinfer_status WHERE run_id = 'RUN_ID')
+GROUP BY shard_id
+HAVING max_by(status, t_end) <> 'ok'
+ORDER BY shard_id;

@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the partition-projection table (projection.run_id.type = injected) instead")
     p.add_argument("--table", default="predictions", help="table name (default predictions)")
     p.add_argument("--database", default=None, help="database to qualify table names with (default: none)")
-    p.add_argument("--manifest-output", help="prepare's --output: print tables over its manifest.parquet "
-                   "and skipped.parquet")
+    p.add_argument("--manifest-output", help="prepare's --output: print tables over its manifest parts "
+                   "(manifest/) and skipped.parquet")
+    p.add_argument("--status", action="store_true", help="with --output: also print the table over every run's "
+                   "status files (_runs/<run_id>/status/*.parquet: which shards failed, and why)")
     p.add_argument("--verbose", action="store_true", help="show tracebacks")
     return p
 
@@ -53,8 +55,10 @@ def statements(args: argparse.Namespace) -> list[str]:
             out.append(athena.create_predictions_table(args.output, args.table, args.database))
             if args.run_id:
                 out.append(athena.add_partition(args.output, check_run_id(args.run_id), args.table, args.database))
-    elif args.run_id or args.projection:
-        raise UsageError("--run-id and --projection need --output")
+        if args.status:
+            out.append(athena.create_status_table(args.output, database=args.database))
+    elif args.run_id or args.projection or args.status:
+        raise UsageError("--run-id, --projection and --status need --output")
     if args.manifest_output:
         out.append(athena.create_manifest_table(args.manifest_output, "manifest", args.database))
         out.append(athena.create_manifest_table(args.manifest_output, "skipped", args.database, skipped=True))

@@ -26,14 +26,16 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script by spark-submit: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from common import athena, storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
-from common.manifest import manifest_from_bytes  # noqa: E402
+from common.manifest import read_manifest  # noqa: E402
+from common.status import failed_ids  # noqa: E402
 from common.output import PREDICTION_SCHEMA, check_run_id, run_record_key, table_to_parquet  # noqa: E402
-from infer.plan import failed_shards, present_shards  # noqa: E402
+from infer.plan import present_mask  # noqa: E402
 
 PROG = "compact"
 # Athena reads Parquet fastest in files of roughly 128 MB-1 GB; small per-shard files (tens
@@ -114,10 +116,9 @@ def run(args: argparse.Namespace) -> int:
         record = json.loads(storage.read_bytes(run_record_key(args.output, run_id), endpoint))
     except storage.NotFound as e:
         raise UsageError(f"run {run_id} has no record under {args.output} (is --run-id right?)") from e
-    manifest = manifest_from_bytes(storage.read_bytes(record["manifest"], endpoint), record["manifest"])
-    present = present_shards(args.output, run_id, endpoint)
-    missing = [e.shard_id for e in manifest.entries if e.shard_id not in present]
-    failed = failed_shards(args.output, run_id, endpoint)
+    manifest = read_manifest(record["manifest"], endpoint)
+    missing = np.flatnonzero(~present_mask(args.output, run_id, manifest.num_shards, endpoint)).tolist()
+    failed = failed_ids(args.output, run_id, endpoint).tolist()
     if missing or failed:
         raise UsageError(f"run {run_id} is not finished: {len(missing)} shards missing {missing[:10]}, "
                          f"{len(failed)} failed {failed[:10]}; finish it with infer --only-missing / --only-failed")

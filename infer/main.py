@@ -8,11 +8,12 @@
         [--precision fp32|bf16|int8 [--calibration-images 512] [--min-agreement 0.99]] \\
         [--shards-per-task N] [--dry-run]
 
-The driver reads the manifest, checks the model once (so a bad URL or mismatched params
-fail before Spark starts), converts the model when a
-reduced precision is asked for (infer/precision.py), plans task groups (infer/plan.py),
-and collects one small status record per shard; predictions go from each task straight to
-S3.  Run records: infer/runrecord.py.  Exit code 0 when every selected shard is ok, 1 when
+The driver reads the manifest index (never the shard rows), checks the model once (so a bad
+URL or mismatched params fail before Spark starts), converts the model when a reduced
+precision is asked for (infer/precision.py), plans task groups from shard id ranges
+(infer/plan.py), and collects a compact status per shard, which it writes as one Parquet
+file per invocation (common/status.py); tasks read their own shard rows, and predictions go
+from each task straight to S3.  Run records: infer/runrecord.py.  Exit code 0 when every selected shard is ok, 1 when
 any failed (their ids are printed), 2 for bad arguments or inputs.
 """
 
@@ -21,10 +22,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Optional, Sequence
 
@@ -35,19 +38,25 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 # Spark sets OMP_NUM_THREADS in its Python workers from spark.task.cpus / spark.executorEnv.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-from common import storage  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from common import status, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, endpoint_from, first_line, run_cli,  # noqa: E402
                         spark_context, task_attempts)
-from common.manifest import manifest_from_bytes  # noqa: E402
+from common.manifest import read_manifest  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
 from common.output import check_run_id, default_run_id, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
-from infer import plan, precision, report, runrecord  # noqa: E402
+from infer import plan as plan_mod  # noqa: E402
+from infer import precision, report, runrecord  # noqa: E402
 from infer.task import InferSettings, run_group  # noqa: E402
 
 PROG = "infer"
 # The model is bound once with this static batch: 64x3x224x224 float32 is ~38 MB.
 MODEL_BATCH = 64
+# Tasks per Spark job: a billion images are ~3.9 M tasks at 4 shards each; in waves of this
+# many the driver's scheduler state and the results it holds stay bounded (docs/scale.md).
+TASKS_PER_JOB = 20_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +116,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record: Optional[dict], manifest, run_id: str,
-                  endpoint: Optional[str]) -> tuple[ModelSpec, Optional[dict]]:
+                        endpoint: Optional[str]) -> tuple[ModelSpec, Optional[dict]]:
     """The spec the executors load, and the conversion record for run.json (None at fp32)."""
     if args.precision == "fp32":
         return spec, None
@@ -118,10 +127,34 @@ def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record
             print(f"{PROG}: --precision {args.precision}: reusing the run's model {done['model_dir']} "
                   f"(agreement {done['agreement']})", flush=True)
             return stored, done
-    converted = precision.prepare_model(files, spec, args.precision, manifest.entries, args.calibration_images,
+    converted = precision.prepare_model(files, spec, args.precision, manifest, args.calibration_images,
                                         args.min_agreement, storage.join(run_dir(args.output, run_id), "model"),
                                         log=lambda m: print(f"{PROG}: {m}", flush=True))
     return converted.spec, converted.record
+
+
+def run_waves(sc, plan: plan_mod.Plan, settings: InferSettings, counter) -> list[bytes]:
+    """Run every group of ``plan``, at most :data:`TASKS_PER_JOB` tasks per Spark job.
+
+    Two jobs are in flight at a time, so the next wave's tasks fill the cores as the current
+    wave drains (Spark's FIFO scheduler starts them only when the first has no task waiting).
+    Returns each task's packed statuses.
+    """
+    shared = sc.broadcast(plan)
+
+    def wave(lo: int, hi: int) -> list[bytes]:
+        task = partial(_group_task, shared=shared, settings=settings, counter=counter)
+        return sc.parallelize(range(lo, hi), hi - lo).map(task).collect()
+
+    bounds = [(lo, min(plan.groups, lo + TASKS_PER_JOB)) for lo in range(0, plan.groups, TASKS_PER_JOB)]
+    if len(bounds) == 1:
+        return wave(*bounds[0])
+    with ThreadPoolExecutor(2, thread_name_prefix="shardinfer-wave") as pool:
+        return [packed for result in pool.map(lambda b: wave(*b), bounds) for packed in result]
+
+
+def _group_task(group: int, shared, settings: InferSettings, counter) -> bytes:
+    return run_group(group, shared.value, settings, counter)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
     storage.check_buckets((args.manifest, args.output, args.sym_url, args.param_url, args.label_url), endpoint)
-    manifest = manifest_from_bytes(storage.read_bytes(args.manifest, endpoint), args.manifest)
+    manifest = read_manifest(args.manifest, endpoint)  # the index: a few bytes per part, never the keys
     spec = ModelSpec(args.sym_url, args.param_url, args.label_url, MODEL_BATCH, endpoint, device=args.device)
     files = fetch_model(spec)
     check_model(files, spec)  # a bad model fails here, once, before any task starts
@@ -140,40 +173,47 @@ def run(args: argparse.Namespace) -> int:
     run_id = args.run_id or default_run_id(manifest.manifest_id, spec.name, files.params_sha256, args.precision)
     record = runrecord.read_run_record(args.output, run_id, endpoint)
     record_matches = runrecord.check_run_record(record, args, run_id, manifest, model_id)
-    entries = plan.select_entries(args, manifest, run_id, endpoint)
-    if not entries:
+    ranges = plan_mod.select(args, manifest, run_id, endpoint)
+    cores = os.cpu_count() or 1
+    plan = plan_mod.make_plan(manifest, ranges, args.shards_per_task, cores, args.precision)
+    if plan.selected == 0:
         print(f"{PROG}: manifest {manifest.manifest_id}: run_id={run_id}; running 0 shards: nothing to do", flush=True)
         return 0
     if args.dry_run:  # grouped for this machine's cores: on a cluster Spark's parallelism decides
-        per_task, groups = plan.plan_groups(entries, args.shards_per_task, os.cpu_count() or 1, args.precision)
-        shown = ", ".join(f"{g[0].shard_id}-{g[-1].shard_id}" if len(g) > 1 else str(g[0].shard_id) for g in groups[:20])
-        print(f"{PROG}: dry run: manifest {manifest.manifest_id}, run_id={run_id}, model {model_id}: {len(entries)} of "
-              f"{len(manifest.entries)} shards in {len(groups)} tasks of up to {per_task}: {shown}"
-              f"{' ...' if len(groups) > 20 else ''}; nothing written", flush=True)
+        print(f"{PROG}: dry run: manifest {manifest.manifest_id} (format {manifest.version}, {len(manifest.parts)} "
+              f"parts, {manifest.num_shards} shards, {manifest.num_images} images), run_id={run_id}, model {model_id}: "
+              f"{plan.selected} of {manifest.num_shards} shards in {len(plan.ranges)} ranges, {plan.groups} tasks of "
+              f"up to {plan.per_task} in {math.ceil(plan.groups / TASKS_PER_JOB)} Spark jobs: {plan_mod.describe(plan)}; "
+              "nothing written", flush=True)
         return 0
     spec, conversion = model_for_executors(args, files, spec, record, manifest, run_id, endpoint)
     if not record_matches or (conversion and conversion != (record or {}).get("conversion")):
         runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint)
 
     sc = spark_context(f"shardinfer-infer-{run_id}")
-    per_task, groups = plan.plan_groups(entries, args.shards_per_task, sc.defaultParallelism, args.precision)
-    print(f"{PROG}: manifest {manifest.manifest_id}: {len(manifest.entries)} shards, {manifest.num_images} images; "
-          f"run_id={run_id}; model {model_id}; running {len(entries)} shards in {len(groups)} tasks of up to "
-          f"{per_task}", flush=True)
+    plan = plan_mod.make_plan(manifest, ranges, args.shards_per_task, sc.defaultParallelism, args.precision)
+    images = manifest.num_images if plan.selected == manifest.num_shards else min(
+        manifest.num_images, plan.selected * manifest.batch_size)
+    print(f"{PROG}: manifest {manifest.manifest_id}: {manifest.num_shards} shards, {manifest.num_images} images; "
+          f"run_id={run_id}; model {model_id}; running {plan.selected} shards in {plan.groups} tasks of up to "
+          f"{plan.per_task}", flush=True)
+    invocation = uuid.uuid4().hex
     settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
-                             args.force, invocation=uuid.uuid4().hex,
+                             args.force, invocation=invocation,
                              digest_extra="" if args.precision == "fp32" else args.precision)
-    with Progress(sc, PROG, len(entries), sum(e.num_records for e in entries)) as progress:
-        statuses = [s for group in (sc.parallelize(groups, len(groups))
-                                    .map(partial(run_group, settings=settings, counter=progress.counter)).collect())
-                    for s in group]
+    with Progress(sc, PROG, plan.selected, images) as progress:
+        packed = run_waves(sc, plan, settings, progress.counter)
+    statuses = pa.concat_tables([status.unpack(b) for b in packed]) if packed else status.table([])
+    del packed
+    status_uri = status.write([statuses], args.output, run_id, started, invocation, endpoint)
 
-    summary = runrecord.summarise(statuses, args, run_id, manifest, model_id, time.time() - started, len(groups),
-                                  per_task)
+    summary = runrecord.summarise(statuses, args, run_id, manifest, model_id, time.time() - started, plan.groups,
+                                  plan.per_task)
+    summary["status_file"] = status_uri
     storage.write_bytes(storage.join(run_dir(args.output, run_id), "summary.json"),
                         json.dumps(summary, indent=1).encode(), endpoint, "application/json")
     failed = summary["shards_failed"]
-    print(f"{PROG}: {len(statuses) - len(failed)}/{len(statuses)} shards ok "
+    print(f"{PROG}: {statuses.num_rows - summary['shards_failed_count']}/{statuses.num_rows} shards ok "
           f"({summary['shards_written']} written, {summary['shards_already_done']} already done), "
           f"{summary['images_written']} images written ({summary['image_errors']} image errors) "
           f"in {summary['elapsed_s']:.1f}s = {summary['images_per_s']} images/s", flush=True)
@@ -185,11 +225,11 @@ def run(args: argparse.Namespace) -> int:
     if not failed:
         runrecord.write_athena_sql(args, run_id, manifest, endpoint)
     if failed:
-        for sid in failed:
+        for sid in failed[:20]:
             print(f"{PROG}: shard {sid} failed: {summary['errors'][str(sid)]}", file=sys.stderr)
-        print(f"{PROG}: FAILED shards: {','.join(map(str, failed))} (records under "
-              f"{run_dir(args.output, run_id)}/shards/); rerun them with:\n  {summary['rerun_failed']}",
-              file=sys.stderr, flush=True)
+        more = f" (and {len(failed) - 20} more)" if len(failed) > 20 else ""
+        print(f"{PROG}: FAILED shards: {','.join(map(str, failed[:1000]))}{more} (statuses in {status_uri}); "
+              f"rerun them with:\n  {summary['rerun_failed']}", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -1,8 +1,12 @@
 """infer's plan: which shards this invocation runs, and how they are grouped into Spark tasks.
 
-Selection (``--shards``, ``--only-missing``, ``--only-failed``) reads the manifest rows, the
-run's partition listing and its status records; grouping cuts the selected shards, in id
-order, into task groups of ``--shards-per-task`` consecutive entries.
+The driver plans from the manifest index alone: a selection is a few ``[start, stop)`` ranges
+of shard ids (numpy), not a list of shard rows.  ``--shards`` parses into ranges,
+``--only-missing`` lists the run's part files (fanned out over 100 key prefixes when there
+are many), ``--only-failed`` reads the run's status files (common/status.py).  Grouping is
+arithmetic: group *g* covers selected positions ``[g·base + min(g, extra), …)``, so a plan
+of any size is a few numbers plus the ranges, and a task turns its group index into shard
+ids itself (:meth:`Plan.group_ids`) and reads only those rows from the manifest.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from typing import Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
 
 from common import storage
 from common.cli import UsageError
-from common.manifest import Manifest, ShardEntry
-from common.output import read_statuses
+from common.manifest import Manifest
+from common.status import failed_ids
 
 # Shards per Spark task, by precision.  Measured (docs/benchmarks.md, 2 cores, AVX-512 VNNI):
 # each task costs ~0.2 s that the pipeline cannot hide (Spark's local per-task cost, the
@@ -26,16 +34,35 @@ from common.output import read_statuses
 # there are too few shards to give every core 2 groups.
 DEFAULT_SHARDS_PER_TASK = {"fp32": 4, "bf16": 6, "int8": 12}
 MIN_GROUPS_PER_CORE = 2
+# Part-file listings of more than one page fan out over the 100 two-digit key prefixes.
+LIST_THREADS = 16
 
 
-def parse_shard_ids(text: str, manifest: Manifest) -> list[int]:
-    """``"3,17,40-45"`` -> sorted ids; every id must exist in the manifest.
+def ids_to_ranges(ids: np.ndarray) -> np.ndarray:
+    """Sorted unique shard ids -> ``(n, 2)`` array of ``[start, stop)`` runs."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    if len(ids) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(ids) != 1)
+    starts = np.concatenate(([ids[0]], ids[breaks + 1]))
+    stops = np.concatenate((ids[breaks] + 1, [ids[-1] + 1]))
+    return np.stack([starts, stops], axis=1)
+
+
+def mask_to_ranges(mask: np.ndarray) -> np.ndarray:
+    """A boolean array over shard ids -> ``[start, stop)`` runs of True."""
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1).astype(np.int64)
+
+
+def parse_shard_ids(text: str, manifest: Manifest) -> np.ndarray:
+    """``"3,17,40-45"`` -> ``[start, stop)`` ranges; every id must exist in the manifest.
 
     Raises:
         UsageError: bad syntax or an id outside the manifest (named).
     """
-    ids: set[int] = set()
-    last = len(manifest.entries) - 1
+    mask = np.zeros(manifest.num_shards, dtype=bool)
+    last = manifest.num_shards - 1
     for part in text.split(","):
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
@@ -46,41 +73,53 @@ def parse_shard_ids(text: str, manifest: Manifest) -> list[int]:
             raise UsageError(f"--shards: range {part!r} runs backwards")
         if hi > last:
             raise UsageError(f"--shards: {part!r} is outside the manifest {manifest.uri} (shard ids 0-{last})")
-        ids.update(range(lo, hi + 1))
-    return sorted(ids)
+        mask[lo : hi + 1] = True
+    return mask_to_ranges(mask)
 
 
-def present_shards(output: str, run_id: str, endpoint_url: Optional[str]) -> set[int]:
-    """Shard ids whose part file exists in the run's partition."""
-    prefix = storage.join(output, f"run_id={run_id}") + "/"
-    found = set()
-    try:
-        for obj in storage.list_objects(prefix, endpoint_url):
-            m = re.search(r"part-(\d+)\.parquet$", obj.key)
-            if m and obj.size > 0:
-                found.add(int(m.group(1)))
-    except storage.NotFound:
-        pass
+def _part_ids(prefix: str, endpoint_url: Optional[str]) -> list[int]:
+    found = []
+    for obj in storage.list_objects(prefix, endpoint_url):
+        m = re.search(r"part-(\d+)\.parquet$", obj.key)
+        if m and obj.size > 0:
+            found.append(int(m.group(1)))
     return found
 
 
-def failed_shards(output: str, run_id: str, endpoint_url: Optional[str]) -> list[int]:
-    """Shard ids whose recorded status is failed."""
-    return [int(r["shard_id"]) for r in read_statuses(output, run_id, endpoint_url) if r.get("status") != "ok"]
+def present_mask(output: str, run_id: str, num_shards: int, endpoint_url: Optional[str]) -> np.ndarray:
+    """``mask[i]``: shard *i*'s part file exists in the run's partition (one bit per shard).
+
+    A partition of up to 1,000 files is one LIST; a larger one is listed over the 100
+    prefixes ``part-00`` … ``part-99`` in parallel (15.6 M part files: ~15,600 LISTs on 16 threads).
+    """
+    prefix = storage.join(output, f"run_id={run_id}") + "/"
+    mask = np.zeros(num_shards, dtype=bool)
+    try:
+        first, more = storage.list_page(prefix, endpoint_url)
+    except storage.NotFound:
+        return mask
+    if not more:
+        ids = [int(m.group(1)) for o in first if (m := re.search(r"part-(\d+)\.parquet$", o.key)) and o.size > 0]
+    else:
+        with ThreadPoolExecutor(LIST_THREADS) as pool:
+            ids = [i for part in pool.map(lambda d: _part_ids(f"{prefix}part-{d:02d}", endpoint_url), range(100))
+                   for i in part]
+    ids = np.asarray(ids, dtype=np.int64)
+    mask[ids[(ids >= 0) & (ids < num_shards)]] = True
+    return mask
 
 
-def select_entries(args: argparse.Namespace, manifest: Manifest, run_id: str,
-                   endpoint_url: Optional[str]) -> list[ShardEntry]:
-    """The manifest rows this invocation runs, in shard id order."""
-    by_id = {e.shard_id: e for e in manifest.entries}
+def select(args: argparse.Namespace, manifest: Manifest, run_id: str, endpoint_url: Optional[str]) -> np.ndarray:
+    """The shard id ranges this invocation runs."""
+    n = manifest.num_shards
     if args.shards:
-        return [by_id[i] for i in parse_shard_ids(args.shards, manifest)]
+        return parse_shard_ids(args.shards, manifest)
     if args.only_missing:
-        present = present_shards(args.output, run_id, endpoint_url)
-        return [e for e in manifest.entries if e.shard_id not in present]
+        return mask_to_ranges(~present_mask(args.output, run_id, n, endpoint_url))
     if args.only_failed:
-        return [by_id[i] for i in failed_shards(args.output, run_id, endpoint_url) if i in by_id]
-    return list(manifest.entries)
+        ids = failed_ids(args.output, run_id, endpoint_url)
+        return ids_to_ranges(ids[(ids >= 0) & (ids < n)])
+    return np.array([[0, n]], dtype=np.int64) if n else np.zeros((0, 2), dtype=np.int64)
 
 
 def shards_per_task(requested: Optional[int], shards: int, cores: int, precision: str = "fp32") -> int:
@@ -92,29 +131,63 @@ def shards_per_task(requested: Optional[int], shards: int, cores: int, precision
     return max(1, min(DEFAULT_SHARDS_PER_TASK[precision], fair))
 
 
-def plan_groups(entries: Sequence[ShardEntry], requested: Optional[int], cores: int,
-                precision: str = "fp32") -> tuple[int, list[list[ShardEntry]]]:
-    """``(shards per task, task groups)`` for the selected entries on ``cores`` task slots."""
-    per_task = shards_per_task(requested, len(entries), cores, precision)
-    return per_task, group_entries(entries, per_task, cores)
-
-
-def group_entries(entries: Sequence[ShardEntry], per_task: int, cores: int = 1) -> list[list[ShardEntry]]:
-    """Consecutive runs of at most ``per_task`` selected entries (in the order given), balanced.
-
-    The number of groups is rounded up to a multiple of ``cores`` (as far as there are
-    shards) and the sizes differ by at most one, larger groups first: Spark hands tasks out
-    in order, so every core gets the same work and the last wave has no lone long task.
-    """
-    if not entries:
-        return []
-    count = math.ceil(len(entries) / per_task)
+def group_count(selected: int, per_task: int, cores: int = 1) -> int:
+    """How many groups: at most ``per_task`` shards each, rounded up to a multiple of ``cores``
+    (as far as there are shards), so every core gets the same work and the last wave has no lone long task."""
+    if selected == 0:
+        return 0
+    count = math.ceil(selected / per_task)
     if count % cores:
-        count = min(len(entries), count + cores - count % cores)
-    base, extra = divmod(len(entries), count)
-    groups, start = [], 0
-    for i in range(count):
-        size = base + (1 if i < extra else 0)
-        groups.append(list(entries[start : start + size]))
-        start += size
-    return groups
+        count = min(selected, count + cores - count % cores)
+    return count
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What this invocation runs: the manifest index, the selected ranges and the grouping.
+
+    Broadcast to the executors once; a task needs only its group index.
+    """
+
+    manifest: Manifest
+    ranges: np.ndarray
+    groups: int
+    per_task: int
+
+    @property
+    def selected(self) -> int:
+        """Shards selected."""
+        return int((self.ranges[:, 1] - self.ranges[:, 0]).sum()) if len(self.ranges) else 0
+
+    def group_span(self, g: int) -> tuple[int, int]:
+        """Selected positions ``[p0, p1)`` of group ``g``: sizes within one of each other, larger first."""
+        base, extra = divmod(self.selected, self.groups)
+        p0 = g * base + min(g, extra)
+        return p0, p0 + base + (1 if g < extra else 0)
+
+    def group_ids(self, g: int) -> list[int]:
+        """The shard ids of group ``g``, ascending."""
+        p0, p1 = self.group_span(g)
+        lengths = self.ranges[:, 1] - self.ranges[:, 0]
+        ends = np.cumsum(lengths)
+        pos = np.arange(p0, p1)
+        r = np.searchsorted(ends, pos, side="right")
+        return (self.ranges[r, 0] + pos - (ends[r] - lengths[r])).tolist()
+
+
+def make_plan(manifest: Manifest, ranges: np.ndarray, requested: Optional[int], cores: int,
+              precision: str = "fp32") -> Plan:
+    """Group the selected ranges for ``cores`` task slots."""
+    selected = int((ranges[:, 1] - ranges[:, 0]).sum()) if len(ranges) else 0
+    per_task = shards_per_task(requested, selected, cores, precision)
+    return Plan(manifest, ranges, group_count(selected, per_task, cores), per_task)
+
+
+def describe(plan: Plan, shown: int = 20) -> str:
+    """The first groups as ``a-b`` spans of shard ids (consecutive ids; a gap starts a new span)."""
+    out = []
+    for g in range(min(shown, plan.groups)):
+        ids = plan.group_ids(g)
+        runs = ids_to_ranges(np.asarray(ids))
+        out.append("+".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in runs))
+    return ", ".join(out) + (" ..." if plan.groups > shown else "")

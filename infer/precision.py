@@ -26,7 +26,7 @@ import numpy as np
 
 from common import storage
 from common.images import INPUT_SIZE
-from common.manifest import ShardEntry
+from common.manifest import Manifest, ShardEntry, read_shards
 from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -210,7 +210,21 @@ def labels_text(files: ModelFiles) -> bytes:
     return ("\n".join(files.labels) + "\n").encode()
 
 
-def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, entries: Sequence[ShardEntry],
+def sample_shards(manifest: Manifest, want: int, endpoint_url: Optional[str],
+                  per_shard: int = SAMPLE_PER_SHARD) -> list[ShardEntry]:
+    """Rows of shards evenly spaced across the manifest holding at least ``want`` images (read from
+    their parts' row groups only; the whole manifest only when it is that small)."""
+    n = manifest.num_shards
+    count = min(n, max(1, math.ceil(want / per_shard)))
+    while True:
+        ids = sorted({(2 * j + 1) * n // (2 * count) for j in range(count)})
+        entries = read_shards(manifest, ids, endpoint_url)
+        if sum(e.num_records for e in entries) >= want or count == n:
+            return entries
+        count = min(n, count * 2)
+
+
+def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: Manifest,
                   calibration_images: int, min_agreement: float, model_dir: str, log=print) -> Converted:
     """Convert, check agreement, and store the model under ``model_dir``.
 
@@ -221,7 +235,7 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, entries: S
     warning = speed_warning(precision, cpu)
     if warning:
         log(f"warning: {warning}")
-    total = sum(e.num_records for e in entries)
+    total = manifest.num_images
     # int8 needs two disjoint samples: a small manifest is split in halves between them
     n_cal = min(calibration_images, total // 2) if precision == "int8" else 0
     n_agree = min(calibration_images, total - n_cal)
@@ -231,6 +245,7 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, entries: S
     if n_cal < (calibration_images if precision == "int8" else 0) or n_agree < calibration_images:
         log(f"note: the manifest holds {total} images: {n_cal} calibrate, {n_agree} measure agreement")
     started = time.time()
+    entries = sample_shards(manifest, n_cal + n_agree, spec.endpoint_url)
     cal_items, agree_items = sample_plan([(e.shard_id, e.num_records) for e in entries], n_cal, n_agree)
     cal = load_sample(entries, cal_items, spec.endpoint_url) if cal_items else None
     agree = load_sample(entries, agree_items, spec.endpoint_url)

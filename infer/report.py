@@ -2,7 +2,8 @@
 
     python -m infer.report --output s3://BUCKET/predictions/ --run-id ID [--to DIR]
 
-Reads the per-shard status records in ``<output>/_runs/<run_id>/shards/`` and writes, to
+Reads the run's status files (``<output>/_runs/<run_id>/status/*.parquet``, one per infer
+invocation; each shard's latest status counts) and writes, to
 ``<output>/_runs/<run_id>/report/`` (or ``--to``), an ``index.html`` and the PNG images it
 shows:
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import html
 import io
+import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -29,22 +31,33 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+
 from common import storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli  # noqa: E402
-from common.output import check_run_id, read_statuses, run_dir  # noqa: E402
+from common import status  # noqa: E402
+from common.output import check_run_id, run_dir  # noqa: E402
 
 PROG = "report"
 STAGES = (("fetch", "t_start", "t_fetched", "#4e79a7"), ("decode", "t_fetched", "t_decoded", "#f28e2b"),
           ("forward", "t_forward_start", "t_forwarded", "#59a14f"), ("write", "t_forwarded", "t_end", "#e15759"))
 IMAGES = ("timeline.png", "throughput.png", "shard_times.png")
+# Beyond this many shards the pictures and the table show an evenly spaced sample (said on the page).
+MAX_DRAWN = 20_000
 
 
 def load_statuses(output: str, run_id: str, endpoint_url: Optional[str] = None) -> list[dict]:
     """Every shard's status record of a run, by shard id; UsageError when there is none."""
-    records = read_statuses(output, run_id, endpoint_url)
-    if not records:
-        raise UsageError(f"run {run_id}: no status records under {run_dir(output, run_id)}/shards/")
-    return records
+    latest = status.read_latest(output, run_id, endpoint_url)
+    if latest.num_rows == 0:
+        raise UsageError(f"run {run_id}: no status files under {status.status_dir(output, run_id)}/")
+    if latest.num_rows > MAX_DRAWN:  # every failure, and an even sample of the rest
+        failed = pc.not_equal(latest.column("status"), "ok").to_numpy(zero_copy_only=False)
+        keep = np.flatnonzero(failed | (np.arange(latest.num_rows) % math.ceil(latest.num_rows / MAX_DRAWN) == 0))
+        latest = latest.take(pa.array(keep))
+    return status.records(latest)
 
 
 def timed(records: list[dict]) -> list[dict]:
@@ -191,7 +204,7 @@ def write_report(output: str, run_id: str, endpoint_url: Optional[str] = None, t
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m infer.report", description="Write the HTML + PNG report of a "
-                                "finished (or failed) infer run from its per-shard status records.")
+                                "finished (or failed) infer run from its status files.")
     p.add_argument("--output", required=True, help="infer's --output, e.g. s3://BUCKET/predictions/")
     p.add_argument("--run-id", required=True, help="the run")
     p.add_argument("--to", default=None, help="write the report here instead of <output>/_runs/<run_id>/report/ "

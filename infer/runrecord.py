@@ -10,11 +10,14 @@ import shlex
 import time
 from typing import Optional
 
-from common import athena, storage
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from common import athena, status, storage
 from common.cli import UsageError
 from common.manifest import Manifest
 from common.output import run_dir, run_record_key
-from infer.plan import present_shards
 
 PROG = "infer"
 
@@ -82,12 +85,22 @@ def rerun_command(args: argparse.Namespace, run_id: str) -> str:
     return shlex.join(cmd + ["--only-failed"])
 
 
-def summarise(statuses: list[dict], args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
+def summarise(statuses: pa.Table, args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
               elapsed: float, groups: int, per_task: int) -> dict:
-    """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``."""
-    failed = sorted((s for s in statuses if s["status"] != "ok"), key=lambda s: s["shard_id"])
-    written = [s for s in statuses if s.get("outcome") == "written"]
-    rows = sum(s.get("rows", 0) for s in written)
+    """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``.
+
+    ``statuses`` is this invocation's status table (common/status.py).  At most 1,000 failed
+    shards are listed with their errors: the status file has them all.
+    """
+    st = statuses.column("status").to_numpy(zero_copy_only=False)
+    outcome = statuses.column("outcome").to_numpy(zero_copy_only=False)
+    ids = statuses.column("shard_id").to_numpy()
+    rows = statuses.column("rows").to_numpy()
+    written = outcome == "written"
+    bad = np.flatnonzero(st != "ok")
+    bad = bad[np.argsort(ids[bad], kind="stable")]
+    errors = statuses.column("error").to_pylist() if len(bad) else []
+    images = int(rows[written].sum())
     return {
         "run_id": run_id,
         "manifest": args.manifest,
@@ -95,30 +108,32 @@ def summarise(statuses: list[dict], args: argparse.Namespace, run_id: str, manif
         "model": model_id,
         "precision": args.precision,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "shards_selected": len(statuses),
+        "shards_selected": statuses.num_rows,
         "tasks": groups,
         "shards_per_task": per_task,
-        "shards_written": len(written),
-        "shards_already_done": sum(1 for s in statuses if s["status"] == "ok" and s.get("outcome") != "written"),
-        "shards_failed": [s["shard_id"] for s in failed],
-        "errors": {str(s["shard_id"]): s.get("error", "") for s in failed},
-        "images_written": rows,
-        "image_errors": sum(s.get("rows_error", 0) for s in written),
-        "model_loads": sum(1 for s in statuses if s.get("model_loaded")),
+        "shards_written": int(written.sum()),
+        "shards_already_done": int(((st == "ok") & ~written).sum()),
+        "shards_failed_count": len(bad),
+        "shards_failed": [int(ids[i]) for i in bad[:1000]],
+        "errors": {str(int(ids[i])): errors[i] or "" for i in bad[:1000]},
+        "images_written": images,
+        "image_errors": int(statuses.column("rows_error").to_numpy()[written].sum()),
+        "model_loads": int(statuses.column("model_loaded").to_numpy(zero_copy_only=False).sum()),
         "elapsed_s": round(elapsed, 3),
-        "images_per_s": round(rows / elapsed, 3) if elapsed > 0 else None,
+        "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
         "output": storage.join(args.output, f"run_id={run_id}") + "/",
-        "rerun_failed": rerun_command(args, run_id) if failed else None,
+        "rerun_failed": rerun_command(args, run_id) if len(bad) else None,
     }
 
 
 def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, endpoint_url: Optional[str]) -> None:
-    """Once every shard of the manifest has its part file, leave the Athena statements in ``_runs/<run_id>/``."""
-    present = present_shards(args.output, run_id, endpoint_url)
-    missing = [e.shard_id for e in manifest.entries if e.shard_id not in present]
-    if missing:
-        print(f"{PROG}: run {run_id} is not complete yet ({len(missing)} of {len(manifest.entries)} shards missing); "
-              "athena.sql is written when every shard is done", flush=True)
+    """Once every shard of the manifest is ok (latest statuses of all invocations), leave the Athena
+    statements in ``_runs/<run_id>/``."""
+    latest = status.read_latest(args.output, run_id, endpoint_url, ["status"])
+    ok = int(pc.sum(pc.equal(latest.column("status"), "ok")).as_py() or 0)
+    if ok < manifest.num_shards:
+        print(f"{PROG}: run {run_id} is not complete yet ({manifest.num_shards - ok} of {manifest.num_shards} shards "
+              "not done); athena.sql is written when every shard is done", flush=True)
         return
     uri = storage.join(run_dir(args.output, run_id), "athena.sql")
     storage.write_bytes(uri, athena.run_statements(args.output, run_id).encode(), endpoint_url, "text/plain")

@@ -1,4 +1,5 @@
-"""infer's Spark task: a group of consecutive manifest shards in, one Parquet object and one status per shard out.
+"""infer's Spark task: a group of consecutive selected shards in, one Parquet object per shard out, and a
+compact status per shard back to the driver.
 
 For each shard::
 
@@ -12,14 +13,17 @@ ahead, so memory stays bounded (two input batches per task).  Everything that wa
 stays per shard: its own object, status, conditional PUT and input digest; a permanent
 error is recorded for that shard alone while the task goes on.
 
-Everything the task needs travels in :class:`InferSettings` (strings and numbers); the
+The task gets its group index; the broadcast :class:`infer.plan.Plan` turns it into shard ids,
+and the task reads those shards' rows from their manifest part itself (two ranged GETs).
+Everything else the task needs travels in :class:`InferSettings` (strings and numbers); the
 model is built once per executor Python process by :func:`common.model.get_predictor`.
+Statuses go back to the driver as compressed Arrow IPC (common/status.py), which writes
+them as one file per invocation.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import time
@@ -31,12 +35,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from common import status as status_file
 from common import storage
 from common.images import INPUT_SIZE, BadImageError, decode_rgb, preprocess_into
-from common.manifest import ShardEntry
+from common.manifest import ShardEntry, read_shards
 from common.model import ModelError, ModelSpec, get_predictor, top_k
 from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, STATUS_OK, ConflictError,
-                           ImageResult, input_digest, part_key, predictions_table, shard_status_key, table_to_parquet)
+                           ImageResult, input_digest, part_key, predictions_table, table_to_parquet)
 from common.shard import ShardFormatError, unpack_shard
 
 
@@ -138,6 +143,8 @@ def decode_into(payloads: Sequence[bytes], keys: Sequence[str], out: np.ndarray)
 
 def predict_batch(batch: np.ndarray, predictor, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ids and probabilities for every row of ``batch``, in forward passes of the bound size."""
+    if batch.shape[0] == 0:  # a shard whose every image was skipped by prepare
+        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
     ids, probs = [], []
     for start in range(0, batch.shape[0], predictor.batch_size):
         i, p = top_k(predictor.predict(batch[start : start + predictor.batch_size]), k)
@@ -244,7 +251,7 @@ def failed_status(entry: ShardEntry, e: BaseException) -> dict:
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if not isinstance(e, PERMANENT + (storage.StorageError,)):
         message = f"{type(e).__name__}: {message}"
-    return {"shard_id": entry.shard_id, "uri": entry.uri, "status": "failed", "error": message,
+    return {"shard_id": entry.shard_id, "uri": entry.uri, "status": "failed", "outcome": "failed", "error": message,
             "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=8)), "rows": 0,
             "t_end": time.time()}
 
@@ -252,9 +259,10 @@ def failed_status(entry: ShardEntry, e: BaseException) -> dict:
 class _Group:
     """The bookkeeping of one task: retry policy, status records, progress."""
 
-    def __init__(self, settings: InferSettings, attempt: int, counter) -> None:
+    def __init__(self, settings: InferSettings, attempt: int, counter, task: int = 0) -> None:
         self.settings, self.attempt, self.counter = settings, attempt, counter
-        self.host = {"host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt}
+        self.host = {"host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt, "task": task,
+                     "invocation": settings.invocation}
         self.t_task = time.time()
         self.statuses: list[dict] = []
         self.retry: Optional[BaseException] = None  # the first error another try may fix
@@ -267,22 +275,15 @@ class _Group:
         return failed_status(entry, e)
 
     def record(self, status: dict) -> dict:
-        """Stamp, store and count one shard's final status (called on the writer thread)."""
+        """Stamp and keep one shard's final status (called on the writer thread)."""
         status.update(self.host)
-        status["run_id"] = self.settings.run_id
         status["t_task_start"] = self.t_task
-        status["t_status_write"] = time.time()
-        try:
-            storage.write_bytes(shard_status_key(self.settings.output_prefix, self.settings.run_id, status["shard_id"]),
-                                json.dumps(status, indent=1).encode(), self.settings.endpoint_url, "application/json")
-        except storage.StorageError as e:
-            status["status_write_error"] = str(e)
         status["t_task_end"] = time.time()
         self.statuses.append(status)
         return status
 
     def finish(self) -> list[dict]:
-        """The statuses, or raise so that Spark tries the group again (done shards are then skipped)."""
+        """The statuses by shard id, or raise so that Spark tries the group again (done shards are then skipped)."""
         if self.retry is not None:
             raise self.retry
         if self.counter is not None:  # the driver's live progress (an accumulator: merged as the task ends)
@@ -291,8 +292,19 @@ class _Group:
         return sorted(self.statuses, key=lambda s: s["shard_id"])
 
 
-def run_group(entries: Sequence[ShardEntry], settings: InferSettings, counter=None) -> list[dict]:
-    """The Spark task: the shards of one group in order, pipelined, and the retry policy.
+def run_group(group: int, plan, settings: InferSettings, counter=None) -> bytes:
+    """The Spark task for group ``group`` of ``plan`` (an :class:`infer.plan.Plan`, broadcast):
+    its shard rows from the manifest, then :func:`run_entries`.
+
+    Returns:
+        The group's statuses, packed by :func:`common.status.pack`.
+    """
+    entries = read_shards(plan.manifest, plan.group_ids(group), settings.endpoint_url)
+    return status_file.pack(run_entries(entries, settings, counter, group))
+
+
+def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=None, task: int = 0) -> list[dict]:
+    """The shards of one group in order, pipelined, and the retry policy.
 
     A shard whose failure another try may fix makes the whole task fail *after* the other
     shards are done, so Spark retries the group and the retry skips every shard already
@@ -305,7 +317,7 @@ def run_group(entries: Sequence[ShardEntry], settings: InferSettings, counter=No
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
-    group = _Group(settings, ctx.attemptNumber() if ctx is not None else 0, counter)
+    group = _Group(settings, ctx.attemptNumber() if ctx is not None else 0, counter, task)
     buffers = _Buffers()
 
     def write(prep: _Prepared, results: list[ImageResult]) -> None:

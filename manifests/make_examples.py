@@ -3,7 +3,9 @@
     .venv/bin/python manifests/make_examples.py
 
 The examples describe three shards of a made-up prepare run; their shard objects do not
-exist.  ``manifest-unknown-version.parquet`` is the same file claiming format version 999,
+exist.  Format 2: ``manifest.parquet`` (the index) and ``manifest/part-00000.parquet`` (the
+shard rows).  ``v1/manifest.parquet`` is the same shards as a version-1 manifest (still
+readable); ``manifest-unknown-version.parquet`` is the index claiming format version 999,
 which readers must refuse.
 """
 
@@ -16,7 +18,9 @@ from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.manifest import META_VERSION, ShardEntry, manifest_to_bytes, skipped_to_bytes  # noqa: E402
+from common.manifest import (META_BATCH, META_CREATED, META_INPUT, META_MANIFEST_ID, META_NUM_IMAGES,  # noqa: E402
+                             META_NUM_SKIPPED, META_VERSION, ShardEntry, compute_manifest_id, describe_part,
+                             index_to_bytes, part_name, part_to_bytes, rows_digest, shard_table, skipped_to_bytes)
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
 CREATED = datetime(2026, 11, 26, 0, 0, 0, tzinfo=timezone.utc)
@@ -36,23 +40,47 @@ def example_entries() -> list[ShardEntry]:
     return entries
 
 
+def v1_manifest_bytes(entries: list[ShardEntry], manifest_id: str) -> bytes:
+    """The same shards as a version-1 manifest: every shard row in manifest.parquet, metadata on it."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = shard_table(entries).replace_schema_metadata({
+        META_MANIFEST_ID: manifest_id, META_INPUT: INPUT, META_BATCH: "64", META_CREATED: "2026-11-26T00:00:00Z",
+        META_VERSION: "1", META_NUM_IMAGES: str(sum(e.num_records for e in entries)), META_NUM_SKIPPED: "2"})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
 def main() -> None:
     """Write the example files."""
     import io
 
     import pyarrow.parquet as pq
 
-    os.makedirs(HERE, exist_ok=True)
-    data, _ = manifest_to_bytes(example_entries(), INPUT, 64, 2, created_at=CREATED)
+    os.makedirs(os.path.join(HERE, "manifest"), exist_ok=True)
+    os.makedirs(os.path.join(HERE, "v1"), exist_ok=True)
+    entries = example_entries()
+    table = shard_table(entries)
+    part = part_to_bytes(table)
+    with open(os.path.join(HERE, part_name(0)), "wb") as f:
+        f.write(part)
+    manifest_id = compute_manifest_id([rows_digest(table)])
+    index = index_to_bytes([describe_part(0, OUTPUT + part_name(0), table, part)], manifest_id, INPUT, 64, 2,
+                           created_at=CREATED)
     with open(os.path.join(HERE, "manifest.parquet"), "wb") as f:
-        f.write(data)
+        f.write(index)
+    with open(os.path.join(HERE, "v1", "manifest.parquet"), "wb") as f:
+        f.write(v1_manifest_bytes(entries, manifest_id))
     with open(os.path.join(HERE, "skipped.parquet"), "wb") as f:
         f.write(skipped_to_bytes([("cifar10/test/README.txt", "not a .png key"),
                                   ("cifar10/test/broken.png", "undecodable PNG: image file is truncated")]))
-    table = pq.read_table(io.BytesIO(data))
-    meta = dict(table.schema.metadata)
+    t = pq.read_table(io.BytesIO(index))
+    meta = dict(t.schema.metadata)
     meta[META_VERSION] = b"999"
-    pq.write_table(table.replace_schema_metadata(meta), os.path.join(HERE, "manifest-unknown-version.parquet"))
+    pq.write_table(t.replace_schema_metadata(meta), os.path.join(HERE, "manifest-unknown-version.parquet"))
 
 
 if __name__ == "__main__":

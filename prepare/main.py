@@ -1,22 +1,25 @@
-"""prepare: list PNGs under an S3 prefix and pack them into RecordIO shards plus a manifest.
+"""prepare: list images under an S3 prefix (or read a list of them) and pack them into RecordIO
+shards plus a format-2 manifest.
 
     spark-submit --properties-file spark-defaults.conf prepare/main.py \\
-        --input s3://BUCKET/cifar10/test/ --output s3://BUCKET/shards/cifar10-test/ [--batch 64]
+        --input s3://BUCKET/cifar10/test/ [--input-list URI] --output s3://BUCKET/shards/cifar10-test/ [--batch 64]
 
-The driver lists and sorts the keys (never image bytes) and cuts the PNG candidates into
-batches; one Spark task per batch fetches its images (one GET each, in threads), checks
-that every one decodes, and writes the shard with one PUT.  Undecodable images are rare:
-a batch holding one writes nothing and reports it, and the driver then rewrites only the
-shards from that batch on, without the bad images (every shard but the last stays full).
-The driver writes ``skipped.parquet`` and then ``manifest.parquet`` last, so a manifest
-only ever lists shards that exist.
+Stages, all Spark: (1) listing tasks, one per sub-prefix or list file (prepare/listing.py);
+(2) a global sort of the candidate keys and their numbering (``zipWithIndex``), so the same
+set of objects always gives the same shards; (3) one task per manifest part (1,024 shards)
+fetches its images, checks that each decodes, writes its shards and its
+``manifest/part-NNNNN.parquet`` (prepare/tasks.py); (4) one task writes ``skipped.parquet``.
+The driver holds the index rows and counts, never the keys, and writes ``manifest.parquet``
+(the index) last: its presence means the whole manifest is there.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -27,9 +30,11 @@ from common import storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
 from common.images import skip_reason_for_key  # noqa: E402
-from common.manifest import MANIFEST_NAME, SKIPPED_NAME, manifest_to_bytes, shard_name, skipped_to_bytes  # noqa: E402
+from common.manifest import (MANIFEST_NAME, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
+                             compute_manifest_id, index_to_bytes)
 from common.progress import Progress  # noqa: E402
-from prepare.tasks import Candidate, PrepareSettings, write_batch  # noqa: E402
+from prepare import listing  # noqa: E402
+from prepare.tasks import Candidate, PrepareSettings, write_part  # noqa: E402
 
 PROG = "prepare"
 # 64 CIFAR PNGs are ~150 KB: one GET per task, and exactly one model batch in infer.
@@ -40,11 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of DESIGN.md."""
     p = argparse.ArgumentParser(prog=PROG, description="Pack PNG images under a prefix into MXNet RecordIO shards "
                                 "and write manifest.parquet + skipped.parquet.")
-    p.add_argument("--input", required=True, help="s3://BUCKET/PREFIX/ (or a local directory) holding the PNGs")
+    p.add_argument("--input", required=True, help="s3://BUCKET/PREFIX/ (or a local directory) holding the PNGs; "
+                   "listed by Spark tasks, one per sub-prefix")
+    p.add_argument("--input-list", default=None, help="take the keys from here instead of listing --input: an S3 "
+                   "Inventory manifest.json (CSV or Parquet), or a .parquet/.csv(.gz) file (or folder of them) with a "
+                   "'key' column (bucket-relative keys under --input; optional 'size' and 'etag' columns)")
     p.add_argument("--output", required=True,
-                   help="s3://BUCKET/shards/NAME/ (or a local directory): shards/, manifest.parquet, skipped.parquet")
+                   help="s3://BUCKET/shards/NAME/ (or a local directory): shards/, manifest/, manifest.parquet, "
+                   "skipped.parquet")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                    help=f"images per shard (default {DEFAULT_BATCH}; the last shard holds the remainder)")
+    p.add_argument("--shards-per-part", type=int, default=SHARDS_PER_PART,
+                   help=f"shards per manifest part, i.e. per packing task (default {SHARDS_PER_PART})")
     add_common_arguments(p)
     return p
 
@@ -53,84 +65,145 @@ def _folder(uri: str) -> str:
     return uri if uri.endswith("/") else uri + "/"
 
 
-def write_shards(sc, candidates: list[Candidate], settings: PrepareSettings, start: int):
-    """One Spark task per batch of ``candidates`` (shard ids from ``start``).
+def _classify(item: listing.Listed):
+    """``(key, etag, reason, outside)``: reason None for a candidate."""
+    size = item.size if item.size >= 0 else 1  # unknown (a key list without sizes): judged by content later
+    return item.key, item.etag, skip_reason_for_key(item.key, size), item.outside
 
-    Returns:
-        ``(entries, bad)``: every batch's ShardEntry (None where it held bad images), and
-        ``{key: reason}`` of the undecodable images.
-    """
-    batches = [candidates[i : i + settings.batch_size] for i in range(0, len(candidates), settings.batch_size)]
-    if not batches:
-        return [], {}
-    with Progress(sc, PROG, len(batches), len(candidates)) as progress:
-        counter = progress.counter
 
-        def task(item):
-            outcome = write_batch(item[0], item[1], settings)
-            counter.add((1, outcome.entry.num_records if outcome.entry else 0, 0))
-            return outcome
+def _dedupe_sorted(items):
+    """Drop repeats of a key (a list may name an object twice); equal keys are adjacent after the sort."""
+    last = None
+    for key, etag in items:
+        if key != last:
+            yield key, etag
+            last = key
 
-        outcomes = sc.parallelize([(start + i, b) for i, b in enumerate(batches)], len(batches)).map(task).collect()
-    return [o.entry for o in outcomes], {k: r for o in outcomes for k, r in o.bad}
+
+def write_skipped(rows, uri: str, endpoint_url) -> list[int]:
+    """The skipped-writing task: ``(key, reason)`` rows (sorted) streamed to a local file, then one upload."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    count = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, SKIPPED_NAME)
+        with pq.ParquetWriter(path, SKIPPED_SCHEMA, compression="zstd") as writer:
+            chunk: list = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) == 100_000:
+                    writer.write_table(pa.Table.from_pylist([{"key": k, "reason": r} for k, r in chunk], SKIPPED_SCHEMA))
+                    count += len(chunk)
+                    chunk = []
+            writer.write_table(pa.Table.from_pylist([{"key": k, "reason": r} for k, r in chunk], SKIPPED_SCHEMA))
+            count += len(chunk)
+        storage.upload_file(path, uri, endpoint_url, "application/vnd.apache.parquet")
+    return [count]
 
 
 def run(args: argparse.Namespace) -> int:
     """Run prepare for parsed arguments; returns the exit code."""
+    from pyspark import StorageLevel
+
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.shards_per_part < 1:
+        raise UsageError(f"--shards-per-part must be at least 1, got {args.shards_per_part}")
     settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args))
+    endpoint = settings.endpoint_url
     started = time.time()
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
-    storage.check_buckets((settings.input_uri, settings.output_uri), settings.endpoint_url)
-
-    # Listing happens on the driver: keys and sizes only, never image bytes.
-    skipped: list[tuple[str, str]] = []
-    candidates: list[Candidate] = []
-    listed = sorted(storage.list_objects(settings.input_uri, settings.endpoint_url), key=lambda o: o.key)
-    for obj in listed:
-        reason = skip_reason_for_key(obj.key, obj.size)
-        if reason:
-            skipped.append((obj.key, reason))
-        else:
-            candidates.append(Candidate(obj.key, obj.etag))
-    print(f"{PROG}: listed {len(listed)} objects under {settings.input_uri}: "
-          f"{len(candidates)} PNG candidates, {len(skipped)} skipped by name or size", flush=True)
-
-    if not candidates:
-        raise UsageError(f"{settings.input_uri}: no PNG images found ({len(listed)} objects listed, "
-                         f"{len(skipped)} skipped)")
-    sc = spark_context("shardinfer-prepare")
-    entries, bad = write_shards(sc, candidates, settings, start=0)
-    if bad:
-        # Undecodable images move the shard boundaries after the first of them: keep the
-        # shards before it, rewrite the rest without the bad images (usually a small tail).
-        skipped += sorted(bad.items())
-        good = [c for c in candidates if c.key not in bad]
-        if not good:
-            raise UsageError(f"{settings.input_uri}: no decodable PNG images found "
-                             f"({len(listed)} objects listed, {len(skipped)} skipped)")
-        first_bad = min(i for i, c in enumerate(candidates) if c.key in bad)
-        keep = [e for e in entries if e is not None and e.shard_id < first_bad // args.batch]
-        rest, more_bad = write_shards(sc, good[len(keep) * args.batch :], settings, start=len(keep))
-        if more_bad:
-            raise ValueError(f"images changed while prepare ran and no longer decode: {sorted(more_bad)[:5]}")
-        stale = {e.shard_id for e in entries if e is not None} - {e.shard_id for e in keep + rest}
-        for shard_id in sorted(stale):  # written in the first pass, past the new last shard
-            storage.delete(storage.join(settings.output_uri, shard_name(shard_id)), settings.endpoint_url)
-        entries = keep + rest
-    good_count = sum(e.num_records for e in entries)
-    manifest_bytes, manifest_id = manifest_to_bytes(entries, settings.input_uri, args.batch, len(skipped))
-    # skipped first, manifest last: the manifest's presence means the whole output is there.
-    storage.write_bytes(storage.join(settings.output_uri, SKIPPED_NAME), skipped_to_bytes(skipped), settings.endpoint_url)
+    storage.check_buckets([u for u in (settings.input_uri, settings.output_uri, args.input_list) if u], endpoint)
     manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
-    storage.write_bytes(manifest_uri, manifest_bytes, settings.endpoint_url)
-    # One-line symlink files: Athena tables over exactly manifest.parquet / skipped.parquet
-    # (their folder also holds the shards). See `python -m infer.athena --manifest-output`.
-    for name, target in (("manifest", manifest_uri), ("skipped", storage.join(settings.output_uri, SKIPPED_NAME))):
-        storage.write_bytes(storage.join(symlink_location(settings.output_uri, name), "symlink.txt"),
-                            (target + "\n").encode(), settings.endpoint_url, "text/plain")
-    print(f"{PROG}: wrote {len(entries)} shards with {good_count} images, {len(skipped)} skipped, "
+    if storage.exists(manifest_uri, endpoint):  # the old index must not outlive the parts rewritten under it
+        print(f"{PROG}: replacing the manifest at {manifest_uri}", flush=True)
+        storage.delete(manifest_uri, endpoint)
+
+    # 1. listing: the driver plans sources (one level of the prefix, or the list's files); tasks list them
+    if args.input_list:
+        sources, direct = listing.plan_list(args.input_list, settings.input_uri, endpoint), []
+        how = f"{len(sources)} list file(s) from {args.input_list}"
+    else:
+        try:
+            sources, direct = listing.plan_prefix(settings.input_uri, endpoint)
+        except storage.NotFound as e:
+            raise UsageError(f"{settings.input_uri}: {e}") from e
+        how = f"{len(sources)} sub-prefixes listed by tasks, {len(direct)} objects listed by the driver"
+    sc = spark_context("shardinfer-prepare")
+    parts_listed = [sc.parallelize(sources, len(sources)).flatMap(
+        lambda src: listing.read_source(src, settings.input_uri, endpoint))] if sources else []
+    if direct:
+        parts_listed.append(sc.parallelize(direct, max(1, min(len(direct) // 100_000, 64))))
+    if not parts_listed:
+        raise UsageError(f"{settings.input_uri}: no objects found")
+    listed = (sc.union(parts_listed) if len(parts_listed) > 1 else parts_listed[0]).map(_classify)
+    listed.persist(StorageLevel.MEMORY_AND_DISK)
+    n_listed, n_candidates, outside = listed.map(
+        lambda r: (1, int(r[2] is None and not r[3]), [r[0]] if r[3] else [])).reduce(
+        lambda a, b: (a[0] + b[0], a[1] + b[1], (a[2] + b[2])[:5]))
+    if outside:
+        raise UsageError(f"--input-list {args.input_list}: keys outside --input {settings.input_uri}, e.g. "
+                         f"{', '.join(outside[:3])}")
+    print(f"{PROG}: listed {n_listed} objects under {settings.input_uri} ({how}): {n_candidates} PNG candidates",
+          flush=True)
+    if not n_candidates:
+        raise UsageError(f"{settings.input_uri}: no PNG images found ({n_listed} objects listed)")
+
+    # 2. one global order: sorted keys, duplicates dropped, numbered
+    per_part = args.batch * args.shards_per_part
+    sorted_keys = (listed.filter(lambda r: r[2] is None).map(lambda r: (r[0], r[1]))
+                   .sortByKey(numPartitions=max(1, min(math.ceil(n_candidates / per_part), 10_000)))
+                   .mapPartitions(_dedupe_sorted))
+    sorted_keys.persist(StorageLevel.MEMORY_AND_DISK)
+    n_unique = sorted_keys.count()
+    if n_unique < n_candidates:
+        print(f"{PROG}: {n_candidates - n_unique} repeated keys in the listing counted once", flush=True)
+    n_parts = math.ceil(n_unique / per_part)
+    by_part = (sorted_keys.zipWithIndex()
+               .map(lambda x: (x[1] // per_part, (x[1], Candidate(x[0][0], x[0][1]))))
+               .partitionBy(n_parts, lambda part: part))
+
+    # 3. one task per part: shards + the manifest part
+    def pack(part_id, items):
+        items = sorted((i for _, i in items), key=lambda t: t[0])
+        if not items:
+            return
+        outcome = write_part(part_id, items[0][0] // args.batch, [c for _, c in items], settings)
+        counter.add((outcome.part.num_shards, outcome.part.num_images, 0))
+        yield outcome
+
+    with Progress(sc, PROG, math.ceil(n_unique / args.batch), n_unique) as progress:
+        counter = progress.counter
+        outcomes = sorted(by_part.mapPartitionsWithIndex(pack).collect(), key=lambda o: o.part.part_id)
+    if [o.part.part_id for o in outcomes] != list(range(n_parts)):
+        raise RuntimeError(f"prepare: parts {[o.part.part_id for o in outcomes][:10]}... do not cover 0..{n_parts - 1}")
+
+    # 4. skipped.parquet: every listed object that is in no shard, with its reason
+    bad = [row for o in outcomes for row in o.bad]
+    skipped_uri = storage.join(settings.output_uri, SKIPPED_NAME)
+    skipped_rdd = listed.filter(lambda r: r[2] is not None).map(lambda r: (r[0], r[2]))
+    if bad:
+        skipped_rdd = skipped_rdd.union(sc.parallelize(bad, 1))
+    n_skipped = sum(skipped_rdd.sortByKey(numPartitions=1).mapPartitions(
+        lambda rows: write_skipped(rows, skipped_uri, endpoint)).collect())
+    listed.unpersist()
+    sorted_keys.unpersist()
+
+    parts = [o.part for o in outcomes]
+    manifest_id = compute_manifest_id([o.digest for o in outcomes])
+    good = sum(p.num_images for p in parts)
+    shards = sum(p.num_shards for p in parts)
+    if good + n_skipped != n_unique + (n_listed - n_candidates):
+        raise RuntimeError(f"prepare: {good} images in shards + {n_skipped} skipped != {n_listed} listed "
+                           f"- {n_candidates - n_unique} repeats")
+    storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, args.batch, n_skipped),
+                        endpoint, "application/vnd.apache.parquet")  # last: the manifest now exists
+    # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds
+    # the shards). See `python -m infer.athena --manifest-output`.
+    storage.write_bytes(storage.join(symlink_location(settings.output_uri, "skipped"), "symlink.txt"),
+                        (skipped_uri + "\n").encode(), endpoint, "text/plain")
+    print(f"{PROG}: wrote {shards} shards in {len(parts)} manifest parts with {good} images, {n_skipped} skipped, "
           f"in {time.time() - started:.1f}s", flush=True)
     print(f"{PROG}: manifest {manifest_uri} (manifest_id {manifest_id})", flush=True)
     return 0

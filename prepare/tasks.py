@@ -1,7 +1,7 @@
-"""prepare's Spark task functions: check candidate images, and write one shard per batch.
+"""prepare's packing task: a part's candidate images in, its shards and its manifest part out.
 
-Each takes a frozen :class:`PrepareSettings` (strings only) and does its own I/O through
-:mod:`common.storage`; the driver only ever sees keys, reasons and manifest rows.
+Takes a frozen :class:`PrepareSettings` (strings only) and does its own I/O through
+:mod:`common.storage`; the driver only ever sees the part's index row and skipped images.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Iterator, Optional, Sequence
 
 from common import storage
 from common.images import check_png
-from common.manifest import ShardEntry, shard_name
+from common.manifest import (PartEntry, ShardEntry, describe_part, part_name, part_to_bytes, rows_digest, shard_name,
+                             shard_table)
 from common.shard import pack_shard
 
 # Many small GETs per task: threads overlap S3 first-byte latency (boto3 clients are
@@ -39,42 +40,66 @@ class Candidate:
     etag: str
 
 
-def _fetch_all(candidates: Sequence[Candidate], settings: PrepareSettings) -> Iterator[bytes]:
-    """GET each candidate (same order), pinned to its listed ETag, so a changed object is caught."""
-
+def _fetcher(settings: PrepareSettings):
     def get(c: Candidate) -> bytes:
         uri = storage.object_uri(settings.input_uri, c.key)
-        return storage.read_bytes(uri, settings.endpoint_url, if_match=c.etag if storage.is_s3(uri) else None)
+        pin = c.etag if storage.is_s3(uri) and c.etag else None
+        return storage.read_bytes(uri, settings.endpoint_url, if_match=pin)
+    return get
 
+
+def fetch_batches(batches: Sequence[Sequence[Candidate]], settings: PrepareSettings) -> Iterator[list[bytes]]:
+    """Each batch's bytes (same order), GETs in threads, one batch fetched ahead: memory stays two
+    batches however large the part.  Each GET is pinned to the listed ETag, so a changed object is caught."""
+    get = _fetcher(settings)
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
-        yield from pool.map(get, candidates)
+        ahead = [pool.submit(get, c) for c in batches[0]] if batches else []
+        for i in range(len(batches)):
+            current = ahead
+            ahead = [pool.submit(get, c) for c in batches[i + 1]] if i + 1 < len(batches) else []
+            yield [f.result() for f in current]
 
 
 @dataclass(frozen=True)
-class BatchOutcome:
-    """What a batch task reports: the shard it wrote, or the images that kept it from writing."""
+class PartOutcome:
+    """What a part task reports to the driver: the index row, the part's content digest, and the
+    images it skipped because they do not decode (key, reason)."""
 
-    shard_id: int
-    entry: Optional[ShardEntry]
+    part: PartEntry
+    digest: str
     bad: tuple[tuple[str, str], ...] = ()
 
 
-def write_batch(shard_id: int, candidates: Sequence[Candidate], settings: PrepareSettings) -> BatchOutcome:
-    """Fetch one batch and, if every image decodes, pack it into a RecordIO shard in memory and PUT it once.
+def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate],
+               settings: PrepareSettings) -> PartOutcome:
+    """One prepare task: cut its candidates (sorted, consecutive in the global order) into batches,
+    write one shard per batch and then the manifest part that lists them.
 
-    A batch with undecodable images writes nothing and reports them: the driver then cuts
-    the batches again without them (shard boundaries move) and rewrites only what moved.
+    Shard *i* of the part is shard id ``first_shard_id + i`` and holds the images of batch *i*
+    that decode; an undecodable image is skipped with its reason (its shard is one image
+    short, never padded or refilled from the next batch, so no other shard moves).
 
     Raises:
-        StorageError: a GET or the PUT failed (an object changed since listing fails its ETag check).
+        StorageError: a GET or a PUT failed (an object changed since listing fails its ETag check).
     """
-    pngs = list(_fetch_all(candidates, settings))
-    bad = tuple((c.key, reason) for c, data in zip(candidates, pngs) if (reason := check_png(data, c.key)))
-    if bad:
-        return BatchOutcome(shard_id, None, bad)
-    data = pack_shard(pngs)
-    uri = storage.join(settings.output_uri, shard_name(shard_id))
-    storage.write_bytes(uri, data, settings.endpoint_url)
-    entry = ShardEntry(shard_id=shard_id, uri=uri, num_records=len(pngs), num_bytes=len(data),
-                       sha256=hashlib.sha256(data).hexdigest(), keys=tuple(c.key for c in candidates))
-    return BatchOutcome(shard_id, entry)
+    batches = [candidates[i : i + settings.batch_size] for i in range(0, len(candidates), settings.batch_size)]
+    entries, bad = [], []
+    for i, (batch, images) in enumerate(zip(batches, fetch_batches(batches, settings))):
+        keep = []
+        for c, data in zip(batch, images):
+            reason = check_png(data, c.key)
+            if reason:
+                bad.append((c.key, reason))
+            else:
+                keep.append((c.key, data))
+        data = pack_shard([d for _, d in keep])
+        shard_id = first_shard_id + i
+        uri = storage.join(settings.output_uri, shard_name(shard_id))
+        storage.write_bytes(uri, data, settings.endpoint_url)
+        entries.append(ShardEntry(shard_id=shard_id, uri=uri, num_records=len(keep), num_bytes=len(data),
+                                  sha256=hashlib.sha256(data).hexdigest(), keys=tuple(k for k, _ in keep)))
+    table = shard_table(entries)
+    uri = storage.join(settings.output_uri, part_name(part_id))
+    data = part_to_bytes(table, uri)
+    storage.write_bytes(uri, data, settings.endpoint_url, "application/vnd.apache.parquet")
+    return PartOutcome(describe_part(part_id, uri, table, data), rows_digest(table), tuple(bad))

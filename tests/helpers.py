@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 import subprocess
 import sys
@@ -11,9 +10,10 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
-from common import storage
+from common import status, storage
+from common.manifest import Manifest, ShardEntry, iter_shards
+from common.manifest import read_manifest as read_index
 from testkit.localdev import ROOT, run_spark_submit, spark_env
-from common.manifest import Manifest, manifest_from_bytes
 
 
 def infer_args(manifest: str, model_uris: dict, output: str, *extra: str) -> list[str]:
@@ -34,9 +34,20 @@ def run_python(script: str, args: list[str], env: dict) -> subprocess.CompletedP
                           text=True, timeout=300)
 
 
-def read_manifest(uri: str) -> Manifest:
-    """Read a manifest from the local S3."""
-    return manifest_from_bytes(storage.read_bytes(uri), uri)
+class LoadedManifest:
+    """A manifest's index with every shard row read (test manifests are small): ``.entries`` and the index's fields."""
+
+    def __init__(self, index: Manifest) -> None:
+        self.index = index
+        self.entries: tuple[ShardEntry, ...] = tuple(iter_shards(index))
+
+    def __getattr__(self, name: str):
+        return getattr(self.index, name)
+
+
+def read_manifest(uri: str) -> LoadedManifest:
+    """Read a manifest (index and every shard row) from the local S3."""
+    return LoadedManifest(read_index(uri))
 
 
 def bucket_of(uri: str) -> str:
@@ -68,7 +79,7 @@ def output_rows(output: str, run_id: str) -> list[dict]:
     return rows
 
 
-def assert_exactly_once(manifest: Manifest, output: str, run_id: str) -> None:
+def assert_exactly_once(manifest: LoadedManifest, output: str, run_id: str) -> None:
     """One part file per shard, every manifest key in exactly one row, rows in record order per shard."""
     parts = part_objects(output, run_id)
     prefix = storage.parse_s3(output).key
@@ -89,10 +100,5 @@ def run_id_from(stdout: str) -> str:
 
 
 def statuses(output: str, run_id: str) -> dict[int, dict]:
-    """``{shard_id: status record}`` of a run."""
-    prefix = f"{output}_runs/{run_id}/shards/"
-    out = {}
-    for o in storage.list_objects(prefix):
-        rec = json.loads(storage.read_bytes(f"s3://{bucket_of(output)}/{o.key}"))
-        out[rec["shard_id"]] = rec
-    return out
+    """``{shard_id: latest status record}`` of a run, from its status files."""
+    return {r["shard_id"]: r for r in status.records(status.read_latest(output, run_id))}

@@ -21,7 +21,7 @@ from common import athena, storage
 
 from testkit import zoo_builder
 from testkit.localdev import ROOT
-from common.manifest import ShardEntry, manifest_to_bytes
+from common.manifest import ShardEntry, write_manifest
 from common.output import PREDICTION_SCHEMA
 from common.shard import pack_shard
 from testkit.testdata import cifar_like_png
@@ -49,8 +49,7 @@ def two_runs(s3, spark, model_uris):
         uri = f"s3://{BUCKET}/shards/shards/shard-{shard_id:05d}.rec"
         storage.write_bytes(uri, data)
         entries.append(ShardEntry(shard_id, uri, n, len(data), hashlib.sha256(data).hexdigest(), keys))
-    manifest, _ = manifest_to_bytes(entries, f"s3://{BUCKET}/in/", 64, 0)
-    storage.write_bytes(f"s3://{BUCKET}/shards/manifest.parquet", manifest)
+    write_manifest(entries, f"s3://{BUCKET}/shards/", f"s3://{BUCKET}/in/", 64)
     other = {}
     for name, data in zoo_builder.build_model(seed=1).items():
         storage.write_bytes(f"s3://{BUCKET}/model-b/{name}", data)
@@ -112,9 +111,45 @@ def test_manifest_tables_parse():
         assert list(cols) == (["key", "reason"] if skipped else
                               ["shard_id", "uri", "num_records", "num_bytes", "sha256", "keys"])
         fmt = next(p for p in tree.args["properties"].expressions if isinstance(p, exp.FileFormatProperty))
-        assert fmt.this.args["input_format"].name == "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
         loc = next(p for p in tree.args["properties"].expressions if isinstance(p, exp.LocationProperty))
-        assert loc.this.name == f"s3://b/shards/x/_athena/{'skipped' if skipped else 'manifest'}/"
+        if skipped:  # beside the shards: read through a symlink file naming exactly skipped.parquet
+            assert fmt.this.args["input_format"].name == "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
+            assert loc.this.name == "s3://b/shards/x/_athena/skipped/"
+        else:  # format 2: the part files have a folder of their own
+            assert fmt.this.name.upper() == "PARQUET" and loc.this.name == "s3://b/shards/x/manifest/"
+
+
+def test_status_table_parses_and_its_failed_shards_query_runs_on_real_status_files(s3, spark, model_uris):
+    from infer.main import main
+
+    tree = _parse(athena.create_status_table("s3://b/pred/"))
+    from common.status import STATUS_SCHEMA
+
+    assert list(_columns(tree)) == STATUS_SCHEMA.names
+    props = {p.this.name: p.args["value"].name for p in tree.args["properties"].expressions if type(p) is exp.Property}
+    assert props["storage.location.template"] == "s3://b/pred/_runs/${run_id}/status/"
+    # a run of two shards where shard 1 is damaged; then a second invocation that fixes nothing
+    bucket = "statusq"
+    s3.create_bucket(bucket)
+    entries = []
+    for shard_id in range(2):
+        data = pack_shard([cifar_like_png(i, seed=3) for i in range(3)])
+        uri = f"s3://{bucket}/s/shards/shard-{shard_id:05d}.rec"
+        storage.write_bytes(uri, data if shard_id == 0 else b"damaged")
+        entries.append(ShardEntry(shard_id, uri, 3, len(data), hashlib.sha256(data).hexdigest(),
+                                  tuple(f"in/{shard_id}-{i}.png" for i in range(3))))
+    write_manifest(entries, f"s3://{bucket}/s/", f"s3://{bucket}/in/", 64)
+    args = infer_args(f"s3://{bucket}/s/manifest.parquet", model_uris, f"s3://{bucket}/pred/", "--run-id", "q")
+    assert main(args) == 1
+    assert main(args + ["--only-failed"]) == 1
+    files = [o.key for o in storage.list_objects(f"s3://{bucket}/pred/_runs/q/status/")]
+    assert len(files) == 2
+    table = pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(f"s3://{bucket}/{k}"))) for k in files])
+    con = duckdb.connect()
+    con.register("shardinfer_status", table.append_column("run_id", pa.array(["q"] * table.num_rows)))
+    sql = _queries()["failed_shards"].replace("'RUN_ID'", "'q'")
+    rows = con.sql(sqlglot.transpile(sql, read="athena", write="duckdb")[0]).fetchall()
+    assert [(r[0], "content does not match the manifest" in r[1]) for r in rows] == [(1, True)]
 
 
 def test_cli_prints_every_statement_and_each_parses(capsys):
@@ -124,6 +159,8 @@ def test_cli_prints_every_statement_and_each_parses(capsys):
     statements = [s for s in capsys.readouterr().out.split(";") if s.strip()]
     trees = [_parse(s) for s in statements]
     assert [type(t).__name__ for t in trees] == ["Create", "Alter", "Create", "Create"]
+    assert main(["--output", "s3://b/p/", "--status"]) == 0
+    assert "'s3://b/p/_runs/${run_id}/status/'" in capsys.readouterr().out
 
 
 def test_infer_leaves_athena_sql_for_a_complete_run(two_runs):
@@ -137,16 +174,18 @@ def test_infer_leaves_athena_sql_for_a_complete_run(two_runs):
 def test_a_run_with_failed_shards_gets_no_athena_sql(s3, spark, model_uris):
     from infer.main import main
 
-    storage.write_bytes(f"s3://{BUCKET}/broken/manifest.parquet", manifest_to_bytes(
-        [ShardEntry(0, f"s3://{BUCKET}/broken/none.rec", 1, 10, "0" * 64, ("x.png",))], "s3://x/", 64, 0)[0])
+    write_manifest([ShardEntry(0, f"s3://{BUCKET}/broken/none.rec", 1, 10, "0" * 64, ("x.png",))],
+                   f"s3://{BUCKET}/broken/", "s3://x/", 64)
     assert main(infer_args(f"s3://{BUCKET}/broken/manifest.parquet", model_uris, OUT, "--run-id", "rbroken")) == 1
     assert not storage.exists(f"{OUT}_runs/rbroken/athena.sql")
 
 
-def test_symlink_files_point_at_the_manifest(prepared):
-    for name, target in (("manifest", prepared["manifest"]), ("skipped", prepared["skipped"])):
-        text = storage.read_bytes(athena.symlink_location(prepared["output"], name) + "symlink.txt").decode()
-        assert text.strip() == target
+def test_symlink_file_points_at_skipped_and_the_manifest_table_at_the_parts(prepared):
+    text = storage.read_bytes(athena.symlink_location(prepared["output"], "skipped") + "symlink.txt").decode()
+    assert text.strip() == prepared["skipped"]
+    parts = [o.key for o in storage.list_objects(prepared["output"] + "manifest/")]
+    assert parts and all(re.search(r"/manifest/part-\d{5}\.parquet$", k) for k in parts)
+    assert f"LOCATION '{prepared['output']}manifest/'" in athena.create_manifest_table(prepared["output"])
 
 
 def _walk_types(t: pa.DataType):
@@ -213,7 +252,7 @@ def _run(con, name: str, **runs: str) -> list[tuple]:
 
 def test_example_queries_are_all_checked():
     assert set(_queries()) == {"label_counts", "low_confidence", "error_rows", "compare_runs", "agreement",
-                               "unnest_top_k", "run_overview"}
+                               "unnest_top_k", "run_overview", "failed_shards"}
     for sql in _queries().values():
         _parse(sql)  # valid Athena syntax
 

@@ -9,53 +9,100 @@ from datetime import datetime, timezone
 from functools import partial
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from common.manifest import FORMAT_VERSION, ManifestError, ShardEntry, manifest_from_bytes, manifest_to_bytes
+from common import manifest as manifest_mod
+from common import storage
+from common.manifest import (FORMAT_VERSION, ManifestError, ShardEntry, iter_shards, manifest_from_bytes, read_shards,
+                             write_manifest)
 from common.model import ModelSpec
 from common.output import (ImageResult, check_run_id, default_run_id, part_key, predictions_table,
                            table_to_parquet)
+from infer.plan import make_plan
 from infer.task import InferSettings, run_group
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "manifests", "examples")
 
 
-def _entries():
-    return [ShardEntry(0, "s3://b/s/shards/shard-00000.rec", 2, 10, "ab" * 32, ("a.png", "b.png")),
-            ShardEntry(1, "s3://b/s/shards/shard-00001.rec", 1, 5, "cd" * 32, ("c.png",))]
+def _entries(n: int = 2):
+    return [ShardEntry(i, f"s3://b/s/shards/shard-{i:05d}.rec", 2 - i % 2, 10, f"{i:064x}",
+                       tuple(f"{i}-{j}.png" for j in range(2 - i % 2))) for i in range(n)]
 
 
-def test_manifest_roundtrip_and_stable_id():
-    data, mid = manifest_to_bytes(_entries(), "s3://b/in/", 64, 3)
-    m = manifest_from_bytes(data, "mem")
-    assert m.manifest_id == mid and m.entries == tuple(_entries()) and m.batch_size == 64 and m.num_images == 3
-    data2, mid2 = manifest_to_bytes(list(reversed(_entries())), "s3://b/in/", 64, 3,
-                                    created_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
-    assert mid2 == mid
+def test_manifest_roundtrip_and_stable_id(tmp_path):
+    m = write_manifest(_entries(70), f"{tmp_path}/a/", "s3://b/in/", 64, 3, shards_per_part=32)
+    assert [(p.first_shard_id, p.num_shards) for p in m.parts] == [(0, 32), (32, 32), (64, 6)]
+    assert m.num_shards == 70 and m.num_images == 105 and m.batch_size == 64 and m.num_skipped == 3
+    assert list(iter_shards(m)) == _entries(70)
+    assert read_shards(m, [65, 3, 40]) == [_entries(70)[i] for i in (65, 3, 40)]
+    again = write_manifest(list(reversed(_entries(70))), f"{tmp_path}/b/", "s3://b/in/", 64, 3, shards_per_part=32,
+                           created_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    assert again.manifest_id == m.manifest_id  # content, not time or place
+    other = write_manifest(_entries(69), f"{tmp_path}/c/", "s3://b/in/", 64, 3, shards_per_part=32)
+    assert other.manifest_id != m.manifest_id
+    with pytest.raises(ManifestError, match="no shard 70"):
+        read_shards(m, [70])
 
 
-def test_manifest_rejects_gaps():
+def test_a_task_reads_only_its_row_groups(tmp_path):
+    """A part of 1,024 shards in row groups of 32: reading 4 shards costs a footer read and one span."""
+    rng = np.random.default_rng(0)
+    entries = [ShardEntry(i, f"s3://b/s/shards/shard-{i:05d}.rec", 64, 10, f"{i:064x}",
+                          tuple(f"in/{rng.integers(1 << 62):x}.png" for _ in range(64))) for i in range(1024)]
+    m = write_manifest(entries, f"{tmp_path}/", "s3://b/in/", 64)
+    part = m.parts[0]
+    assert part.num_bytes > 500_000
+    reads = []
+    real = storage.read_range
+    try:
+        storage.read_range = lambda uri, a, b, e=None: reads.append(b - a) or real(uri, a, b, e)
+        manifest_mod._FOOTERS.clear()
+        assert [e.shard_id for e in read_shards(m, [100, 101, 102, 103])] == [100, 101, 102, 103]
+        assert len(reads) == 2 and reads[1] < part.num_bytes / 16  # tail (footer) + one row group's chunks
+        reads.clear()
+        read_shards(m, [500])
+        assert len(reads) == 1  # the footer is cached per process
+    finally:
+        storage.read_range = real
+
+
+def test_manifest_rejects_gaps(tmp_path):
     with pytest.raises(ManifestError, match="without gaps"):
-        manifest_to_bytes(_entries()[1:], "s3://b/in/", 64, 0)
+        write_manifest(_entries()[1:], f"{tmp_path}/", "s3://b/in/", 64)
 
 
 def test_example_manifest_reads_as_documented():
-    with open(os.path.join(EXAMPLES, "manifest.parquet"), "rb") as f:
-        m = manifest_from_bytes(f.read(), "example")
-    assert [e.num_records for e in m.entries] == [64, 64, 2]
-    assert m.entries[1].keys[0] == "cifar10/test/00064.png"
+    m = manifest_from_bytes(open(os.path.join(EXAMPLES, "manifest.parquet"), "rb").read(),
+                            os.path.join(EXAMPLES, "manifest.parquet"))
+    entries = list(iter_shards(m))
+    assert m.version == "2" and [e.num_records for e in entries] == [64, 64, 2]
+    assert entries[1].keys[0] == "cifar10/test/00064.png"
     t = pq.read_table(os.path.join(EXAMPLES, "manifest.parquet"))
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
     assert meta["shardinfer.format_version"] == FORMAT_VERSION and meta["shardinfer.num_images"] == "130"
-    path = os.path.join(EXAMPLES, "manifest.parquet")
+    assert t.to_pylist()[0]["uri"] == "s3://example-bucket/shards/cifar10-test/manifest/part-00000.parquet"
+    path = os.path.join(EXAMPLES, "manifest", "*.parquet")  # the shard rows: every part file
     rows = duckdb.sql(f"SELECT shard_id, unnest(keys) AS key, generate_subscripts(keys, 1) - 1 AS record "
                       f"FROM '{path}' ORDER BY shard_id, record").fetchall()
     assert len(rows) == 130 and rows[64] == (1, "cifar10/test/00064.png", 0)
-    kv = dict(duckdb.sql(f"SELECT decode(key), decode(value) FROM parquet_kv_metadata('{path}')").fetchall())
+    index = os.path.join(EXAMPLES, "manifest.parquet")
+    kv = dict(duckdb.sql(f"SELECT decode(key), decode(value) FROM parquet_kv_metadata('{index}')").fetchall())
     assert kv["shardinfer.manifest_id"] == m.manifest_id
     skipped = pq.read_table(os.path.join(EXAMPLES, "skipped.parquet"))
     assert skipped.schema.names == ["key", "reason"] and skipped.num_rows == 2
+
+
+def test_version_1_manifest_still_reads():
+    path = os.path.join(EXAMPLES, "v1", "manifest.parquet")
+    v1 = manifest_from_bytes(open(path, "rb").read(), path)
+    v2 = manifest_from_bytes(open(os.path.join(EXAMPLES, "manifest.parquet"), "rb").read(),
+                             os.path.join(EXAMPLES, "manifest.parquet"))
+    assert v1.version == "1" and len(v1.parts) == 1 and v1.parts[0].uri == path
+    assert (v1.manifest_id, v1.num_shards, v1.num_images) == (v2.manifest_id, 3, 130)
+    assert list(iter_shards(v1)) == list(iter_shards(v2))
+    assert read_shards(v1, [2])[0].keys == ("cifar10/test/00128.png", "cifar10/test/00129.png")
 
 
 def test_unknown_version_is_refused_by_name():
@@ -94,3 +141,6 @@ def test_task_closure_is_picklable():
     settings = InferSettings(ModelSpec("s3://b/m-symbol.json", "s3://b/m.params", "s3://b/s.txt"), "s3://b/p/", "r",
                              "m1")
     assert pickle.loads(pickle.dumps(partial(run_group, settings=settings))).keywords["settings"] == settings
+    plan = make_plan(manifest_from_bytes(open(os.path.join(EXAMPLES, "manifest.parquet"), "rb").read(), "m"),
+                     np.array([[0, 3]]), None, 2)
+    assert len(pickle.dumps(plan)) < 2000  # the broadcast plan: the index and a few ranges, no keys

@@ -18,14 +18,14 @@ from common import storage
 
 from testkit import zoo_builder
 from testkit.localdev import run_spark_submit
-from common.manifest import manifest_from_bytes
+from tests.helpers import read_manifest, statuses as read_statuses
 
 OUTPUT = "s3://hostile/predictions/"
 
 
 @pytest.fixture(scope="module")
 def manifest(prepared):
-    return manifest_from_bytes(storage.read_bytes(prepared["manifest"]), prepared["manifest"])
+    return read_manifest(prepared["manifest"])
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +110,9 @@ def test_top5_equals_single_process_prediction(prepared, model_files, rows, infe
 
 
 def test_model_loaded_once_per_worker_process(infer_run, manifest):
-    prefix = f"{OUTPUT}_runs/{infer_run['run_id']}/shards/"
-    statuses = [json.loads(storage.read_bytes(f"s3://hostile/{o.key}")) for o in storage.list_objects(prefix)]
+    files = list(storage.list_objects(f"{OUTPUT}_runs/{infer_run['run_id']}/status/"))
+    assert len(files) == 1 and files[0].key.endswith(".parquet")  # one status file for the invocation
+    statuses = list(read_statuses(OUTPUT, infer_run["run_id"]).values())
     assert sorted(s["shard_id"] for s in statuses) == [e.shard_id for e in manifest.entries]
     by_pid = defaultdict(list)
     for s in statuses:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 
 import pyarrow.parquet as pq
 import pytest
 
 from common import storage
 from testkit.localdev import upload_cifar_like
-from common.manifest import ShardEntry, manifest_to_bytes
+from common.manifest import ShardEntry, write_manifest
 from common.shard import pack_shard
 from testkit.testdata import cifar_like_png
+from tests.helpers import statuses
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,9 @@ def test_damaged_shard_fails_alone_and_exit_code_names_it(small, model_uris, cap
     finally:
         storage.write_bytes(shard1, original)
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 1, err
     assert "FAILED shards: 1 " in err and "shard-00001.rec" in err
-    status = json.loads(storage.read_bytes(f"s3://{small['bucket']}/pred/_runs/r1/shards/shard-00001.json"))
+    status = statuses(f"s3://{small['bucket']}/pred/", "r1")[1]
     assert status["status"] == "failed" and "shard 1" in status["error"] and "shard-00001.rec" in status["error"]
     parts = {o.key for o in storage.list_objects(f"s3://{small['bucket']}/pred/run_id=r1/")}
     assert parts == {"pred/run_id=r1/part-00000.parquet", "pred/run_id=r1/part-00002.parquet"}
@@ -61,9 +61,8 @@ def test_corrupt_image_fails_only_its_row(s3, spark, model_uris):
     uri = f"s3://{bucket}/shards/shard-00000.rec"
     storage.write_bytes(uri, data)
     keys = tuple(f"in/{i}.png" for i in range(5))
-    manifest, _ = manifest_to_bytes([ShardEntry(0, uri, 5, len(data), hashlib.sha256(data).hexdigest(), keys)],
-                                    f"s3://{bucket}/in/", 64, 0)
-    storage.write_bytes(f"s3://{bucket}/manifest.parquet", manifest)
+    write_manifest([ShardEntry(0, uri, 5, len(data), hashlib.sha256(data).hexdigest(), keys)], f"s3://{bucket}/",
+                   f"s3://{bucket}/in/", 64)
     assert _infer(f"s3://{bucket}/manifest.parquet", model_uris, f"s3://{bucket}/pred/") == 0
     rows = pq.read_table(io.BytesIO(storage.read_bytes(f"s3://{bucket}/pred/run_id=r1/part-00000.parquet"))).to_pylist()
     assert [r["key"] for r in rows] == list(keys)

@@ -10,14 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from common import storage
-from common.manifest import FORMAT_VERSION, manifest_from_bytes
+from common.manifest import FORMAT_VERSION, INDEX_SCHEMA, SHARD_SCHEMA
 from common.shard import unpack_shard
 from tests.conftest import GOOD_IMAGES, hostile_objects
+from tests.helpers import read_manifest
 
 
 @pytest.fixture(scope="module")
 def manifest(prepared):
-    return manifest_from_bytes(storage.read_bytes(prepared["manifest"]), prepared["manifest"])
+    return read_manifest(prepared["manifest"])
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,15 @@ def test_unusual_pngs_are_images(manifest):
         assert f"in/{rel}" in keys
 
 
-def test_shards_are_sorted_full_and_hold_original_bytes(prepared, manifest):
+def test_shards_are_sorted_full_and_hold_original_bytes(prepared, manifest, skipped):
     entries = manifest.entries
     assert [e.shard_id for e in entries] == list(range(len(entries)))
-    assert all(e.num_records == 64 for e in entries[:-1]) and 0 < entries[-1].num_records <= 64
+    # batch i of the sorted candidates is shard i, less its undecodable images (skipped, never refilled)
+    undecodable = {k for k, r in skipped.items() if r.startswith(("undecodable", "not a PNG"))}
+    assert undecodable
+    candidates = sorted(undecodable | {k for e in entries for k in e.keys})
+    for e in entries:
+        assert set(e.keys) == set(candidates[64 * e.shard_id : 64 * (e.shard_id + 1)]) - undecodable
     all_keys = [k for e in entries for k in e.keys]
     assert all_keys == sorted(all_keys), "shard contents must follow the sorted listing"
     for e in entries:
@@ -81,12 +87,23 @@ def test_shard_reads_with_mxrecordio(prepared, manifest, tmp_path):
 def test_manifest_metadata(prepared, manifest):
     t = pq.read_table(io.BytesIO(storage.read_bytes(prepared["manifest"])))
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
-    assert meta["shardinfer.format_version"] == FORMAT_VERSION
+    assert FORMAT_VERSION == "2" and meta["shardinfer.format_version"] == FORMAT_VERSION
     assert meta["shardinfer.input"] == prepared["prefix"]
     assert meta["shardinfer.batch_size"] == "64"
     assert meta["shardinfer.manifest_id"] == manifest.manifest_id
     assert meta["shardinfer.created_at"].endswith("Z")
-    assert t.schema.names == ["shard_id", "uri", "num_records", "num_bytes", "sha256", "keys"]
+    assert meta["shardinfer.num_images"] == str(manifest.num_images)
+    assert meta["shardinfer.num_skipped"] == str(len(pq.read_table(io.BytesIO(storage.read_bytes(prepared["skipped"])))))
+    assert t.schema.remove_metadata() == INDEX_SCHEMA  # the index: one row per part, never the keys
+    rows = t.to_pylist()
+    assert [r["part_id"] for r in rows] == list(range(len(rows)))
+    for r in rows:
+        data = storage.read_bytes(r["uri"])
+        assert r["uri"] == f"{prepared['output']}manifest/part-{r['part_id']:05d}.parquet"
+        assert hashlib.sha256(data).hexdigest() == r["sha256"] and len(data) == r["num_bytes"]
+        part = pq.ParquetFile(io.BytesIO(data))
+        assert part.schema_arrow.remove_metadata() == SHARD_SCHEMA and part.metadata.num_rows == r["num_shards"]
+        assert all(part.metadata.row_group(g).num_rows <= 32 for g in range(part.metadata.num_row_groups))
 
 
 def test_rerun_gives_the_same_shards(prepared, manifest):
@@ -95,7 +112,7 @@ def test_rerun_gives_the_same_shards(prepared, manifest):
 
     out = prepared["output"].replace("shards/t/", "shards/t-again/")
     assert main(["--input", prepared["prefix"], "--output", out]) == 0
-    again = manifest_from_bytes(storage.read_bytes(out + "manifest.parquet"), out)
+    again = read_manifest(out + "manifest.parquet")
     assert again.manifest_id == manifest.manifest_id
     assert [(e.sha256, e.keys) for e in again.entries] == [(e.sha256, e.keys) for e in manifest.entries]
 
@@ -117,8 +134,8 @@ def test_batch_must_be_positive(capsys):
     assert "--batch must be at least 1" in capsys.readouterr().err
 
 
-def test_bad_image_moves_boundaries_and_leaves_no_stale_shard(s3, spark):
-    """65 candidates, one undecodable: the first pass writes 2 shards, the result is one shard of 64."""
+def test_bad_image_leaves_its_shard_one_short_and_moves_no_other(s3, spark):
+    """65 candidates, one undecodable: shard 0 holds the 63 good images of the first 64, shard 1 the 65th."""
     from testkit.localdev import upload_cifar_like
     from prepare.main import main
 
@@ -126,8 +143,11 @@ def test_bad_image_moves_boundaries_and_leaves_no_stale_shard(s3, spark):
     upload_cifar_like("s3://stale/in/", 64, seed=61, endpoint_url=s3.endpoint_url)
     storage.write_bytes("s3://stale/in/00010_bad.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
     assert main(["--input", "s3://stale/in/", "--output", "s3://stale/out/"]) == 0
-    m = manifest_from_bytes(storage.read_bytes("s3://stale/out/manifest.parquet"), "m")
-    assert [e.num_records for e in m.entries] == [64] and "in/00010_bad.png" not in m.entries[0].keys
-    assert [o.key for o in storage.list_objects("s3://stale/out/shards/")] == ["out/shards/shard-00000.rec"]
-    assert unpack_shard(storage.read_bytes(m.entries[0].uri), "s") == [storage.read_bytes(f"s3://stale/{k}")
-                                                                      for k in m.entries[0].keys]
+    m = read_manifest("s3://stale/out/manifest.parquet")
+    assert [e.num_records for e in m.entries] == [63, 1] and "in/00010_bad.png" not in m.entries[0].keys
+    assert [o.key for o in storage.list_objects("s3://stale/out/shards/")] == ["out/shards/shard-00000.rec",
+                                                                             "out/shards/shard-00001.rec"]
+    for e in m.entries:
+        assert unpack_shard(storage.read_bytes(e.uri), "s") == [storage.read_bytes(f"s3://stale/{k}") for k in e.keys]
+    skipped = pq.read_table(io.BytesIO(storage.read_bytes("s3://stale/out/skipped.parquet"))).to_pylist()
+    assert [r["key"] for r in skipped] == ["in/00010_bad.png"]

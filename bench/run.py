@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.measure import Sample, run_sampled  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
-from common import storage  # noqa: E402
+from common import status, storage  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
 from testkit.testdata import cifar_like_png  # noqa: E402
@@ -94,8 +94,7 @@ def submit(script: str, args: list[str], env: dict, conf: list[str]) -> Sample:
 
 def steady_state(output: str, run_id: str, images: int) -> dict:
     """Images/s from the first task start to the last task end, and the Python workers' peak RSS per task."""
-    prefix = f"{output}_runs/{run_id}/shards/"
-    st = [json.loads(storage.read_bytes(f"s3://{BUCKET}/{o.key}")) for o in storage.list_objects(prefix)]
+    st = status.records(status.read_latest(output, run_id))
     t0, t1 = min(s["t_start"] for s in st), max(s["t_end"] for s in st)
     fwd = sum(s["t_forwarded"] - s.get("t_forward_start", s["t_decoded"]) for s in st)
     busy = sum(s["t_end"] - s["t_start"] for s in st)

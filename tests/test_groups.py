@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from common import storage
 from testkit.faultproxy import FaultProxy
 from testkit.localdev import upload_cifar_like
-from infer.plan import group_entries, shards_per_task
+from infer.plan import Plan, group_count, ids_to_ranges, shards_per_task
 from tests.helpers import assert_exactly_once, infer_args, part_objects, read_manifest, statuses, submit
 
 
@@ -22,7 +23,7 @@ def ten_shards(s3, spark):
     s3.create_bucket("groups")
     upload_cifar_like("s3://groups/in/", 40, seed=41, endpoint_url=s3.endpoint_url)
     assert main(["--input", "s3://groups/in/", "--output", "s3://groups/shards/", "--batch", "4"]) == 0
-    return {"manifest": "s3://groups/shards/manifest.parquet", "entries": read_manifest("s3://groups/shards/manifest.parquet").entries}
+    return {"manifest": "s3://groups/shards/manifest.parquet"}
 
 
 def _summary(out: str, run_id: str) -> dict:
@@ -30,14 +31,19 @@ def _summary(out: str, run_id: str) -> dict:
 
 
 def test_grouping_is_consecutive_balanced_and_default_keeps_cores_busy(ten_shards):
-    entries = ten_shards["entries"]
-    ids = lambda groups: [[e.shard_id for e in g] for g in groups]  # noqa: E731
-    assert ids(group_entries(entries[1:8], 3)) == [[1, 2, 3], [4, 5], [6, 7]]  # sizes within one
+    index = read_manifest(ten_shards["manifest"]).index
+
+    def ids(selected, per_task, cores=1):
+        plan = Plan(index, ids_to_ranges(np.array(selected)), group_count(len(selected), per_task, cores), per_task)
+        return [plan.group_ids(g) for g in range(plan.groups)]
+
+    assert ids(range(1, 8), 3) == [[1, 2, 3], [4, 5], [6, 7]]  # sizes within one
     # two cores: a multiple of 2 groups, sizes within one of each other, larger first
-    assert ids(group_entries(entries[1:8], 3, cores=2)) == [[1, 2], [3, 4], [5, 6], [7]]
-    assert ids(group_entries(entries, 4, cores=2)) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
-    assert ids(group_entries(entries[:3], 8, cores=2)) == [[0, 1], [2]]
-    assert group_entries([], 4, cores=2) == []
+    assert ids(range(1, 8), 3, cores=2) == [[1, 2], [3, 4], [5, 6], [7]]
+    assert ids(range(10), 4, cores=2) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert ids(range(3), 8, cores=2) == [[0, 1], [2]]
+    assert ids([], 4, cores=2) == []
+    assert ids([1, 4, 5, 6, 9], 2) == [[1, 4], [5, 6], [9]]  # selected ids with gaps: groups of the selection
     assert shards_per_task(None, 10_000, 2) == 4  # the default at fp32
     assert shards_per_task(None, 10_000, 2, "int8") == 12  # int8: 3x faster shards, longer groups
     assert shards_per_task(None, 10, 2) == 3  # 10 shards, 2 cores: 4 groups, 2 per core
@@ -94,8 +100,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(ten_shards, model_uris, caps
                            "--shards-per-task", "3", "--dry-run")) == 0
     text = capsys.readouterr().out
     # grouped for this machine's cores
-    expected = {1: "3 tasks of up to 3: 2-4, 5-7, 8", 2: "4 tasks of up to 3: 2-3, 4-5, 6-7, 8"}.get(os.cpu_count())
-    assert f"7 of 10 shards in {expected or ''}" in text and "nothing written" in text
+    expected = {1: "3 tasks of up to 3 in 1 Spark jobs: 2-4, 5-7, 8",
+                2: "4 tasks of up to 3 in 1 Spark jobs: 2-3, 4-5, 6-7, 8"}.get(os.cpu_count())
+    assert f"7 of 10 shards in 1 ranges, {expected or ''}" in text and "nothing written" in text
     assert list(storage.list_objects(out)) == []
 
 

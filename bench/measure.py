@@ -61,7 +61,7 @@ def run_sampled(cmd: list[str], env: dict, interval: float = 0.25, timeout: floa
                 procs = [root] + root.children(recursive=True)
             except psutil.NoSuchProcess:
                 break
-            workers_total = 0.0
+            workers_total = tree_total = 0.0
             for p in procs:
                 try:
                     rss = p.memory_info().rss / 2**20
@@ -69,9 +69,11 @@ def run_sampled(cmd: list[str], env: dict, interval: float = 0.25, timeout: floa
                     continue
                 kind = _kind(p)
                 peaks[kind] = max(peaks.get(kind, 0.0), rss)
+                tree_total += rss
                 if kind == "python_worker":
                     workers_total += rss
             peaks["python_workers_total"] = max(peaks.get("python_workers_total", 0.0), workers_total)
+            peaks["tree_total"] = max(peaks.get("tree_total", 0.0), tree_total)
             done.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -9,20 +9,23 @@ the newest file that holds it (file names sort by start time).  ``--only-failed`
 report and compaction read these files: one LIST and one or two GETs per invocation, never
 a request per shard.
 
-Tasks hand their statuses to the driver as compact Arrow IPC bytes (:func:`pack`), so the
-driver keeps ~30 bytes per shard while a run is in flight, not a Python dict.
+Tasks hand their statuses to the driver in a compact form (:func:`pack`: ~50 bytes per shard),
+and the driver streams them into the file as each batch of tasks ends (:class:`Writer`), so it
+never holds every shard's status at once.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import pickle
+import tempfile
 import time
 from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from common import storage
@@ -82,34 +85,119 @@ def table(rows: Sequence[dict]) -> pa.Table:
     return pa.Table.from_arrays([_column(rows, f) for f in STATUS_SCHEMA], schema=STATUS_SCHEMA)
 
 
+# What a task sends back per shard: fixed-width numbers (times as float32 seconds after the
+# task's start); strings that are the same for the whole task travel once per task, and an
+# error text only for a failed shard.  ~50 bytes per shard plus ~150 per task.
+_PACKED = np.dtype([("shard_id", "<i4"), ("code", "i1"), ("rows", "<i4"), ("rows_error", "<i4"), ("bytes", "<i8"),
+                    *((t, "<f4") for t in TIMES[:6]), ("model_loaded", "?"), ("model_load_s", "<f4")])
+_OUTCOMES = ("written", "already present", "failed")
+
+
 def pack(rows: Sequence[dict]) -> bytes:
-    """A task's statuses as compressed Arrow IPC bytes (what it returns to the driver)."""
-    sink = io.BytesIO()
-    t = table(rows)
-    with ipc.new_stream(sink, t.schema, options=ipc.IpcWriteOptions(compression="zstd")) as w:
-        w.write_table(t)
-    return sink.getvalue()
+    """A task's statuses in the compact form it returns to the driver (see :func:`unpack`)."""
+    if not rows:
+        return pickle.dumps(((), b"", {}), protocol=5)
+    first = rows[0]
+    t0 = min(r.get("t_task_start") or r.get("t_start") or 0.0 for r in rows)
+    arr = np.zeros(len(rows), dtype=_PACKED)
+    for i, r in enumerate(rows):
+        arr[i] = (r["shard_id"], _OUTCOMES.index(r.get("outcome", "failed")), r.get("rows", 0), r.get("rows_error", 0),
+                  r.get("bytes", 0), *(np.nan if r.get(t) is None else r[t] - t0 for t in TIMES[:6]),
+                  bool(r.get("model_loaded")), r.get("model_load_s", 0.0))
+    task = (first.get("host"), first.get("pid"), first.get("attempt"), first.get("task"), first.get("invocation", ""),
+            t0, max(r.get("t_task_end") or 0.0 for r in rows), first.get("model"))
+    errors = {r["shard_id"]: (r.get("error"), r.get("traceback")) for r in rows if r.get("status") != "ok"}
+    return pickle.dumps((task, arr.tobytes(), errors), protocol=5)
 
 
 def unpack(data: bytes) -> pa.Table:
-    """The inverse of :func:`pack`."""
-    return ipc.open_stream(io.BytesIO(data)).read_all()
+    """A task's packed statuses as a table in :data:`STATUS_SCHEMA`."""
+    task, raw, errors = pickle.loads(data)
+    arr = np.frombuffer(raw, dtype=_PACKED)
+    if not len(arr):
+        return STATUS_SCHEMA.empty_table()
+    host, pid, attempt, group, invocation, t0, t_end, model = task
+    n = len(arr)
+    code = arr["code"]
+    ids = arr["shard_id"].tolist()
+
+    def times(name):
+        v = arr[name].astype(np.float64)
+        ms = np.where(np.isnan(v), 0, np.round((t0 + np.nan_to_num(v)) * 1000)).astype(np.int64)
+        return pa.array(ms, mask=np.isnan(v)).cast(_TS)
+
+    cols = {
+        "shard_id": pa.array(arr["shard_id"]),
+        "status": pa.array(np.where(code == 2, "failed", "ok").tolist()),
+        "error": pa.array([errors.get(i, (None, None))[0] for i in ids], pa.string()),
+        "outcome": pa.array([_OUTCOMES[c] for c in code.tolist()]),
+        "rows": pa.array(arr["rows"]), "rows_error": pa.array(arr["rows_error"]), "bytes": pa.array(arr["bytes"]),
+        **{t: times(t) for t in TIMES[:6]},
+        "t_task_start": pa.array(np.full(n, int(t0 * 1000))).cast(_TS),
+        "t_task_end": pa.array(np.full(n, int(t_end * 1000))).cast(_TS),
+        "model": pa.array([model] * n, pa.string()),
+        "model_loaded": pa.array(arr["model_loaded"]), "model_load_s": pa.array(arr["model_load_s"]),
+        "host": pa.array([host] * n, pa.string()), "pid": pa.array([pid] * n, pa.int32()),
+        "attempt": pa.array([attempt] * n, pa.int32()), "task": pa.array([group] * n, pa.int32()),
+        "traceback": pa.array([errors.get(i, (None, None))[1] for i in ids], pa.string()),
+        "invocation": pa.array([invocation] * n, pa.string()),
+    }
+    return pa.Table.from_arrays([cols[f.name].cast(f.type) for f in STATUS_SCHEMA], schema=STATUS_SCHEMA)
 
 
-def write(tables: Sequence[pa.Table], output_prefix: str, run_id: str, started: float, invocation: str,
-          endpoint_url: Optional[str] = None) -> Optional[str]:
-    """Write one invocation's statuses (sorted by shard id) as one Parquet file; returns its URI (None if empty)."""
-    if not tables:
-        return None
-    t = pa.concat_tables(tables)
-    t = t.take(pc.sort_indices(t, [("shard_id", "ascending")]))
-    buf = io.BytesIO()
-    # one row group up to 64 M shards: --only-failed reads its three columns in one range
-    pq.write_table(t, buf, compression="zstd", row_group_size=1 << 26, coerce_timestamps="ms",
-                   use_dictionary=["status", "outcome", "model", "host", "invocation"])
-    uri = status_key(output_prefix, run_id, started, invocation)
-    storage.write_bytes(uri, buf.getvalue(), endpoint_url, "application/vnd.apache.parquet")
-    return uri
+class Writer:
+    """One invocation's status file, written as results arrive (one row group per batch of tasks)
+    to a local file and published with one upload at :meth:`close`; keeps the summary counts,
+    so the driver never holds every shard's status at once."""
+
+    MAX_ERRORS = 1000
+
+    def __init__(self, output_prefix: str, run_id: str, started: float, invocation: str,
+                 endpoint_url: Optional[str] = None) -> None:
+        self.uri = status_key(output_prefix, run_id, started, invocation)
+        self.endpoint_url = endpoint_url
+        self._tmp = tempfile.NamedTemporaryFile(suffix=".parquet", delete=False)
+        self._tmp.close()
+        self._writer = pq.ParquetWriter(self._tmp.name, STATUS_SCHEMA, compression="zstd",
+                                        use_dictionary=["status", "outcome", "model", "host", "invocation"])
+        self.shards = self.written = self.already = self.images = self.image_errors = self.model_loads = 0
+        self.failed: list[int] = []
+        self.failed_count = 0
+        self.errors: dict[int, str] = {}
+
+    def add(self, packed: Sequence[bytes]) -> None:
+        """Append the statuses of some tasks (in shard order)."""
+        tables = [unpack(b) for b in packed]
+        if not tables:
+            return
+        t = pa.concat_tables(tables)
+        self._writer.write_table(t, row_group_size=1 << 26)
+        outcome = t.column("outcome").to_numpy(zero_copy_only=False)
+        written = outcome == "written"
+        self.shards += t.num_rows
+        self.written += int(written.sum())
+        self.already += int((outcome == "already present").sum())
+        self.images += int(t.column("rows").to_numpy()[written].sum())
+        self.image_errors += int(t.column("rows_error").to_numpy()[written].sum())
+        self.model_loads += int(t.column("model_loaded").to_numpy(zero_copy_only=False).sum())
+        bad = np.flatnonzero(outcome == "failed")
+        self.failed_count += len(bad)
+        if len(bad) and len(self.failed) < self.MAX_ERRORS:
+            ids, errs = t.column("shard_id").to_numpy(), t.column("error").to_pylist()
+            for i in bad[: self.MAX_ERRORS - len(self.failed)]:
+                self.failed.append(int(ids[i]))
+                self.errors[int(ids[i])] = errs[i] or ""
+
+    def close(self) -> Optional[str]:
+        """Publish the file (one object); returns its URI, or None when no shard ran."""
+        self._writer.close()
+        try:
+            if self.shards == 0:
+                return None
+            storage.upload_file(self._tmp.name, self.uri, self.endpoint_url, "application/vnd.apache.parquet")
+            return self.uri
+        finally:
+            os.unlink(self._tmp.name)
 
 
 def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_url: Optional[str]) -> pa.Table:

@@ -38,8 +38,6 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 # Spark sets OMP_NUM_THREADS in its Python workers from spark.task.cpus / spark.executorEnv.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-import pyarrow as pa  # noqa: E402
-
 from common import status, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, endpoint_from, first_line, run_cli,  # noqa: E402
                         spark_context, task_attempts)
@@ -133,24 +131,27 @@ def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record
     return converted.spec, converted.record
 
 
-def run_waves(sc, plan: plan_mod.Plan, settings: InferSettings, counter) -> list[bytes]:
-    """Run every group of ``plan``, at most :data:`TASKS_PER_JOB` tasks per Spark job.
+def run_waves(sc, plan: plan_mod.Plan, settings: InferSettings, counter, sink) -> None:
+    """Run every group of ``plan``, at most :data:`TASKS_PER_JOB` tasks per Spark job, handing each
+    job's packed statuses to ``sink`` (in shard order) as it ends.
 
     Two jobs are in flight at a time, so the next wave's tasks fill the cores as the current
     wave drains (Spark's FIFO scheduler starts them only when the first has no task waiting).
-    Returns each task's packed statuses.
     """
     shared = sc.broadcast(plan)
 
-    def wave(lo: int, hi: int) -> list[bytes]:
+    def wave(bounds: tuple[int, int]) -> list[bytes]:
+        lo, hi = bounds
         task = partial(_group_task, shared=shared, settings=settings, counter=counter)
         return sc.parallelize(range(lo, hi), hi - lo).map(task).collect()
 
-    bounds = [(lo, min(plan.groups, lo + TASKS_PER_JOB)) for lo in range(0, plan.groups, TASKS_PER_JOB)]
-    if len(bounds) == 1:
-        return wave(*bounds[0])
+    waves = [(lo, min(plan.groups, lo + TASKS_PER_JOB)) for lo in range(0, plan.groups, TASKS_PER_JOB)]
+    if len(waves) == 1:
+        sink(wave(waves[0]))
+        return
     with ThreadPoolExecutor(2, thread_name_prefix="shardinfer-wave") as pool:
-        return [packed for result in pool.map(lambda b: wave(*b), bounds) for packed in result]
+        for result in pool.map(wave, waves):
+            sink(result)
 
 
 def _group_task(group: int, shared, settings: InferSettings, counter) -> bytes:
@@ -201,19 +202,17 @@ def run(args: argparse.Namespace) -> int:
     settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
                              args.force, invocation=invocation,
                              digest_extra="" if args.precision == "fp32" else args.precision)
+    statuses = status.Writer(args.output, run_id, started, invocation, endpoint)
     with Progress(sc, PROG, plan.selected, images) as progress:
-        packed = run_waves(sc, plan, settings, progress.counter)
-    statuses = pa.concat_tables([status.unpack(b) for b in packed]) if packed else status.table([])
-    del packed
-    status_uri = status.write([statuses], args.output, run_id, started, invocation, endpoint)
+        run_waves(sc, plan, settings, progress.counter, statuses.add)
+    status_uri = statuses.close()
 
     summary = runrecord.summarise(statuses, args, run_id, manifest, model_id, time.time() - started, plan.groups,
                                   plan.per_task)
-    summary["status_file"] = status_uri
     storage.write_bytes(storage.join(run_dir(args.output, run_id), "summary.json"),
                         json.dumps(summary, indent=1).encode(), endpoint, "application/json")
     failed = summary["shards_failed"]
-    print(f"{PROG}: {statuses.num_rows - summary['shards_failed_count']}/{statuses.num_rows} shards ok "
+    print(f"{PROG}: {statuses.shards - statuses.failed_count}/{statuses.shards} shards ok "
           f"({summary['shards_written']} written, {summary['shards_already_done']} already done), "
           f"{summary['images_written']} images written ({summary['image_errors']} image errors) "
           f"in {summary['elapsed_s']:.1f}s = {summary['images_per_s']} images/s", flush=True)
@@ -227,8 +226,9 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         for sid in failed[:20]:
             print(f"{PROG}: shard {sid} failed: {summary['errors'][str(sid)]}", file=sys.stderr)
-        more = f" (and {len(failed) - 20} more)" if len(failed) > 20 else ""
-        print(f"{PROG}: FAILED shards: {','.join(map(str, failed[:1000]))}{more} (statuses in {status_uri}); "
+        count = summary["shards_failed_count"]
+        more = f" ... ({count} in all)" if count > len(failed) else ""
+        print(f"{PROG}: FAILED shards: {','.join(map(str, failed))}{more} (statuses in {status_uri}); "
               f"rerun them with:\n  {summary['rerun_failed']}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -10,8 +10,6 @@ import shlex
 import time
 from typing import Optional
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from common import athena, status, storage
@@ -85,22 +83,11 @@ def rerun_command(args: argparse.Namespace, run_id: str) -> str:
     return shlex.join(cmd + ["--only-failed"])
 
 
-def summarise(statuses: pa.Table, args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
+def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
               elapsed: float, groups: int, per_task: int) -> dict:
-    """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``.
-
-    ``statuses`` is this invocation's status table (common/status.py).  At most 1,000 failed
-    shards are listed with their errors: the status file has them all.
-    """
-    st = statuses.column("status").to_numpy(zero_copy_only=False)
-    outcome = statuses.column("outcome").to_numpy(zero_copy_only=False)
-    ids = statuses.column("shard_id").to_numpy()
-    rows = statuses.column("rows").to_numpy()
-    written = outcome == "written"
-    bad = np.flatnonzero(st != "ok")
-    bad = bad[np.argsort(ids[bad], kind="stable")]
-    errors = statuses.column("error").to_pylist() if len(bad) else []
-    images = int(rows[written].sum())
+    """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``, from the
+    counts the status writer kept.  At most 1,000 failed shards are listed with their errors:
+    the status file (``status_file``) has them all."""
     return {
         "run_id": run_id,
         "manifest": args.manifest,
@@ -108,21 +95,22 @@ def summarise(statuses: pa.Table, args: argparse.Namespace, run_id: str, manifes
         "model": model_id,
         "precision": args.precision,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "shards_selected": statuses.num_rows,
+        "shards_selected": statuses.shards,
         "tasks": groups,
         "shards_per_task": per_task,
-        "shards_written": int(written.sum()),
-        "shards_already_done": int(((st == "ok") & ~written).sum()),
-        "shards_failed_count": len(bad),
-        "shards_failed": [int(ids[i]) for i in bad[:1000]],
-        "errors": {str(int(ids[i])): errors[i] or "" for i in bad[:1000]},
-        "images_written": images,
-        "image_errors": int(statuses.column("rows_error").to_numpy()[written].sum()),
-        "model_loads": int(statuses.column("model_loaded").to_numpy(zero_copy_only=False).sum()),
+        "shards_written": statuses.written,
+        "shards_already_done": statuses.already,
+        "shards_failed_count": statuses.failed_count,
+        "shards_failed": sorted(statuses.failed),
+        "errors": {str(i): statuses.errors[i] for i in sorted(statuses.failed)},
+        "images_written": statuses.images,
+        "image_errors": statuses.image_errors,
+        "model_loads": statuses.model_loads,
         "elapsed_s": round(elapsed, 3),
-        "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
+        "images_per_s": round(statuses.images / elapsed, 3) if elapsed > 0 else None,
         "output": storage.join(args.output, f"run_id={run_id}") + "/",
-        "rerun_failed": rerun_command(args, run_id) if len(bad) else None,
+        "status_file": statuses.uri if statuses.shards else None,
+        "rerun_failed": rerun_command(args, run_id) if statuses.failed_count else None,
     }
 
 

@@ -442,6 +442,20 @@ def list_page(prefix_uri: str, endpoint_url: Optional[str] = None, max_keys: int
     return list(list_objects(prefix_uri, endpoint_url)), False
 
 
+def peek_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[int, list[str], bool]:
+    """The first page (one request) of :func:`list_level`: ``(objects on it, sub-prefix URIs on it, more pages?)``."""
+    if is_s3(prefix_uri):
+        p = parse_s3(prefix_uri)
+        try:
+            page = s3_client(endpoint_url).list_objects_v2(Bucket=p.bucket, Prefix=p.key, Delimiter="/", MaxKeys=1000)
+        except Exception as e:  # noqa: BLE001
+            raise _translate(prefix_uri, e) from e
+        return (len(page.get("Contents", [])), [f"s3://{p.bucket}/{c['Prefix']}" for c in page.get("CommonPrefixes", [])],
+                bool(page.get("IsTruncated")))
+    objects, folders = list_level(prefix_uri, endpoint_url)
+    return len(objects), folders, False
+
+
 def list_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[list[ObjectInfo], list[str]]:
     """One level under a prefix: the objects directly in it, and the URIs of its sub-prefixes ("folders").
 

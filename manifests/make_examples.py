@@ -40,15 +40,18 @@ def example_entries() -> list[ShardEntry]:
     return entries
 
 
-def v1_manifest_bytes(entries: list[ShardEntry], manifest_id: str) -> bytes:
-    """The same shards as a version-1 manifest: every shard row in manifest.parquet, metadata on it."""
+def v1_manifest_bytes(entries: list[ShardEntry], manifest_id: str, input_uri: str = INPUT, batch: int = 64,
+                      num_skipped: int = 2) -> bytes:
+    """Shards as a version-1 manifest (what shardinfer wrote before format 2): every shard row in
+    manifest.parquet, the metadata on it.  Tests use it to check that version 1 still reads."""
     import io
 
     import pyarrow.parquet as pq
 
     table = shard_table(entries).replace_schema_metadata({
-        META_MANIFEST_ID: manifest_id, META_INPUT: INPUT, META_BATCH: "64", META_CREATED: "2026-11-26T00:00:00Z",
-        META_VERSION: "1", META_NUM_IMAGES: str(sum(e.num_records for e in entries)), META_NUM_SKIPPED: "2"})
+        META_MANIFEST_ID: manifest_id, META_INPUT: input_uri, META_BATCH: str(batch),
+        META_CREATED: "2026-11-26T00:00:00Z", META_VERSION: "1", META_NUM_IMAGES: str(sum(e.num_records for e in entries)),
+        META_NUM_SKIPPED: str(num_skipped)})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

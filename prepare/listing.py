@@ -3,10 +3,9 @@
 Two ways in:
 
 * ``--input s3://B/P/`` alone: the driver lists one level under ``P`` (``Delimiter="/"``):
-  the objects directly there, and the sub-prefixes.  While there are fewer than
-  :data:`FANOUT_TARGET` sub-prefixes it looks one level deeper (at most :data:`FANOUT_DEPTH`
-  levels); then each sub-prefix is a :class:`Source` that one Spark task lists in full.  The
-  driver holds only the objects that sit directly in the levels it looked at.
+  the objects directly there, and the sub-prefixes; sub-prefixes that hold only further
+  sub-prefixes are opened (:func:`plan_prefix`); then each sub-prefix is a :class:`Source`
+  that one Spark task lists in full.  The driver holds only the objects directly under ``P``.
 * ``--input-list URI``: an S3 Inventory ``manifest.json`` (CSV or Parquet inventory files),
   or Parquet / CSV files with a ``key`` column (optional ``size`` and ``etag``), one file or
   a folder of them.  The driver reads only ``manifest.json`` (or lists the folder); each
@@ -62,20 +61,33 @@ def _key_prefix(input_uri: str) -> str:
 
 
 def plan_prefix(input_uri: str, endpoint_url: Optional[str]) -> tuple[list[Source], list[Listed]]:
-    """The listing of ``--input``: sub-prefix Sources for tasks, and the objects found on the way."""
-    direct: list[Listed] = []
-    level = [input_uri]
-    for depth in range(FANOUT_DEPTH):
+    """The listing of ``--input``: sub-prefix Sources for tasks, and the objects directly under it.
+
+    The driver lists ``--input`` one level deep (every page: those objects it holds).  A
+    sub-prefix that holds only further sub-prefixes (its first page shows no object) is
+    replaced by them, level by level, while there are fewer than :data:`FANOUT_TARGET` and
+    for at most :data:`FANOUT_DEPTH` levels: ``train/``, ``test/`` become their class folders.
+    Looking costs one request per sub-prefix; the driver never pages through a folder of objects.
+    """
+    try:
+        objects, level = storage.list_level(input_uri, endpoint_url)
+    except storage.NotFound as e:
+        raise UsageError(f"{input_uri}: {e}") from e
+    direct = [Listed(o.key, o.size, o.etag) for o in objects]
+    sources: list[Source] = []
+    for _ in range(FANOUT_DEPTH - 1):
+        if not level or len(sources) + len(level) >= FANOUT_TARGET:
+            break
         with ThreadPoolExecutor(LIST_THREADS) as pool:
-            results = list(pool.map(lambda u: storage.list_level(u, endpoint_url), level))
-        folders = []
-        for objects, subs in results:
-            direct += [Listed(o.key, o.size, o.etag) for o in objects]
-            folders += subs
-        if len(folders) >= FANOUT_TARGET or depth == FANOUT_DEPTH - 1 or not folders:
-            return [Source("prefix", f) for f in folders], direct
-        level = folders
-    return [], direct  # not reached
+            peeks = list(pool.map(lambda u: storage.peek_level(u, endpoint_url), level))
+        deeper = []
+        for folder, (n_objects, subs, more) in zip(level, peeks):
+            if n_objects == 0 and not more and subs:
+                deeper += subs  # a folder of folders: fan out over its sub-prefixes instead
+            else:
+                sources.append(Source("prefix", folder))
+        level = deeper
+    return sources + [Source("prefix", f) for f in level], direct
 
 
 def _bucket_of_arn(arn: str) -> str:

@@ -58,13 +58,19 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
         self.requests: Counter = Counter()  # "METHOD /path" -> how many times the proxy saw it
+        self.lines: list[str] = []  # every "METHOD /path?query" as sent, URL-decoded, in order
         self._server: Optional[http.server.ThreadingHTTPServer] = None
         self.endpoint_url = ""
+
+    def reads_under(self, fragment: str) -> list[str]:
+        """The GET/HEAD requests (object reads and LISTs: a LIST's prefix is in its query) naming ``fragment``."""
+        return [ln for ln in self.lines if ln.split(" ", 1)[0] in ("GET", "HEAD") and fragment in ln]
 
     def _decide(self, request: str) -> tuple[Optional[str], float]:
         with self._lock:
             self.counts["requests"] += 1
             self.requests[request.split("?", 1)[0]] += 1
+            self.lines.append(urllib.parse.unquote(request))
             eligible = (self._only is None or self._only.search(request)) and (
                 self.max_faults is None or sum(self.counts[f] for f in ALL_FAULTS) < self.max_faults)
             if eligible and self._rng.random() < self.fault_rate:

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.shardinfer-installed
 N      ?= 1000
 BENCH_N ?= 1280
 
-.PHONY: setup check-java check-python test demo bench history dist clean
+.PHONY: setup check-java check-python test demo bench scale history dist clean
 
 setup: check-python check-java $(STAMP)
 
@@ -38,6 +38,11 @@ history: setup
 # The speed benchmark (docs/benchmarks.md): make bench BENCH_N=10000
 bench: setup
 	$(PY) bench/run.py --images $(BENCH_N)
+
+# The driver's plan at scale (docs/scale.md): synthetic manifests of 10 M and 100 M images,
+# infer --dry-run over each through spark-submit (wall time, peak RSS of the process tree).
+scale: setup
+	$(PY) bench/scale.py --out docs/scale-figures.json
 
 # A zip of the three packages, for `spark-submit --py-files dist/shardinfer.zip` on a cluster.
 dist: setup

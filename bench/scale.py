@@ -87,6 +87,26 @@ def status_sizes() -> dict:
             "file_bytes_per_shard": round(file_bytes / len(rows), 1)}
 
 
+def spark_per_task(n: int) -> dict:
+    """Spark's own cost per task: ``n`` trivial Python tasks in one stage on local[2] (time per task, and the
+    driver JVM's RSS growth while it holds the stage)."""
+    import psutil
+    from pyspark import SparkConf, SparkContext
+
+    sc = SparkContext.getOrCreate(SparkConf().setMaster("local[2]").setAppName("scale-per-task")
+                                  .set("spark.ui.enabled", "false").set("spark.ui.showConsoleProgress", "false"))
+    sc.setLogLevel("ERROR")
+    jvm = next(p for p in psutil.Process().children(recursive=True) if "java" in p.name())
+    sc.parallelize(range(100), 100).map(lambda x: x).collect()  # workers started
+    rss0, t0 = jvm.memory_info().rss, time.perf_counter()
+    sc.parallelize(range(n), n).map(lambda x: x).collect()
+    wall = time.perf_counter() - t0
+    rss1 = jvm.memory_info().rss
+    sc.stop()
+    return {"tasks": n, "wall_s": round(wall, 2), "slot_ms_per_task": round(2000 * wall / n, 1),
+            "driver_jvm_kb_per_task": round((rss1 - rss0) / 1024 / n, 2)}
+
+
 def dry_run(index: str, model: dict, out: str) -> dict:
     args = ["--manifest", index, "--sym-url", model["sym"], "--param-url", model["params"], "--label-url",
             model["labels"], "--output", out, "--dry-run"]
@@ -103,6 +123,8 @@ def main() -> int:
     p.add_argument("--sizes", default="10000000,100000000", help="images per synthetic manifest")
     p.add_argument("--out", default="docs/scale-figures.json", help="where the figures go")
     p.add_argument("--keep", action="store_true", help="keep the synthetic manifests (under /tmp)")
+    p.add_argument("--spark-tasks", type=int, default=0, help="also measure Spark's per-task cost with this many "
+                   "trivial tasks on local[2] (10000: ~8 minutes here)")
     args = p.parse_args()
     root = tempfile.mkdtemp(prefix="shardinfer-scale-")
     results = {"cpu": _cpu(), "date": time.strftime("%Y-%m-%d"), "sizes": {}}
@@ -138,6 +160,9 @@ def main() -> int:
             print(f"{'':>12}  a task's manifest read (4 shards): {r['task_read_4_shards']}", flush=True)
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
+        if args.spark_tasks:
+            results["spark_per_task"] = spark_per_task(args.spark_tasks)
+            print(f"Spark's own cost per task: {results['spark_per_task']}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -200,11 +200,12 @@ class Writer:
             os.unlink(self._tmp.name)
 
 
-def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_url: Optional[str]) -> pa.Table:
-    if size <= _WHOLE_READ:
+def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_url: Optional[str],
+               whole_read: int = _WHOLE_READ) -> pa.Table:
+    if size <= whole_read:
         return pq.read_table(io.BytesIO(storage.read_bytes(uri, endpoint_url)), columns=columns)
     f = storage.RangedFile(uri, size, endpoint_url)
-    f.fetch(size - 256 * 1024, size)
+    f.fetch(size - 1024 * 1024, size)  # the footer: ~3 KB per row group (one per Spark job of 20,000 tasks)
     pf = pq.ParquetFile(f)
     md, names = pf.metadata, pf.schema_arrow.names
     spans = []
@@ -219,10 +220,11 @@ def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_u
 
 
 def read_latest(output_prefix: str, run_id: str, endpoint_url: Optional[str] = None,
-                columns: Optional[Sequence[str]] = None) -> pa.Table:
+                columns: Optional[Sequence[str]] = None, whole_read: int = _WHOLE_READ) -> pa.Table:
     """Every shard's latest status row of a run (by shard id); an empty table when it has none.
 
-    One LIST of ``_runs/<run_id>/status/`` and one GET per invocation file (two for files over 8 MB).
+    One LIST of ``_runs/<run_id>/status/`` and one GET per invocation file; a file over ``whole_read``
+    bytes (8 MB: ~500,000 shards) costs a GET of its tail (the footer) and one of the wanted columns.
     """
     prefix = status_dir(output_prefix, run_id) + "/"
     try:
@@ -232,7 +234,7 @@ def read_latest(output_prefix: str, run_id: str, endpoint_url: Optional[str] = N
         files = []
     cols = None if columns is None else list(dict.fromkeys(["shard_id", *columns]))
     empty = STATUS_SCHEMA if cols is None else pa.schema([STATUS_SCHEMA.field(c) for c in cols])
-    tables = [_read_file(storage.object_uri(prefix, o.key), o.size, cols, endpoint_url) for o in files]
+    tables = [_read_file(storage.object_uri(prefix, o.key), o.size, cols, endpoint_url, whole_read) for o in files]
     if not tables:
         return empty.empty_table()
     t = pa.concat_tables([x.cast(empty) for x in tables])

@@ -55,6 +55,9 @@ MODEL_BATCH = 64
 # Tasks per Spark job: a billion images are ~3.9 M tasks at 4 shards each; in waves of this
 # many the driver's scheduler state and the results it holds stay bounded (docs/scale.md).
 TASKS_PER_JOB = 20_000
+# The run report holds every shard's status in memory (~210 B each): written automatically up to
+# 2 M shards (128 M images, ~0.4 GB); beyond, on demand with python -m infer.report.
+REPORT_AUTO_MAX_SHARDS = 2_000_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,10 +220,14 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['images_written']} images written ({summary['image_errors']} image errors) "
           f"in {summary['elapsed_s']:.1f}s = {summary['images_per_s']} images/s", flush=True)
     print(f"{PROG}: output {summary['output']}", flush=True)
-    try:
-        print(f"{PROG}: report {report.write_report(args.output, run_id, endpoint)}", flush=True)
-    except Exception as e:  # noqa: BLE001 - a report problem never fails the run
-        print(f"{PROG}: warning: no run report: {first_line(e)}", file=sys.stderr, flush=True)
+    if manifest.num_shards > REPORT_AUTO_MAX_SHARDS:  # the report reads every status: ~210 B per shard
+        print(f"{PROG}: no automatic report for a manifest of over {REPORT_AUTO_MAX_SHARDS} shards; make it with "
+              f"python -m infer.report --output {args.output} --run-id {run_id}", flush=True)
+    else:
+        try:
+            print(f"{PROG}: report {report.write_report(args.output, run_id, endpoint)}", flush=True)
+        except Exception as e:  # noqa: BLE001 - a report problem never fails the run
+            print(f"{PROG}: warning: no run report: {first_line(e)}", file=sys.stderr, flush=True)
     if not failed:
         runrecord.write_athena_sql(args, run_id, manifest, endpoint)
     if failed:

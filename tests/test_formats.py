@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from common import manifest as manifest_mod
-from common import storage
+from common import status, storage
 from common.manifest import (FORMAT_VERSION, ManifestError, ShardEntry, iter_shards, manifest_from_bytes, read_shards,
                              write_manifest)
 from common.model import ModelSpec
@@ -144,3 +144,26 @@ def test_task_closure_is_picklable():
     plan = make_plan(manifest_from_bytes(open(os.path.join(EXAMPLES, "manifest.parquet"), "rb").read(), "m"),
                      np.array([[0, 3]]), None, 2)
     assert len(pickle.dumps(plan)) < 2000  # the broadcast plan: the index and a few ranges, no keys
+
+
+def test_status_files_latest_per_shard_whole_or_ranged(tmp_path):
+    """Two invocations: the newer file's row wins per shard; reading whole or by ranges gives the same."""
+    out = f"{tmp_path}/pred/"
+
+    def rows(ids, status, t):
+        return [{"shard_id": i, "status": status, "outcome": "written" if status == "ok" else "failed",
+                 "error": None if status == "ok" else f"boom {i}", "rows": 64, "t_start": t, "t_end": t + 1,
+                 "t_task_start": t, "t_task_end": t + 2, "host": "h", "pid": 1, "attempt": 0, "task": i // 2,
+                 "invocation": f"inv{int(t)}"} for i in ids]
+
+    for t, ok, bad in ((1000.0, range(0, 6), range(6, 10)), (2000.0, range(6, 8), range(8, 10))):
+        w = status.Writer(out, "r", t, f"inv{int(t)}")
+        w.add([status.pack(rows(ok, "ok", t)), status.pack(rows(bad, "failed", t))])
+        assert w.close().endswith(".parquet") and w.failed_count == len(bad)
+    whole = status.read_latest(out, "r")
+    ranged = status.read_latest(out, "r", whole_read=0)
+    assert whole.equals(ranged)
+    assert whole.column("shard_id").to_pylist() == list(range(10))
+    assert status.failed_ids(out, "r").tolist() == [8, 9]
+    recs = status.records(whole)
+    assert recs[7]["invocation"] == "inv2000" and recs[7]["t_end"] == 2001.0 and recs[9]["error"] == "boom 9"

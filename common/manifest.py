@@ -171,24 +171,34 @@ def shard_table(entries: Sequence[ShardEntry]) -> pa.Table:
 
 
 def rows_digest(table: pa.Table) -> str:
-    """A digest of a part's content (shard ids, shard sha256s, keys in order), computed column-wise.
+    """A part's content digest: the sum (mod 2**256) of its shards' digests, each over the shard's id,
+    record count, sha256 and keys in order.
 
-    The manifest id is built from these: the same shards give the same id, however the
-    Parquet files were encoded.
+    Sums compose: the manifest id (:func:`compute_manifest_id`) depends on the shards alone,
+    not on how prepare split them into parts or in what order the parts finished.
     """
     table = table.combine_chunks()
-    h = hashlib.sha256()
-    h.update(np.asarray(table.column("shard_id").to_numpy(), dtype="<i4").tobytes())
-    h.update(np.asarray(table.column("num_records").to_numpy(), dtype="<i4").tobytes())
-    for name in ("sha256",):
-        h.update("\n".join(table.column(name).to_pylist()).encode())
-    keys = table.column("keys").chunk(0) if table.num_rows else pa.array([], pa.list_(pa.string()))
-    flat = keys.flatten()
-    h.update(np.asarray(pa.compute.binary_length(flat).to_numpy(zero_copy_only=False), dtype="<i4").tobytes())
-    if len(flat):
-        offsets = np.frombuffer(flat.buffers()[1], dtype=np.int32)[flat.offset : flat.offset + len(flat) + 1]
-        h.update(memoryview(flat.buffers()[2])[offsets[0] : offsets[-1]])
-    return h.hexdigest()
+    n = table.num_rows
+    if n == 0:
+        return f"{0:064x}"
+    head = np.stack([np.asarray(table.column("shard_id").to_numpy(), dtype="<i4"),
+                     np.asarray(table.column("num_records").to_numpy(), dtype="<i4")], axis=1)
+    shas = table.column("sha256").to_pylist()
+    keys = table.column("keys").chunk(0)
+    kofs = np.frombuffer(keys.buffers()[1], dtype=np.int32)[keys.offset : keys.offset + n + 1]
+    flat = keys.values
+    sofs = np.frombuffer(flat.buffers()[1], dtype=np.int32)[flat.offset : flat.offset + len(flat) + 1]
+    lengths = np.diff(sofs).astype("<i4")
+    data = memoryview(flat.buffers()[2]) if len(flat) else memoryview(b"")
+    total = 0
+    for i in range(n):
+        lo, hi = kofs[i], kofs[i + 1]
+        h = hashlib.sha256(head[i].tobytes())
+        h.update(shas[i].encode())
+        h.update(lengths[lo:hi].tobytes())
+        h.update(data[sofs[lo] : sofs[hi]])
+        total += int.from_bytes(h.digest(), "big")
+    return f"{total % (1 << 256):064x}"
 
 
 def part_to_bytes(table: pa.Table, where: str = "manifest part") -> bytes:
@@ -213,8 +223,9 @@ def describe_part(part_id: int, uri: str, table: pa.Table, data: bytes) -> PartE
 
 
 def compute_manifest_id(part_digests: Sequence[str]) -> str:
-    """``m`` + 16 hex digits from the parts' :func:`rows_digest` values in part order."""
-    return "m" + hashlib.sha256("\n".join(part_digests).encode()).hexdigest()[:16]
+    """``m`` + 16 hex digits from the parts' :func:`rows_digest` values (in any order, any split)."""
+    total = sum(int(d, 16) for d in part_digests) % (1 << 256)
+    return "m" + hashlib.sha256(f"{total:064x}".encode()).hexdigest()[:16]
 
 
 def index_to_bytes(parts: Sequence[PartEntry], manifest_id: str, input_uri: str, batch_size: int, num_skipped: int,

@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "skipped.parquet")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                    help=f"images per shard (default {DEFAULT_BATCH}; the last shard holds the remainder)")
-    p.add_argument("--shards-per-part", type=int, default=SHARDS_PER_PART,
-                   help=f"shards per manifest part, i.e. per packing task (default {SHARDS_PER_PART})")
+    p.add_argument("--shards-per-part", type=int, default=None,
+                   help=f"shards per manifest part, i.e. per packing task (default: {SHARDS_PER_PART}, fewer when "
+                   "there are too few shards to give every core two parts; the manifest id does not depend on it)")
     add_common_arguments(p)
     return p
 
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
-    if args.shards_per_part < 1:
+    if args.shards_per_part is not None and args.shards_per_part < 1:
         raise UsageError(f"--shards-per-part must be at least 1, got {args.shards_per_part}")
     settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args))
     endpoint = settings.endpoint_url
@@ -151,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{settings.input_uri}: no PNG images found ({n_listed} objects listed)")
 
     # 2. one global order: sorted keys, duplicates dropped, numbered
-    per_part = args.batch * args.shards_per_part
+    spp = args.shards_per_part or min(SHARDS_PER_PART, max(1, math.ceil(
+        n_candidates / args.batch / (2 * sc.defaultParallelism))))
+    per_part = args.batch * spp
     sorted_keys = (listed.filter(lambda r: r[2] is None).map(lambda r: (r[0], r[1]))
                    .sortByKey(numPartitions=max(1, min(math.ceil(n_candidates / per_part), 10_000)))
                    .mapPartitions(_dedupe_sorted))

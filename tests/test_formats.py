@@ -167,3 +167,9 @@ def test_status_files_latest_per_shard_whole_or_ranged(tmp_path):
     assert status.failed_ids(out, "r").tolist() == [8, 9]
     recs = status.records(whole)
     assert recs[7]["invocation"] == "inv2000" and recs[7]["t_end"] == 2001.0 and recs[9]["error"] == "boom 9"
+
+
+def test_manifest_id_does_not_depend_on_the_split_into_parts(tmp_path):
+    a = write_manifest(_entries(70), f"{tmp_path}/a/", "s3://b/in/", 64, shards_per_part=32)
+    b = write_manifest(_entries(70), f"{tmp_path}/b/", "s3://b/in/", 64, shards_per_part=5)
+    assert len(a.parts) == 3 and len(b.parts) == 14 and a.manifest_id == b.manifest_id

@@ -149,7 +149,8 @@ def test_requests_apart_from_images_do_not_grow_with_the_list(archive, s3, spark
         storage.write_bytes(f"s3://{BUCKET}/lists/first-{n}.parquet", buf.getvalue())
         with FaultProxy(s3.endpoint_url) as proxy:
             assert main(["--input", f"s3://{BUCKET}/in/", "--input-list", f"s3://{BUCKET}/lists/first-{n}.parquet",
-                         "--output", f"s3://{BUCKET}/first-{n}/", "--s3-endpoint-url", proxy.endpoint_url]) == 0
+                         "--output", f"s3://{BUCKET}/first-{n}/", "--shards-per-part", "64",
+                         "--s3-endpoint-url", proxy.endpoint_url]) == 0
         assert sum(ln.startswith(f"GET /{BUCKET}/in/") for ln in proxy.lines) == n  # each image read once
         counts[n] = [ln.replace(str(n), "N") for ln in _driver_side(proxy.lines)]
     assert counts[300] == counts[1200] and len(counts[300]) < 15, counts

@@ -190,23 +190,23 @@ def read_source(source: Source, input_uri: str, endpoint_url: Optional[str]) -> 
             if "Bucket" in cols and bucket and row[cols["Bucket"]] != bucket:
                 continue
             if key.startswith(prefix) and not _is_delete_marker(row, cols):
-                yield Listed(key, _int(row[cols["Size"]]) if "Size" in cols else -1,
-                             row[cols["ETag"]].strip('"') if "ETag" in cols else "")
+                # no ETag pin: an inventory is up to a day old, and an object rewritten since is still
+                # that image (its bytes are what the shard stores and hashes)
+                yield Listed(key, _int(row[cols["Size"]]) if "Size" in cols else -1, "")
         return
     if source.kind == "inventory-parquet":
         t = pq.read_table(io.BytesIO(data))
         names = {n.lower(): n for n in t.column_names}
         d = t.to_pydict()
         keys, sizes = d[names["key"]], d.get(names.get("size", ""), [None] * t.num_rows)
-        etags = d.get(names.get("e_tag", names.get("etag", "")), [""] * t.num_rows)
         buckets = d.get(names.get("bucket", ""), [None] * t.num_rows)
         latest = d.get(names.get("is_latest", ""), [True] * t.num_rows)
         deleted = d.get(names.get("is_delete_marker", ""), [False] * t.num_rows)
-        for key, size, etag, b, is_latest, is_deleted in zip(keys, sizes, etags, buckets, latest, deleted):
+        for key, size, b, is_latest, is_deleted in zip(keys, sizes, buckets, latest, deleted):
             if (bucket and b and b != bucket) or is_latest is False or is_deleted:
                 continue
             if key.startswith(prefix):
-                yield Listed(key, _int(size), (etag or "").strip('"'))
+                yield Listed(key, _int(size), "")
         return
     if source.kind == "keys-parquet":
         t = pq.read_table(io.BytesIO(data))

@@ -30,7 +30,7 @@ from common import storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
 from common.images import skip_reason_for_key  # noqa: E402
-from common.manifest import (MANIFEST_NAME, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
+from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
                              compute_manifest_id, index_to_bytes)
 from common.progress import Progress  # noqa: E402
 from prepare import listing  # noqa: E402
@@ -200,6 +200,12 @@ def run(args: argparse.Namespace) -> int:
     if good + n_skipped != n_unique + (n_listed - n_candidates):
         raise RuntimeError(f"prepare: {good} images in shards + {n_skipped} skipped != {n_listed} listed "
                            f"- {n_candidates - n_unique} repeats")
+    parts_dir = storage.join(settings.output_uri, PARTS_DIR) + "/"
+    wanted = {p.uri for p in parts}
+    stale = [storage.object_uri(parts_dir, o.key) for o in storage.list_objects(parts_dir, endpoint)
+             if storage.object_uri(parts_dir, o.key) not in wanted]
+    for uri in stale:  # parts of an earlier prepare into this output with more parts: not this manifest's
+        storage.delete(uri, endpoint)
     storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, args.batch, n_skipped),
                         endpoint, "application/vnd.apache.parquet")  # last: the manifest now exists
     # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds

@@ -40,17 +40,24 @@ class Candidate:
     etag: str
 
 
+GONE = "listed but no longer exists"
+
+
 def _fetcher(settings: PrepareSettings):
-    def get(c: Candidate) -> bytes:
+    def get(c: Candidate):
         uri = storage.object_uri(settings.input_uri, c.key)
         pin = c.etag if storage.is_s3(uri) and c.etag else None
-        return storage.read_bytes(uri, settings.endpoint_url, if_match=pin)
+        try:
+            return storage.read_bytes(uri, settings.endpoint_url, if_match=pin)
+        except storage.NotFound:  # deleted between listing (or the inventory) and now: skipped, with the reason
+            return None
     return get
 
 
 def fetch_batches(batches: Sequence[Sequence[Candidate]], settings: PrepareSettings) -> Iterator[list[bytes]]:
-    """Each batch's bytes (same order), GETs in threads, one batch fetched ahead: memory stays two
-    batches however large the part.  Each GET is pinned to the listed ETag, so a changed object is caught."""
+    """Each batch's bytes (same order; None for an object that is gone), GETs in threads, one batch
+    fetched ahead: memory stays two batches however large the part.  A GET is pinned to the listed
+    ETag when there is one, so an object changed since listing is caught."""
     get = _fetcher(settings)
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
         ahead = [pool.submit(get, c) for c in batches[0]] if batches else []
@@ -87,7 +94,7 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     for i, (batch, images) in enumerate(zip(batches, fetch_batches(batches, settings))):
         keep = []
         for c, data in zip(batch, images):
-            reason = check_png(data, c.key)
+            reason = GONE if data is None else check_png(data, c.key)
             if reason:
                 bad.append((c.key, reason))
             else:

@@ -242,3 +242,22 @@ def test_synthetic_manifest_and_dry_run(tmp_path, model_uris, capsys):
     text = capsys.readouterr().out
     assert "6 of 15626 shards in 2 ranges, 2 tasks of up to 4" in text and ": 5-7, 8-9+100;" in text
     assert not os.path.exists(pred)
+
+
+def test_a_listed_object_that_is_gone_is_skipped_and_a_smaller_rerun_leaves_no_stale_part(archive, spark):
+    from prepare.main import main
+
+    keys = sorted(o.key for o in archive["objects"] if o.key.endswith(".png"))[:10]
+    storage.write_bytes(f"s3://{BUCKET}/lists/gone.csv", ("key\n" + "\n".join(keys + ["in/c0/deleted.png"])).encode())
+    out = f"s3://{BUCKET}/gone/"
+    args = ["--input", f"s3://{BUCKET}/in/", "--input-list", f"s3://{BUCKET}/lists/gone.csv", "--output", out,
+            "--batch", "2"]
+    assert main(args + ["--shards-per-part", "1"]) == 0
+    assert len(_keys(out + "manifest/")) == 6  # 11 candidates in 6 shards, one part each
+    skipped = pq.read_table(io.BytesIO(storage.read_bytes(out + "skipped.parquet"))).to_pylist()
+    assert skipped == [{"key": "in/c0/deleted.png", "reason": "listed but no longer exists"}]
+    m = read_manifest(out + "manifest.parquet")
+    assert [k for e in m.entries for k in e.keys] == keys
+    assert main(args + ["--shards-per-part", "4"]) == 0  # the same output again, in fewer parts
+    assert [o.key for o in _keys(out + "manifest/")] == [f"gone/manifest/part-0000{i}.parquet" for i in (0, 1)]
+    assert read_index(out + "manifest.parquet").manifest_id == m.manifest_id

@@ -1,27 +1,74 @@
-"""Image checks and the preprocessing contract (DESIGN.md), as pure functions over bytes.
+"""Image formats, checks and the preprocessing contract (DESIGN.md), as pure functions over bytes.
 
-Preprocessing is exactly: Pillow decode -> ``convert("RGB")`` -> ``resize((224, 224),
-Image.LANCZOS)`` -> CHW float32 in 0..255, no mean or std: the model-zoo ResNet-18
-normalises with its first layer, ``bn_data``.
+Formats (prepare ``--formats``): a key is a candidate by its extension and is accepted only
+if its content decodes as one of the allowed formats; images over :data:`MAX_PIXELS` are
+refused from their header, before any pixel is decoded (decompression bombs).
+
+Preprocessing (:class:`Preprocessing`) is exactly: Pillow decode -> ``ImageOps.exif_transpose``
+-> ``convert("RGB")`` -> resize to S (``stretch``: S x S; ``shorter-side-crop``: shorter side
+``round(S * 256 / 224)``, then the S x S crop at ``((w - S) // 2, (h - S) // 2)``), LANCZOS ->
+CHW float32 in 0..255 -> ``(x - mean) / std`` per channel.  The defaults (224, stretch, mean
+0, std 1) are the model-zoo ResNet-18's: it normalises with its first layer, ``bn_data``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
-from typing import Optional
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INPUT_SIZE = 224
+# Larger images are refused before decoding: 100 MP is beyond any camera's photo (a 200 MP
+# phone sensor bins to 50 MP) and ~300 MB as RGB; a bomb of a few KB claims gigapixels.
+MAX_PIXELS = 100_000_000
+# Pillow's own guard raises at twice its limit, from the header: set so that it raises above ours.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # 50-100 MP: allowed, quietly
+
+# --formats name -> (extensions, the Pillow format names its content may have)
+FORMATS = {
+    "png": ((".png",), ("PNG",)),
+    "jpeg": ((".jpg", ".jpeg"), ("JPEG", "MPO")),  # MPO: the JPEG of many phone cameras
+    "webp": ((".webp",), ("WEBP",)),
+    "gif": ((".gif",), ("GIF",)),
+    "bmp": ((".bmp",), ("BMP", "DIB")),
+    "tiff": ((".tif", ".tiff"), ("TIFF",)),
+}
+DEFAULT_FORMATS = ("png",)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RESIZE_MODES = ("stretch", "shorter-side-crop")
 
 
 class BadImageError(ValueError):
-    """An image that cannot be decoded; the message names its key and source."""
+    """An image that cannot be used; the message names its key and why."""
 
 
-def skip_reason_for_key(key: str, size: int) -> Optional[str]:
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"png,jpeg"`` or ``"all"`` -> sorted format names.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return tuple(sorted(FORMATS))
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise ValueError(f"--formats {text!r}: unknown format {', '.join(unknown) or '(none)'}; "
+                         f"use a comma list of {', '.join(sorted(FORMATS))}, or all")
+    return tuple(sorted(set(names)))
+
+
+def _pillow_formats(formats: Sequence[str]) -> list[str]:
+    return [p for f in formats for p in FORMATS[f][1]]
+
+
+def skip_reason_for_key(key: str, size: int, formats: Sequence[str] = DEFAULT_FORMATS) -> Optional[str]:
     """Why a listed object is not an image candidate, judged from its listing alone.
 
     Returns:
@@ -29,48 +76,181 @@ def skip_reason_for_key(key: str, size: int) -> Optional[str]:
     """
     if key.endswith("/"):
         return "folder marker"
-    if not key.lower().endswith(".png"):
-        return "not a .png key"
+    low = key.lower()
+    extensions = [ext for f in formats for ext in FORMATS[f][0]]
+    if not any(low.endswith(ext) for ext in extensions):
+        return f"not a {'/'.join(extensions)} key"
     if size == 0:
         return "empty object"
     return None
 
 
-def decode_rgb(data: bytes, key: str) -> Image.Image:
-    """Decode PNG bytes fully and convert to RGB.
+def open_image(data: bytes, key: str, formats: Optional[Sequence[str]] = None) -> Image.Image:
+    """Open (not decode) an image and check its format and size from the header alone.
 
     Raises:
-        BadImageError: not PNG bytes, or Pillow cannot decode them (truncated, corrupt).
+        BadImageError: not an image, a format outside ``formats`` (all known ones when None), or
+            more than :data:`MAX_PIXELS` pixels (named as a decompression bomb).
     """
-    if not data.startswith(PNG_SIGNATURE):
-        raise BadImageError(f"{key!r}: not a PNG (bad signature)")
+    allowed = _pillow_formats(formats or tuple(FORMATS))
     try:
-        img = Image.open(io.BytesIO(data), formats=["PNG"])
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"{key!r}: decompression bomb: over {MAX_PIXELS} pixels, refused before decoding") from e
+    except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, OSError, SyntaxError...
+        sniffed = sniff(data)
+        if sniffed:  # the signature of a format, but the header does not parse: damaged
+            raise BadImageError(f"{key!r}: undecodable {sniffed}: {_message(e)}") from e
+        raise BadImageError(f"{key!r}: not an image (unrecognised content)") from e
+    if img.format not in allowed:
+        wanted = ",".join(formats or sorted(FORMATS))
+        raise BadImageError(f"{key!r}: content is {img.format}, not an allowed format ({wanted})")
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise BadImageError(f"{key!r}: decompression bomb: {w}x{h} = {w * h} pixels, over the {MAX_PIXELS} limit "
+                            "(refused before decoding)")
+    return img
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def sniff(data: bytes) -> Optional[str]:
+    """The format a file's first bytes announce (None if none of ours)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for sig, name in _SIGNATURES if data.startswith(sig)), None)
+
+
+def _message(e: Exception) -> str:
+    """Pillow's message without object addresses (skip reasons must be the same on every run)."""
+    import re
+
+    return re.sub(r"<[^>]* at 0x[0-9a-f]+>", "<bytes>", str(e)) or type(e).__name__
+
+
+def decode_rgb(data: bytes, key: str, formats: Optional[Sequence[str]] = None) -> Image.Image:
+    """Decode an image fully, upright (EXIF orientation applied) and as RGB.
+
+    CMYK, 16-bit, palette, grayscale and alpha images are converted; an animated image gives
+    its first frame.
+
+    Raises:
+        BadImageError: see :func:`open_image`; or Pillow cannot decode it (truncated, corrupt).
+    """
+    img = open_image(data, key, formats)
+    fmt = img.format
+    try:
         img.load()  # Pillow decodes lazily; force it so truncation shows here
+        img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I"):  # 16/32-bit gray: scale to 8 bits (convert() would clip at 255)
+            arr = np.asarray(img).astype(np.int64)
+            shift = 8 if arr.max(initial=0) <= 0xFFFF else 24
+            img = Image.fromarray(np.clip(arr >> shift, 0, 255).astype(np.uint8), "L")
         return img.convert("RGB")
     except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError...
-        raise BadImageError(f"{key!r}: undecodable PNG: {e}") from e
+        raise BadImageError(f"{key!r}: undecodable {fmt}: {_message(e)}") from e
 
 
-def check_png(data: bytes, key: str) -> Optional[str]:
-    """``None`` if ``data`` is a decodable PNG, else the reason it is skipped."""
+def check_image(data: bytes, key: str, formats: Sequence[str] = DEFAULT_FORMATS) -> Optional[str]:
+    """``None`` if ``data`` decodes as one of ``formats``, else the reason it is skipped."""
     if not data:
         return "empty object"
     try:
-        decode_rgb(data, key)
+        decode_rgb(data, key, formats)
     except BadImageError as e:
         return str(e).split(": ", 1)[1]
     return None
 
 
-def preprocess_into(img: Image.Image, out: np.ndarray) -> None:
-    """Resize an RGB image to 224x224 with LANCZOS and write it CHW float32 into ``out`` (3x224x224)."""
-    resized = img.resize((INPUT_SIZE, INPUT_SIZE), Image.LANCZOS)
-    out[...] = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)
+def _triple(values: Sequence[float], what: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in values)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise ValueError(f"{what}: expected 1 or 3 values (R,G,B), got {len(values)}")
+    return values  # type: ignore[return-value]
 
 
-def preprocess(data: bytes, key: str) -> np.ndarray:
-    """One image's model input: a 3x224x224 float32 array in 0..255."""
-    out = np.empty((3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-    preprocess_into(decode_rgb(data, key), out)
+def parse_triple(text: str, what: str) -> tuple[float, float, float]:
+    """``"123.7,116.3,103.5"`` -> a per-channel triple (one value is used for all three)."""
+    try:
+        return _triple([float(v) for v in text.split(",")], what)
+    except ValueError as e:
+        raise ValueError(f"{what} {text!r}: {e}" if "expected" not in str(e) else str(e)) from e
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """infer's preprocessing (DESIGN.md): size S, resize mode, per-channel mean and std."""
+
+    size: int = INPUT_SIZE
+    resize: str = "stretch"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"--image-size must be at least 8, got {self.size}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"--resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"--std must be positive, got {','.join(f'{s:g}' for s in self.std)}")
+
+    @property
+    def is_default(self) -> bool:
+        """The zoo ResNet-18's preprocessing."""
+        return self == Preprocessing()
+
+    def record(self) -> dict:
+        """What run.json says (EXIF orientation is always applied)."""
+        return {"image_size": self.size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
+                "exif_orientation": "applied", "interpolation": "LANCZOS", "color": "RGB"}
+
+    def describe(self) -> str:
+        """A stable text of the settings (for digests and run ids)."""
+        return (f"size={self.size};resize={self.resize};mean={','.join(f'{v:g}' for v in self.mean)};"
+                f"std={','.join(f'{v:g}' for v in self.std)}")
+
+    def short_hash(self) -> str:
+        """8 hex digits of :meth:`describe`."""
+        return hashlib.sha256(self.describe().encode()).hexdigest()[:8]
+
+    def resized(self, img: Image.Image) -> Image.Image:
+        """The S x S image the model sees (before normalisation)."""
+        s = self.size
+        if self.resize == "stretch":
+            return img.resize((s, s), Image.LANCZOS)
+        w, h = img.size
+        short = round(s * 256 / 224)
+        if w <= h:
+            nw, nh = short, max(short, round(h * short / w))
+        else:
+            nw, nh = max(short, round(w * short / h)), short
+        img = img.resize((nw, nh), Image.LANCZOS)
+        left, top = (nw - s) // 2, (nh - s) // 2
+        return img.crop((left, top, left + s, top + s))
+
+    def into(self, img: Image.Image, out: np.ndarray) -> None:
+        """Write an RGB image into ``out`` (3 x S x S float32), normalised."""
+        out[...] = np.asarray(self.resized(img), dtype=np.uint8).transpose(2, 0, 1)
+        if self.mean != (0.0, 0.0, 0.0):
+            out -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        if self.std != (1.0, 1.0, 1.0):
+            out /= np.asarray(self.std, dtype=np.float32)[:, None, None]
+
+
+DEFAULT = Preprocessing()
+
+
+def preprocess_into(img: Image.Image, out: np.ndarray, prep: Preprocessing = DEFAULT) -> None:
+    """Write an RGB image into ``out`` with ``prep`` (default: 224 stretch, raw 0..255)."""
+    prep.into(img, out)
+
+
+def preprocess(data: bytes, key: str, prep: Preprocessing = DEFAULT) -> np.ndarray:
+    """One image's model input: a 3 x S x S float32 array."""
+    out = np.empty((3, prep.size, prep.size), dtype=np.float32)
+    prep.into(decode_rgb(data, key), out)
     return out

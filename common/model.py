@@ -45,6 +45,12 @@ class ModelSpec:
     # fp32 params it was made from, which the ``model`` column names.
     precision: str = "fp32"
     source_params_sha256: Optional[str] = None
+    # The input is (batch, 3, image_size, image_size).
+    image_size: int = INPUT_SIZE
+    # --output-layer: an internal output (e.g. flatten0_output) returned beside the class scores.
+    output_layer: Optional[str] = None
+    # False for an embeddings-only run (--top-k 0): no labels, no softmax, only the output layer.
+    classify: bool = True
 
     @property
     def name(self) -> str:
@@ -103,7 +109,7 @@ def fetch_model(spec: ModelSpec) -> ModelFiles:
 
     sym = get(spec.sym_url, "symbol")
     params = get(spec.param_url, "params")
-    labels = get(spec.label_url, "labels")
+    labels = get(spec.label_url, "labels") if spec.label_url else b"(no labels)"
     digest = hashlib.sha256(params).hexdigest()
     if spec.params_sha256 and digest != spec.params_sha256:
         raise ModelError(
@@ -143,12 +149,20 @@ def _split_params(files: ModelFiles, spec: ModelSpec):
     return arg, aux
 
 
-def _inference_symbol(files: ModelFiles, spec: ModelSpec):
-    """The symbol with a training-only ``SoftmaxOutput`` head replaced by a plain softmax.
+SOFTMAX_OPS = ("SoftmaxOutput", "softmax", "SoftmaxActivation")
+HEAD_SOFTMAX = "softmax head of the model"
+HEAD_APPLIED = "softmax applied by infer (the model's head is not a softmax)"
+HEAD_NONE = "none (embeddings only)"
 
-    ``SoftmaxOutput`` needs a label input; dropping it lets the module bind with every other
-    argument required, so a missing parameter is an error instead of a silent zero.
-    """
+
+def _head_op(sym) -> str:
+    import json
+
+    graph = json.loads(sym.tojson())
+    return graph["nodes"][graph["heads"][0][0]]["op"]
+
+
+def _load_symbol(files: ModelFiles, spec: ModelSpec):
     import mxnet as mx
 
     try:
@@ -159,14 +173,46 @@ def _inference_symbol(files: ModelFiles, spec: ModelSpec):
         raise ModelError(f"{spec.sym_url}: symbol has no '{DATA_NAME}' input")
     if len(sym.list_outputs()) != 1:
         raise ModelError(f"{spec.sym_url}: expected one output, got {sym.list_outputs()}")
-    labels = [a for a in sym.list_arguments() if a.endswith("_label")]
-    if labels:
-        children = sym.get_children()
-        head = children[0] if children is not None else None
-        if head is None or any(a.endswith("_label") for a in head.list_arguments()):
-            raise ModelError(f"{spec.sym_url}: cannot strip the label input {labels} from the output layer")
-        sym = mx.sym.softmax(head, axis=1, name="prob")
     return sym
+
+
+def _inference_symbol(files: ModelFiles, spec: ModelSpec):
+    """``(symbol, head)``: the symbol whose first output is class probabilities, and how they are made.
+
+    A training-only ``SoftmaxOutput`` head is replaced by a plain softmax (it needs a label
+    input; dropping it lets the module bind with every other argument required, so a missing
+    parameter is an error instead of a silent zero).  A head that is not a softmax (a Gluon
+    export returns logits) gets one, so probabilities always sum to 1.  With
+    ``spec.output_layer`` the symbol has a second output, that internal layer; for an
+    embeddings-only spec (``classify=False``) it is the only output.
+    """
+    import mxnet as mx
+
+    raw = _load_symbol(files, spec)
+    sym, head = raw, HEAD_NONE
+    if spec.classify:
+        op = _head_op(raw)
+        labels = [a for a in raw.list_arguments() if a.endswith("_label")]
+        if op == "SoftmaxOutput" or labels:
+            children = raw.get_children()
+            inner = children[0] if children is not None else None
+            if inner is None or any(a.endswith("_label") for a in inner.list_arguments()):
+                raise ModelError(f"{spec.sym_url}: cannot strip the label input {labels} from the output layer")
+            sym, head = mx.sym.softmax(inner, axis=1, name="prob"), HEAD_SOFTMAX
+        elif op in SOFTMAX_OPS:
+            head = HEAD_SOFTMAX
+        else:
+            sym, head = mx.sym.softmax(raw, axis=1, name="prob"), HEAD_APPLIED
+    if spec.output_layer:
+        internals = raw.get_internals()
+        names = internals.list_outputs()
+        if spec.output_layer not in names:
+            shown = [n for n in names if n.endswith("_output")][-40:]
+            raise ModelError(f"--output-layer {spec.output_layer!r}: no such output in {spec.sym_url}; its internal "
+                             f"outputs end with: {', '.join(shown)}")
+        layer = internals[spec.output_layer]
+        sym = mx.sym.Group([sym, layer]) if spec.classify else layer
+    return sym, head
 
 
 def check_model(files: ModelFiles, spec: ModelSpec):
@@ -179,12 +225,19 @@ def check_model(files: ModelFiles, spec: ModelSpec):
         ModelError: a missing or mis-shaped parameter (named), or a label count that does not
             match the number of classes.
     """
-    sym = _inference_symbol(files, spec)
+    return check_model_head(files, spec)[:3]
+
+
+def check_model_head(files: ModelFiles, spec: ModelSpec):
+    """:func:`check_model` plus how the probabilities are made (:data:`HEAD_SOFTMAX`, :data:`HEAD_APPLIED`,
+    :data:`HEAD_NONE`) and the output layer's values per image (0 without one)."""
+    sym, head = _inference_symbol(files, spec)
     arg, aux = _split_params(files, spec)
+    size = spec.image_size
     try:
-        arg_shapes, out_shapes, aux_shapes = sym.infer_shape(**{DATA_NAME: (spec.batch_size, 3, INPUT_SIZE, INPUT_SIZE)})
+        arg_shapes, out_shapes, aux_shapes = sym.infer_shape(**{DATA_NAME: (spec.batch_size, 3, size, size)})
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"{spec.sym_url}: shape inference failed for 3x{INPUT_SIZE}x{INPUT_SIZE} input: "
+        raise ModelError(f"{spec.sym_url}: shape inference failed for 3x{size}x{size} input: "
                          f"{str(e).splitlines()[0]}") from e
     expected = dict(zip(sym.list_arguments(), arg_shapes))
     expected.update(zip(sym.list_auxiliary_states(), aux_shapes))
@@ -199,10 +252,15 @@ def check_model(files: ModelFiles, spec: ModelSpec):
                 f"{spec.param_url}: parameter {name!r} has shape {tuple(have.shape)}, "
                 f"symbol {spec.sym_url} expects {tuple(shape)}"
             )
-    num_classes = out_shapes[0][1]
-    if num_classes != len(files.labels):
-        raise ModelError(f"{spec.label_url}: {len(files.labels)} labels, but the model has {num_classes} classes")
-    return sym, arg, aux
+    if spec.classify:
+        if len(out_shapes[0]) != 2:
+            raise ModelError(f"{spec.sym_url}: the output has shape {tuple(out_shapes[0])}, not (batch, classes); "
+                             "for a model without a classifier use --top-k 0 with --output-layer")
+        num_classes = out_shapes[0][1]
+        if num_classes != len(files.labels):
+            raise ModelError(f"{spec.label_url}: {len(files.labels)} labels, but the model has {num_classes} classes")
+    width = int(np.prod(out_shapes[-1][1:])) if spec.output_layer else 0
+    return sym, arg, aux, head, width
 
 
 def device_context(device: str):
@@ -239,12 +297,12 @@ class BoundModel:
     second copy of 38 MB was 4 % of a forward pass.
     """
 
-    def __init__(self, sym, arg: dict, aux: dict, batch_size: int, device: str = "cpu"):
+    def __init__(self, sym, arg: dict, aux: dict, batch_size: int, device: str = "cpu", image_size: int = INPUT_SIZE):
         """Bind ``sym`` and copy in the parameters (every argument must have one: see :func:`check_model`)."""
         self.batch_size = batch_size
         # only the input's type is given: a converted model's other arguments keep their own (int8, bf16)
         self._exe = sym.simple_bind(device_context(device), grad_req="null", type_dict={DATA_NAME: np.float32},
-                                    **{DATA_NAME: (batch_size, 3, INPUT_SIZE, INPUT_SIZE)})
+                                    **{DATA_NAME: (batch_size, 3, image_size, image_size)})
         for name, target in self._exe.arg_dict.items():
             if name != DATA_NAME:
                 target[:] = arg[name]
@@ -255,10 +313,14 @@ class BoundModel:
         self._view = _numpy_view(self._input) if device == "cpu" and self._input.dtype == np.float32 else None
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """The output (float32) for a ``(n, 3, 224, 224)`` float32 batch, ``n <= batch_size``.
+        """The first output (float32) for a ``(n, 3, S, S)`` float32 batch, ``n <= batch_size``.
 
         A short batch fills the first ``n`` rows of the bound input; the other rows' outputs are dropped.
         """
+        return self.forward_all(batch)[0]
+
+    def forward_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output (float32, each row flattened after the first axis) for a batch, as :meth:`forward`."""
         import mxnet as mx
 
         n = batch.shape[0]
@@ -269,7 +331,8 @@ class BoundModel:
         else:
             self._input[:n] = mx.nd.array(batch, dtype=np.float32)
         self._exe.forward(is_train=False)
-        return self._exe.outputs[0].asnumpy()[:n].astype(np.float32, copy=False)
+        return [o.astype("float32").asnumpy()[:n].reshape(n, -1) if o.dtype != np.float32
+                else o.asnumpy()[:n].reshape(n, -1) for o in self._exe.outputs]
 
 
 class Predictor:
@@ -283,8 +346,9 @@ class Predictor:
         self.labels = files.labels
         self.params_sha256 = files.params_sha256
         self.model_id = files.model_id(spec)
-        sym, arg, aux = check_model(files, spec)  # every argument has a parameter of the right shape
-        self._model = BoundModel(sym, arg, aux, spec.batch_size, spec.device)
+        # every argument has a parameter of the right shape
+        sym, arg, aux, self.head, self.embedding_width = check_model_head(files, spec)
+        self._model = BoundModel(sym, arg, aux, spec.batch_size, spec.device, spec.image_size)
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -293,8 +357,15 @@ class Predictor:
         return self.spec.batch_size
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities for a ``(n, 3, 224, 224)`` float32 batch, ``n <= batch_size``."""
+        """Class probabilities for a ``(n, 3, S, S)`` float32 batch, ``n <= batch_size``."""
         return self._model.forward(batch)
+
+    def run(self, batch: np.ndarray) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """``(probabilities or None, output-layer values or None)`` for a batch, as :meth:`predict`."""
+        outs = self._model.forward_all(batch)
+        if not self.spec.classify:
+            return None, outs[0]
+        return outs[0], (outs[1] if self.spec.output_layer else None)
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

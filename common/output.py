@@ -32,6 +32,7 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("top1_class_id", pa.int32()),
         pa.field("top1_label", pa.string()),
         pa.field("top1_prob", pa.float64()),
+        pa.field("embedding", pa.list_(pa.float32())),
         pa.field("model", pa.string(), nullable=False),
         pa.field("manifest_id", pa.string(), nullable=False),
         pa.field("inferred_at", pa.timestamp("ms", tz="UTC"), nullable=False),
@@ -86,10 +87,14 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def default_run_id(manifest_id: str, model_name: str, params_sha256: str, precision: str = "fp32") -> str:
-    """``<manifest_id>-<model>-<params digest>[-bf16|-int8]``: the same inputs give the same run (so reruns fill in)."""
+def default_run_id(manifest_id: str, model_name: str, params_sha256: str, precision: str = "fp32",
+                   variant: str = "") -> str:
+    """``<manifest_id>-<model>-<params digest>[-bf16|-int8][-v<8 hex>]``: the same inputs give the same run (so
+    reruns fill in); ``variant`` (non-default preprocessing, an output layer) adds a digest of itself."""
     model = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-.") or "model"
     suffix = "" if precision == "fp32" else f"-{precision}"
+    if variant:
+        suffix += "-v" + hashlib.sha256(variant.encode()).hexdigest()[:8]
     return check_run_id(f"{manifest_id}-{model}-{params_sha256[:8]}{suffix}")
 
 
@@ -108,9 +113,21 @@ def run_record_key(output_prefix: str, run_id: str) -> str:
     return storage.join(run_dir(output_prefix, run_id), "run.json")
 
 
+def embedding_column(results: Sequence[ImageResult], embeddings: Optional[np.ndarray]) -> pa.Array:
+    """``embedding``: row *i* of ``embeddings`` (flattened, float32) for an ok image, null otherwise."""
+    n = len(results)
+    if embeddings is None:
+        return pa.nulls(n, pa.list_(pa.float32()))
+    ok = np.array([r.status == STATUS_OK for r in results], dtype=bool)
+    width = embeddings.shape[1] if embeddings.ndim == 2 else 0
+    offsets = pa.array(np.concatenate(([0], np.cumsum(np.where(ok, width, 0)))).astype(np.int32))
+    values = pa.array(np.ascontiguousarray(embeddings[ok], dtype=np.float32).ravel())
+    return pa.ListArray.from_arrays(offsets, values, mask=pa.array(~ok))
+
+
 def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], shard_id: int, model: str,
-                      manifest_id: str, inferred_at: datetime) -> pa.Table:
-    """Build one shard's rows in the output schema."""
+                      manifest_id: str, inferred_at: datetime, embeddings: Optional[np.ndarray] = None) -> pa.Table:
+    """Build one shard's rows in the output schema (``embeddings``: the output layer's rows, or None)."""
     top_k, c1, l1, p1 = [], [], [], []
     for r in results:
         if r.class_ids is None or r.probs is None:
@@ -135,6 +152,7 @@ def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], sha
             "top1_class_id": c1,
             "top1_label": l1,
             "top1_prob": p1,
+            "embedding": embedding_column(results, embeddings),
             "model": [model] * n,
             "manifest_id": [manifest_id] * n,
             "inferred_at": pa.array([inferred_at] * n, type=pa.timestamp("ms", tz="UTC")),

@@ -42,7 +42,8 @@ from common import status, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, endpoint_from, first_line, run_cli,  # noqa: E402
                         spark_context, task_attempts)
 from common.manifest import read_manifest  # noqa: E402
-from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
+from common.images import INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
+from common.model import ModelSpec, check_model_head, fetch_model  # noqa: E402
 from common.output import check_run_id, default_run_id, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from infer import plan as plan_mod  # noqa: E402
@@ -67,12 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="URI of manifest.parquet written by prepare")
     p.add_argument("--sym-url", required=True, help="model symbol, e.g. .../resnet-18-symbol.json (s3://, http(s)://, path)")
     p.add_argument("--param-url", required=True, help="model params, e.g. .../resnet-18-0000.params")
-    p.add_argument("--label-url", required=True, help="class names, synset.txt format (one 'nXXXXXXXX name' per line)")
+    p.add_argument("--label-url", default=None, help="class names, synset.txt format (one 'nXXXXXXXX name' or one "
+                   "name per line); required unless --top-k 0")
     p.add_argument("--output", required=True, help="table location, e.g. s3://BUCKET/predictions/ "
                    "(files go to run_id=<id>/, run records to _runs/<id>/)")
     p.add_argument("--run-id", default=None, help="partition value for this run (default: derived from the "
                    "manifest id, the model and a non-fp32 precision, so a rerun fills in the same run)")
-    p.add_argument("--top-k", type=int, default=5, help="classes kept per image, best first (default 5)")
+    p.add_argument("--top-k", type=int, default=5, help="classes kept per image, best first (default 5); 0 with "
+                   "--output-layer: embeddings only (no labels, no softmax, top_k columns null)")
+    p.add_argument("--image-size", type=int, default=INPUT_SIZE, help=f"model input S x S (default {INPUT_SIZE})")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="stretch", help="stretch (default): resize to S x S; "
+                   "shorter-side-crop: shorter side to round(S*256/224), then the centre S x S crop")
+    p.add_argument("--mean", default="0,0,0", help="per-channel mean R,G,B subtracted from 0..255 pixels (default "
+                   "0,0,0; a Gluon model zoo export wants 123.675,116.28,103.53)")
+    p.add_argument("--std", default="1,1,1", help="per-channel divisor R,G,B after the mean (default 1,1,1; Gluon: "
+                   "58.395,57.12,57.375)")
+    p.add_argument("--output-layer", default=None, help="also write this internal output's values per image (e.g. "
+                   "flatten0_output) in the embedding column; a wrong name lists the outputs there are")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--shards", default=None, help="only these manifest shard ids, e.g. 3,17,40-45")
     sel.add_argument("--only-missing", action="store_true", help="only shards whose Parquet file is absent from the run")
@@ -104,8 +116,15 @@ def check_arguments(args: argparse.Namespace) -> None:
     Raises:
         UsageError: the offending flag and value.
     """
-    if args.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be at least 0, got {args.top_k}")
+    if args.top_k == 0 and not args.output_layer:
+        raise UsageError("--top-k 0 (no classes) needs --output-layer: there would be nothing to write")
+    if args.top_k > 0 and not args.label_url:
+        raise UsageError("--label-url is required (or --top-k 0 with --output-layer for embeddings only)")
+    if args.output_layer and args.precision != "fp32":
+        raise UsageError(f"--output-layer with --precision {args.precision}: converted models' internal outputs are "
+                         "not float (int8 layers are quantized); run embeddings at fp32")
     if args.calibration_images < 1:
         raise UsageError(f"--calibration-images must be at least 1, got {args.calibration_images}")
     if not 0.0 <= args.min_agreement <= 1.0:
@@ -114,6 +133,28 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--shards-per-task must be at least 1, got {args.shards_per_task}")
     if args.run_id:
         check_run_id(args.run_id)
+
+
+def preprocessing(args: argparse.Namespace) -> Preprocessing:
+    """The preprocessing of the flags.
+
+    Raises:
+        UsageError: a bad --image-size, --resize, --mean or --std (named).
+    """
+    try:
+        return Preprocessing(args.image_size, args.resize, parse_triple(args.mean, "--mean"),
+                             parse_triple(args.std, "--std"))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def run_variant(args: argparse.Namespace, prep: Preprocessing) -> str:
+    """What besides model, precision and --top-k shapes the output ("" for the zoo defaults): it goes into
+    the default run id and every part file's input digest."""
+    parts = [] if prep.is_default else [prep.describe()]
+    if args.output_layer:
+        parts.append(f"layer={args.output_layer}")
+    return ";".join(parts)
 
 
 def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record: Optional[dict], manifest, run_id: str,
@@ -130,7 +171,7 @@ def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record
             return stored, done
     converted = precision.prepare_model(files, spec, args.precision, manifest, args.calibration_images,
                                         args.min_agreement, storage.join(run_dir(args.output, run_id), "model"),
-                                        log=lambda m: print(f"{PROG}: {m}", flush=True))
+                                        log=lambda m: print(f"{PROG}: {m}", flush=True), prep=preprocessing(args))
     return converted.spec, converted.record
 
 
@@ -167,16 +208,22 @@ def run(args: argparse.Namespace) -> int:
     endpoint = endpoint_from(args)
     started = time.time()
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
-    storage.check_buckets((args.manifest, args.output, args.sym_url, args.param_url, args.label_url), endpoint)
+    prep = preprocessing(args)
+    storage.check_buckets([u for u in (args.manifest, args.output, args.sym_url, args.param_url, args.label_url) if u],
+                          endpoint)
     manifest = read_manifest(args.manifest, endpoint)  # the index: a few bytes per part, never the keys
-    spec = ModelSpec(args.sym_url, args.param_url, args.label_url, MODEL_BATCH, endpoint, device=args.device)
+    spec = ModelSpec(args.sym_url, args.param_url, args.label_url or "", MODEL_BATCH, endpoint, device=args.device,
+                     image_size=prep.size, output_layer=args.output_layer, classify=args.top_k > 0)
     files = fetch_model(spec)
-    check_model(files, spec)  # a bad model fails here, once, before any task starts
+    *_, head, width = check_model_head(files, spec)  # a bad model fails here, once, before any task starts
+    model_info = {"probabilities": head, "output_layer": args.output_layer, "embedding_width": width or None,
+                  "preprocessing": prep.record()}
+    variant = run_variant(args, prep)
     spec = dataclasses.replace(spec, params_sha256=files.params_sha256)  # executors must load this very model
     model_id = files.model_id(dataclasses.replace(spec, precision=args.precision))
-    run_id = args.run_id or default_run_id(manifest.manifest_id, spec.name, files.params_sha256, args.precision)
+    run_id = args.run_id or default_run_id(manifest.manifest_id, spec.name, files.params_sha256, args.precision, variant)
     record = runrecord.read_run_record(args.output, run_id, endpoint)
-    record_matches = runrecord.check_run_record(record, args, run_id, manifest, model_id)
+    record_matches = runrecord.check_run_record(record, args, run_id, manifest, model_id, model_info)
     ranges = plan_mod.select(args, manifest, run_id, endpoint)
     cores = os.cpu_count() or 1
     plan = plan_mod.make_plan(manifest, ranges, args.shards_per_task, cores, args.precision)
@@ -192,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     spec, conversion = model_for_executors(args, files, spec, record, manifest, run_id, endpoint)
     if not record_matches or (conversion and conversion != (record or {}).get("conversion")):
-        runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint)
+        runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint, model_info)
 
     sc = spark_context(f"shardinfer-infer-{run_id}")
     plan = plan_mod.make_plan(manifest, ranges, args.shards_per_task, sc.defaultParallelism, args.precision)
@@ -204,7 +251,8 @@ def run(args: argparse.Namespace) -> int:
     invocation = uuid.uuid4().hex
     settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
                              args.force, invocation=invocation,
-                             digest_extra="" if args.precision == "fp32" else args.precision)
+                             digest_extra=";".join(x for x in ("" if args.precision == "fp32" else args.precision,
+                                                               variant) if x), prep=prep)
     statuses = status.Writer(args.output, run_id, started, invocation, endpoint)
     with Progress(sc, PROG, plan.selected, images) as progress:
         run_waves(sc, plan, settings, progress.counter, statuses.add)

@@ -25,7 +25,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from common import storage
-from common.images import INPUT_SIZE
+from common.images import DEFAULT as DEFAULT_PREPROCESSING
+from common.images import INPUT_SIZE, Preprocessing
 from common.manifest import Manifest, ShardEntry, read_shards
 from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
 
@@ -109,6 +110,7 @@ class Sample:
 
     payloads: tuple[bytes, ...]
     keys: tuple[str, ...]
+    prep: Preprocessing = DEFAULT_PREPROCESSING
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -118,13 +120,14 @@ class Sample:
         from infer.task import decode_into
 
         for start in range(0, len(self), size):
-            out = np.empty((min(size, len(self) - start), 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-            bad = decode_into(self.payloads[start : start + size], self.keys[start : start + size], out)
+            s = self.prep.size
+            out = np.empty((min(size, len(self) - start), 3, s, s), dtype=np.float32)
+            bad = decode_into(self.payloads[start : start + size], self.keys[start : start + size], out, self.prep)
             yield out[[i for i in range(len(out)) if i not in bad]] if bad else out
 
 
 def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]], endpoint_url: Optional[str],
-                threads: int = 8) -> Sample:
+                prep: Preprocessing = DEFAULT_PREPROCESSING, threads: int = 8) -> Sample:
     """Fetch the shards that hold ``items`` (``(shard_id, record)`` pairs, in parallel) and keep those records."""
     from infer.task import fetch_shard
 
@@ -132,7 +135,8 @@ def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]],
     wanted = list(dict.fromkeys(sid for sid, _ in items))
     with ThreadPoolExecutor(threads) as pool:
         fetched = dict(zip(wanted, pool.map(lambda sid: fetch_shard(by_id[sid], endpoint_url), wanted)))
-    return Sample(tuple(fetched[sid][rec] for sid, rec in items), tuple(by_id[sid].keys[rec] for sid, rec in items))
+    return Sample(tuple(fetched[sid][rec] for sid, rec in items), tuple(by_id[sid].keys[rec] for sid, rec in items),
+                  prep)
 
 
 def _padded(images: np.ndarray, batch: int) -> np.ndarray:
@@ -140,9 +144,10 @@ def _padded(images: np.ndarray, batch: int) -> np.ndarray:
     return images if len(images) == batch else images[np.arange(batch) % len(images)]
 
 
-def top1(sym, arg: dict, aux: dict, batches: Iterable[np.ndarray], batch: int = 64) -> np.ndarray:
+def top1(sym, arg: dict, aux: dict, batches: Iterable[np.ndarray], batch: int = 64,
+         image_size: int = INPUT_SIZE) -> np.ndarray:
     """Top-1 class per image of ``batches`` (each of at most ``batch`` rows)."""
-    model = BoundModel(sym, arg, aux, batch)
+    model = BoundModel(sym, arg, aux, batch, image_size=image_size)
     out = [model.forward(images).argmax(axis=1) for images in batches if len(images)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
@@ -154,7 +159,8 @@ def _calibration_iter(sample: Sample, batch: int):
     class CalibrationIter(mx.io.DataIter):
         def __init__(self) -> None:
             super().__init__(batch)
-            self.provide_data = [mx.io.DataDesc(DATA_NAME, (batch, 3, INPUT_SIZE, INPUT_SIZE))]
+            s = sample.prep.size
+            self.provide_data = [mx.io.DataDesc(DATA_NAME, (batch, 3, s, s))]
             self.provide_label: list = []
             self.reset()
 
@@ -225,7 +231,8 @@ def sample_shards(manifest: Manifest, want: int, endpoint_url: Optional[str],
 
 
 def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: Manifest,
-                  calibration_images: int, min_agreement: float, model_dir: str, log=print) -> Converted:
+                  calibration_images: int, min_agreement: float, model_dir: str, log=print,
+                  prep: Preprocessing = DEFAULT_PREPROCESSING) -> Converted:
     """Convert, check agreement, and store the model under ``model_dir``.
 
     Raises:
@@ -247,14 +254,14 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: 
     started = time.time()
     entries = sample_shards(manifest, n_cal + n_agree, spec.endpoint_url)
     cal_items, agree_items = sample_plan([(e.shard_id, e.num_records) for e in entries], n_cal, n_agree)
-    cal = load_sample(entries, cal_items, spec.endpoint_url) if cal_items else None
-    agree = load_sample(entries, agree_items, spec.endpoint_url)
+    cal = load_sample(entries, cal_items, spec.endpoint_url, prep) if cal_items else None
+    agree = load_sample(entries, agree_items, spec.endpoint_url, prep)
     sym, arg, aux = check_model(files, spec)
     t_convert = time.time()
     csym, carg, caux = convert(sym, arg, aux, precision, cal, spec.batch_size)
     t_agree = time.time()
-    reference = top1(sym, arg, aux, agree.batches(spec.batch_size), spec.batch_size)
-    converted = top1(csym, carg, caux, agree.batches(spec.batch_size), spec.batch_size)
+    reference = top1(sym, arg, aux, agree.batches(spec.batch_size), spec.batch_size, prep.size)
+    converted = top1(csym, carg, caux, agree.batches(spec.batch_size), spec.batch_size, prep.size)
     agreement = float((reference == converted).mean())
     seconds = {"sample_s": round(t_convert - started, 3), "convert_s": round(t_agree - t_convert, 3),
                "agreement_s": round(time.time() - t_agree, 3)}
@@ -273,7 +280,7 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: 
     sha = hashlib.sha256(params).hexdigest()
     stored = ModelSpec(uris["sym"], uris["params"], uris["labels"], spec.batch_size, spec.endpoint_url,
                        params_sha256=sha, device=spec.device, precision=precision,
-                       source_params_sha256=files.params_sha256)
+                       source_params_sha256=files.params_sha256, image_size=spec.image_size)
     record = {"precision": precision, "model_dir": model_dir, "params_sha256": sha,
               "source_params_sha256": files.params_sha256, "agreement": round(agreement, 6),
               "agreement_images": len(reference), "calibration_images": 0 if cal is None else len(cal),
@@ -289,4 +296,4 @@ def stored_spec(record: dict, spec: ModelSpec) -> ModelSpec:
     return ModelSpec(storage.join(model_dir, f"{name}-symbol.json"), storage.join(model_dir, f"{name}-0000.params"),
                      storage.join(model_dir, "synset.txt"), spec.batch_size, spec.endpoint_url,
                      params_sha256=record["params_sha256"], device=spec.device, precision=record["precision"],
-                     source_params_sha256=record["source_params_sha256"])
+                     source_params_sha256=record["source_params_sha256"], image_size=spec.image_size)

@@ -14,6 +14,8 @@ import pyarrow.compute as pc
 
 from common import athena, status, storage
 from common.cli import UsageError
+from common.images import DEFAULT as DEFAULT_PREPROCESSING
+from common.images import INPUT_SIZE
 from common.manifest import Manifest
 from common.output import run_dir, run_record_key
 
@@ -29,7 +31,7 @@ def read_run_record(output: str, run_id: str, endpoint_url: Optional[str]) -> Op
 
 
 def check_run_record(record: Optional[dict], args: argparse.Namespace, run_id: str, manifest: Manifest,
-                     model_id: str) -> bool:
+                     model_id: str, model_info: Optional[dict] = None) -> bool:
     """A run belongs to one manifest, one model (and precision) and one --top-k: refuse a mismatch.
 
     Returns:
@@ -51,15 +53,25 @@ def check_run_record(record: Optional[dict], args: argparse.Namespace, run_id: s
                          "use another --run-id (or --force to replace its files)")
     if record.get("top_k") != args.top_k and not args.force:
         raise UsageError(f"--run-id {run_id} was made with --top-k {record.get('top_k')}, not {args.top_k}")
-    return record.get("model") == model_id and record.get("top_k") == args.top_k
+    same_shape = True
+    for key in ("preprocessing", "output_layer"):  # runs from before these settings had the defaults
+        was = record.get(key, DEFAULT_PREPROCESSING.record() if key == "preprocessing" else None)
+        now = (model_info or {}).get(key, DEFAULT_PREPROCESSING.record() if key == "preprocessing" else None)
+        if was != now:
+            same_shape = False
+            if not args.force:
+                raise UsageError(f"--run-id {run_id} was made with {key} {was}, not {now}; use another --run-id "
+                                 "(or --force to replace its files)")
+    return record.get("model") == model_id and record.get("top_k") == args.top_k and same_shape
 
 
 def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
-                     conversion: Optional[dict], endpoint_url: Optional[str]) -> None:
-    """Write ``run.json``: manifest, model, precision (with its samples, agreement and CPU), --top-k."""
+                     conversion: Optional[dict], endpoint_url: Optional[str], model_info: Optional[dict] = None) -> None:
+    """Write ``run.json``: manifest, model, precision (with its samples, agreement and CPU), --top-k, the
+    preprocessing, how probabilities are made, and the output layer."""
     record = {"run_id": run_id, "manifest": args.manifest, "manifest_id": manifest.manifest_id, "model": model_id,
               "sym_url": args.sym_url, "param_url": args.param_url, "label_url": args.label_url, "top_k": args.top_k,
-              "precision": args.precision, "conversion": conversion,
+              "precision": args.precision, "conversion": conversion, **(model_info or {}),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     storage.write_bytes(run_record_key(args.output, run_id), json.dumps(record, indent=1).encode(), endpoint_url,
                         "application/json")
@@ -68,8 +80,15 @@ def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, 
 def rerun_command(args: argparse.Namespace, run_id: str) -> str:
     """The exact command that reruns this run's failed shards."""
     cmd = ["spark-submit", "--properties-file", "spark-defaults.conf", "infer/main.py", "--manifest", args.manifest,
-           "--sym-url", args.sym_url, "--param-url", args.param_url, "--label-url", args.label_url,
-           "--output", args.output, "--run-id", run_id]
+           "--sym-url", args.sym_url, "--param-url", args.param_url]
+    if args.label_url:
+        cmd += ["--label-url", args.label_url]
+    cmd += ["--output", args.output, "--run-id", run_id]
+    for flag, value, default in (("--image-size", args.image_size, INPUT_SIZE), ("--resize", args.resize, "stretch"),
+                                 ("--mean", args.mean, "0,0,0"), ("--std", args.std, "1,1,1"),
+                                 ("--output-layer", args.output_layer, None)):
+        if value != default:
+            cmd += [flag, str(value)]
     if args.top_k != 5:
         cmd += ["--top-k", str(args.top_k)]
     if args.device != "cpu":

@@ -37,7 +37,8 @@ import numpy as np
 
 from common import status as status_file
 from common import storage
-from common.images import INPUT_SIZE, BadImageError, decode_rgb, preprocess_into
+from common.images import DEFAULT as DEFAULT_PREPROCESSING
+from common.images import BadImageError, Preprocessing, decode_rgb
 from common.manifest import ShardEntry, read_shards
 from common.model import ModelError, ModelSpec, get_predictor, top_k
 from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, STATUS_OK, ConflictError,
@@ -65,6 +66,8 @@ class InferSettings:
     # What else determines the predictions besides shard, params and k (e.g. the precision):
     # part of each part file's input digest, so other settings never pass for the same work.
     digest_extra: str = ""
+    # --image-size, --resize, --mean, --std
+    prep: Preprocessing = DEFAULT_PREPROCESSING
 
 
 PARQUET_TYPE = "application/vnd.apache.parquet"
@@ -125,7 +128,8 @@ def fetch_shard(entry: ShardEntry, endpoint_url: Optional[str]) -> list[bytes]:
     return payloads
 
 
-def decode_into(payloads: Sequence[bytes], keys: Sequence[str], out: np.ndarray) -> dict[int, str]:
+def decode_into(payloads: Sequence[bytes], keys: Sequence[str], out: np.ndarray,
+                prep: Preprocessing = DEFAULT_PREPROCESSING) -> dict[int, str]:
     """Decode and preprocess every payload into ``out[i]``; an undecodable image gets zeros and an error.
 
     Returns:
@@ -134,29 +138,37 @@ def decode_into(payloads: Sequence[bytes], keys: Sequence[str], out: np.ndarray)
     errors: dict[int, str] = {}
     for i, data in enumerate(payloads):
         try:
-            preprocess_into(decode_rgb(data, keys[i]), out[i])
+            prep.into(decode_rgb(data, keys[i]), out[i])
         except BadImageError as e:
             errors[i] = f"error: {e}"
             out[i] = 0.0
     return errors
 
 
-def predict_batch(batch: np.ndarray, predictor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k ids and probabilities for every row of ``batch``, in forward passes of the bound size."""
-    if batch.shape[0] == 0:  # a shard whose every image was skipped by prepare
-        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
-    ids, probs = [], []
-    for start in range(0, batch.shape[0], predictor.batch_size):
-        i, p = top_k(predictor.predict(batch[start : start + predictor.batch_size]), k)
-        ids.append(i)
-        probs.append(p)
-    return np.concatenate(ids), np.concatenate(probs)
+def predict_batch(batch: np.ndarray, predictor, k: int) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Top-k ids and probabilities (``(n, 0)`` when k is 0) and the output layer's values (None without one)
+    for every row of ``batch``, in forward passes of the bound size."""
+    n = batch.shape[0]
+    ids, probs, emb = [np.zeros((0, k), dtype=np.int64)], [np.zeros((0, k), dtype=np.float32)], []
+    for start in range(0, n, predictor.batch_size):
+        p, e = predictor.run(batch[start : start + predictor.batch_size])
+        if k and p is not None:
+            i, pk = top_k(p, k)
+            ids.append(i)
+            probs.append(pk)
+        if e is not None:
+            emb.append(e)
+    if not k:
+        ids, probs = [np.zeros((n, 0), dtype=np.int64)], [np.zeros((n, 0), dtype=np.float32)]
+    return np.concatenate(ids), np.concatenate(probs), (np.concatenate(emb) if emb else None)
 
 
 def image_results(keys: Sequence[str], errors: dict[int, str], ids: np.ndarray, probs: np.ndarray) -> list[ImageResult]:
     """One :class:`ImageResult` per record: the prediction, or the image's error and none."""
+    classify = ids.shape[1] > 0
     return [ImageResult(key, rec, errors[rec]) if rec in errors
-            else ImageResult(key, rec, STATUS_OK, ids[rec].tolist(), probs[rec].tolist())
+            else ImageResult(key, rec, STATUS_OK, ids[rec].tolist() if classify else None,
+                             probs[rec].tolist() if classify else None)
             for rec, key in enumerate(keys)]
 
 
@@ -172,22 +184,25 @@ class _Prepared:
     errors: dict = field(default_factory=dict)
     done: Optional[dict] = None
     error: Optional[BaseException] = None
+    embeddings: Optional[np.ndarray] = None
 
 
 class _Buffers:
     """Two reusable input arrays per task: the one the model reads and the one being decoded."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         self._arrays: list[np.ndarray] = []
         self._next = 0
+        self.size = size
 
     def take(self, rows: int) -> np.ndarray:
+        s = self.size
         if len(self._arrays) < 2:
-            self._arrays.append(np.zeros((0, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32))
+            self._arrays.append(np.zeros((0, 3, s, s), dtype=np.float32))
         i = self._next
         self._next = (i + 1) % 2
         if self._arrays[i].shape[0] < rows:
-            self._arrays[i] = np.empty((rows, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+            self._arrays[i] = np.empty((rows, 3, s, s), dtype=np.float32)
         return self._arrays[i][:rows]
 
 
@@ -205,7 +220,7 @@ def _prepare(entry: ShardEntry, settings: InferSettings, buffers: _Buffers) -> _
         payloads = fetch_shard(entry, settings.endpoint_url)
         prep.status["t_fetched"] = time.time()
         prep.batch = buffers.take(len(payloads))
-        prep.errors = decode_into(payloads, entry.keys, prep.batch)
+        prep.errors = decode_into(payloads, entry.keys, prep.batch, settings.prep)
         prep.status["t_decoded"] = time.time()
     except Exception as e:  # noqa: BLE001 - handed to the task thread, which applies the retry policy
         prep.error = e
@@ -217,7 +232,7 @@ def _forward(prep: _Prepared, settings: InferSettings) -> list[ImageResult]:
     predictor, loaded = get_predictor(settings.model)
     prep.status.update(model_loaded=loaded, model_load_s=round(predictor.load_seconds, 3) if loaded else 0.0,
                        model=predictor.model_id, t_forward_start=time.time())
-    ids, probs = predict_batch(prep.batch, predictor, settings.top_k)
+    ids, probs, prep.embeddings = predict_batch(prep.batch, predictor, settings.top_k)
     prep.status["t_forwarded"] = time.time()
     prep.batch = None  # the buffer is the prefetch stage's again
     return image_results(prep.entry.keys, prep.errors, ids, probs)
@@ -228,7 +243,7 @@ def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings)
     status, key, digest = prep.status, prep.key, prep.digest
     predictor, _ = get_predictor(settings.model)
     table = predictions_table(results, predictor.labels, prep.entry.shard_id, predictor.model_id, settings.manifest_id,
-                              datetime.now(timezone.utc))
+                              datetime.now(timezone.utc), prep.embeddings)
     data = table_to_parquet(table, key)
     rows_error = sum(r.status != STATUS_OK for r in results)
     meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results)), META_ROWS_ERROR: str(rows_error),
@@ -318,7 +333,7 @@ def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=
 
     ctx = TaskContext.get()
     group = _Group(settings, ctx.attemptNumber() if ctx is not None else 0, counter, task)
-    buffers = _Buffers()
+    buffers = _Buffers(settings.prep.size)
 
     def write(prep: _Prepared, results: list[ImageResult]) -> None:
         try:

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 from common import storage  # noqa: E402
 from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
-from common.images import skip_reason_for_key  # noqa: E402
+from common.images import FORMATS, MAX_PIXELS, parse_formats, skip_reason_for_key  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
                              compute_manifest_id, index_to_bytes)
 from common.progress import Progress  # noqa: E402
@@ -37,15 +37,15 @@ from prepare import listing  # noqa: E402
 from prepare.tasks import Candidate, PrepareSettings, write_part  # noqa: E402
 
 PROG = "prepare"
-# 64 CIFAR PNGs are ~150 KB: one GET per task, and exactly one model batch in infer.
+# 64 images per shard: exactly one model batch in infer.
 DEFAULT_BATCH = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of DESIGN.md."""
-    p = argparse.ArgumentParser(prog=PROG, description="Pack PNG images under a prefix into MXNet RecordIO shards "
+    p = argparse.ArgumentParser(prog=PROG, description="Pack the images under a prefix into MXNet RecordIO shards "
                                 "and write manifest.parquet + skipped.parquet.")
-    p.add_argument("--input", required=True, help="s3://BUCKET/PREFIX/ (or a local directory) holding the PNGs; "
+    p.add_argument("--input", required=True, help="s3://BUCKET/PREFIX/ (or a local directory) holding the images; "
                    "listed by Spark tasks, one per sub-prefix")
     p.add_argument("--input-list", default=None, help="take the keys from here instead of listing --input: an S3 "
                    "Inventory manifest.json (CSV or Parquet), or a .parquet/.csv(.gz) file (or folder of them) with a "
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "skipped.parquet")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                    help=f"images per shard (default {DEFAULT_BATCH}; the last shard holds the remainder)")
+    p.add_argument("--formats", default="png", help="image formats to take: a comma list of " + ", ".join(sorted(
+        FORMATS)) + " (default png), or all. A key is a candidate by its extension (.png; .jpg/.jpeg; .webp; "
+        ".gif; .bmp; .tif/.tiff) and is accepted only if its content decodes as an allowed format; the original "
+        f"bytes go into the shard; images over {MAX_PIXELS // 1_000_000} megapixels are skipped unread")
     p.add_argument("--shards-per-part", type=int, default=None,
                    help=f"shards per manifest part, i.e. per packing task (default: {SHARDS_PER_PART}, fewer when "
                    "there are too few shards to give every core two parts; the manifest id does not depend on it)")
@@ -66,10 +70,10 @@ def _folder(uri: str) -> str:
     return uri if uri.endswith("/") else uri + "/"
 
 
-def _classify(item: listing.Listed):
+def _classify(item: listing.Listed, formats):
     """``(key, etag, reason, outside)``: reason None for a candidate."""
     size = item.size if item.size >= 0 else 1  # unknown (a key list without sizes): judged by content later
-    return item.key, item.etag, skip_reason_for_key(item.key, size), item.outside
+    return item.key, item.etag, skip_reason_for_key(item.key, size, formats), item.outside
 
 
 def _dedupe_sorted(items):
@@ -111,7 +115,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     if args.shards_per_part is not None and args.shards_per_part < 1:
         raise UsageError(f"--shards-per-part must be at least 1, got {args.shards_per_part}")
-    settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args))
+    try:
+        formats = parse_formats(args.formats)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args), formats)
     endpoint = settings.endpoint_url
     started = time.time()
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
@@ -138,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         parts_listed.append(sc.parallelize(direct, max(1, min(len(direct) // 100_000, 64))))
     if not parts_listed:
         raise UsageError(f"{settings.input_uri}: no objects found")
-    listed = (sc.union(parts_listed) if len(parts_listed) > 1 else parts_listed[0]).map(_classify)
+    listed = (sc.union(parts_listed) if len(parts_listed) > 1 else parts_listed[0]).map(
+        lambda item: _classify(item, formats))
     listed.persist(StorageLevel.MEMORY_AND_DISK)
     n_listed, n_candidates, outside = listed.map(
         lambda r: (1, int(r[2] is None and not r[3]), [r[0]] if r[3] else [])).reduce(
@@ -146,10 +155,12 @@ def run(args: argparse.Namespace) -> int:
     if outside:
         raise UsageError(f"--input-list {args.input_list}: keys outside --input {settings.input_uri}, e.g. "
                          f"{', '.join(outside[:3])}")
-    print(f"{PROG}: listed {n_listed} objects under {settings.input_uri} ({how}): {n_candidates} PNG candidates",
+    print(f"{PROG}: listed {n_listed} objects under {settings.input_uri} ({how}): {n_candidates} candidates "
+          f"({','.join(settings.formats)})",
           flush=True)
     if not n_candidates:
-        raise UsageError(f"{settings.input_uri}: no PNG images found ({n_listed} objects listed)")
+        raise UsageError(f"{settings.input_uri}: no {'/'.join(settings.formats)} images found ({n_listed} objects "
+                         f"listed; --formats {','.join(settings.formats)}: add the formats you have, or all)")
 
     # 2. one global order: sorted keys, duplicates dropped, numbered
     spp = args.shards_per_part or min(SHARDS_PER_PART, max(1, math.ceil(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 from common import storage
-from common.images import check_png
+from common.images import DEFAULT_FORMATS, check_image
 from common.manifest import (PartEntry, ShardEntry, describe_part, part_name, part_to_bytes, rows_digest, shard_name,
                              shard_table)
 from common.shard import pack_shard
@@ -30,11 +30,12 @@ class PrepareSettings:
     output_uri: str
     batch_size: int
     endpoint_url: Optional[str] = None
+    formats: tuple[str, ...] = DEFAULT_FORMATS
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A listed object that looks like a PNG: its key and the ETag seen at listing time."""
+    """A listed object whose extension makes it a candidate: its key and the ETag seen at listing time."""
 
     key: str
     etag: str
@@ -94,7 +95,7 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     for i, (batch, images) in enumerate(zip(batches, fetch_batches(batches, settings))):
         keep = []
         for c, data in zip(batch, images):
-            reason = GONE if data is None else check_png(data, c.key)
+            reason = GONE if data is None else check_image(data, c.key, settings.formats)
             if reason:
                 bad.append((c.key, reason))
             else:

@@ -191,6 +191,32 @@ def build_model(seed: int = 0, num_classes: int = NUM_CLASSES) -> dict[str, byte
     }
 
 
+def gluon_style_model(files: dict[str, bytes], mean: Sequence[float], std: Sequence[float],
+                      name: str = "gluon-net") -> dict[str, bytes]:
+    """The same network as a Gluon export would look: it expects ``(x - mean) / std`` input and returns
+    logits (no softmax head).
+
+    A first layer undoes the normalisation (``x * std + mean``, two parameter arrays), then the
+    zoo network up to ``fc1``.  So with ``--mean/--std`` it must give exactly the zoo model's
+    top-1 and (after infer's softmax) its probabilities.
+    """
+    import mxnet as mx
+
+    sym = mx.sym.load_json(files[SYMBOL_FILE].decode())
+    logits = sym.get_internals()["fc1_output"]
+    data = mx.sym.Variable("data")
+    undone = mx.sym.broadcast_add(mx.sym.broadcast_mul(data, mx.sym.Variable("undo_std", shape=(1, 3, 1, 1))),
+                                  mx.sym.Variable("undo_mean", shape=(1, 3, 1, 1)), name="undo_normalise")
+    net = logits(data=undone)
+    loaded = mx.nd.load_frombuffer(files[PARAMS_FILE])
+    arg = {k[4:]: v for k, v in loaded.items() if k.startswith("arg:")}
+    aux = {k[4:]: v for k, v in loaded.items() if k.startswith("aux:")}
+    arg["undo_std"] = mx.nd.array(np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1))
+    arg["undo_mean"] = mx.nd.array(np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1))
+    return {f"{name}-symbol.json": net.tojson().encode(), f"{name}-0000.params": params_bytes(arg, aux),
+            SYNSET_FILE: files[SYNSET_FILE]}
+
+
 def write_model(output: str, seed: int = 0, endpoint_url: Optional[str] = None) -> dict[str, str]:
     """Build the model and write its three files under ``output`` (``s3://`` or a directory).
 

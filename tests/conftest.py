@@ -93,7 +93,7 @@ def hostile_objects() -> dict[str, tuple[bytes, str | None]]:
         "readme.txt": (b"not an image", "not a .png key"),
         "zero.png": (b"", "empty object"),
         "truncated.png": (good[: len(good) // 2], "undecodable"),
-        "jpeg-named.png": (_jpeg(base), "not a PNG"),
+        "jpeg-named.png": (_jpeg(base), "content is JPEG, not an allowed format (png)"),
         "gray.png": (png_bytes(base.convert("L")), None),
         "rgba.png": (png_bytes(base.convert("RGBA")), None),
         "palette.png": (png_bytes(base.convert("P", palette=Image.ADAPTIVE)), None),

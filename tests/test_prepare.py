@@ -57,7 +57,7 @@ def test_shards_are_sorted_full_and_hold_original_bytes(prepared, manifest, skip
     entries = manifest.entries
     assert [e.shard_id for e in entries] == list(range(len(entries)))
     # batch i of the sorted candidates is shard i, less its undecodable images (skipped, never refilled)
-    undecodable = {k for k, r in skipped.items() if r.startswith(("undecodable", "not a PNG"))}
+    undecodable = {k for k, r in skipped.items() if r.startswith(("undecodable", "content is"))}
     assert undecodable
     candidates = sorted(undecodable | {k for e in entries for k in e.keys})
     for e in entries:

@@ -76,10 +76,19 @@ def compacted_key(target: str, run_id: str, index: int) -> str:
     return storage.join(target, f"run_id={run_id}", f"part-{index:05d}.parquet")
 
 
+def _current_schema(table: pa.Table) -> pa.Table:
+    """Part files written before the ``embedding`` column get it as nulls (runs from older versions compact too)."""
+    if "embedding" in table.column_names or "top1_prob" not in table.column_names:
+        return table
+    at = table.column_names.index("top1_prob") + 1
+    return table.add_column(at, PREDICTION_SCHEMA.field("embedding"),
+                            pa.nulls(table.num_rows, PREDICTION_SCHEMA.field("embedding").type))
+
+
 def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_url: Optional[str]) -> tuple[str, int, int]:
     """Spark task: concatenate one bin's part files into one Parquet object; returns (uri, rows in, rows out)."""
     index, uris = item
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(u, endpoint_url))) for u in uris]
+    tables = [_current_schema(pq.read_table(io.BytesIO(storage.read_bytes(u, endpoint_url)))) for u in uris]
     for u, t in zip(uris, tables):
         if not t.schema.equals(PREDICTION_SCHEMA, check_metadata=False):
             raise ValueError(f"{u}: schema differs from the predictions schema; not compacting it")

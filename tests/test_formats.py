@@ -173,3 +173,13 @@ def test_manifest_id_does_not_depend_on_the_split_into_parts(tmp_path):
     a = write_manifest(_entries(70), f"{tmp_path}/a/", "s3://b/in/", 64, shards_per_part=32)
     b = write_manifest(_entries(70), f"{tmp_path}/b/", "s3://b/in/", 64, shards_per_part=5)
     assert len(a.parts) == 3 and len(b.parts) == 14 and a.manifest_id == b.manifest_id
+
+
+def test_compaction_reads_part_files_from_before_the_embedding_column():
+    from infer.compact import _current_schema
+
+    results = [ImageResult("a.png", 0, "ok", [3, 1], [0.7, 0.2])]
+    t = predictions_table(results, [f"l{i}" for i in range(5)], 7, "m", "mid", datetime(2026, 1, 1, tzinfo=timezone.utc))
+    old = t.drop_columns(["embedding"])
+    upgraded = _current_schema(old)
+    assert upgraded.schema.equals(t.schema) and upgraded.column("embedding").null_count == 1

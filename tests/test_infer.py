@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from common import storage
 
@@ -66,7 +66,8 @@ def test_schema_follows_design(parts):
     for data in parts.values():
         schema = pq.read_schema(io.BytesIO(data))
         assert schema.names == ["key", "shard_id", "record", "status", "top_k", "top1_class_id", "top1_label",
-                                "top1_prob", "model", "manifest_id", "inferred_at"]
+                                "top1_prob", "embedding", "model", "manifest_id", "inferred_at"]
+        assert schema.field("embedding").type == pa.list_(pa.float32())
         assert schema.field("shard_id").type == pa.int32()
         assert schema.field("top_k").type == pa.list_(pa.struct([("class_id", pa.int32()), ("label", pa.string()),
                                                                  ("prob", pa.float64())]))
@@ -78,7 +79,10 @@ def test_schema_follows_design(parts):
 
 def _reference_top5(png: bytes, mod, labels):
     """The DESIGN.md preprocessing written out independently, and a plain mx.mod.Module of batch 1."""
-    img = Image.open(io.BytesIO(png)).convert("RGB").resize((224, 224), Image.LANCZOS)
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(png)))
+    if img.mode == "I;16":  # 16-bit gray: the top 8 bits (Pillow's convert would clip at 255)
+        img = Image.fromarray((np.asarray(img, dtype=np.uint16) // 256).astype(np.uint8), "L")
+    img = img.convert("RGB").resize((224, 224), Image.LANCZOS)
     x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None]
     mod.forward(mx.io.DataBatch([mx.nd.array(x)]), is_train=False)
     p = mod.get_outputs()[0].asnumpy()[0]

@@ -287,3 +287,18 @@ def test_bad_preprocessing_flags_fail_before_spark(photo_runs, model_uris, s3):
     p = run_python("prepare/main.py", ["--input", f"s3://{BUCKET}/photos/", "--output", f"s3://{BUCKET}/y/",
                                        "--formats", "png,heic"], s3.env)
     assert p.returncode == 2 and "unknown format heic" in p.stderr
+
+
+def test_other_preprocessing_is_never_mistaken_for_the_same_work(photo_runs, model_uris, spark, capsys):
+    from infer.main import main
+
+    base = ["--manifest", photo_runs["manifest"], "--sym-url", model_uris["sym"], "--param-url", model_uris["params"],
+            "--label-url", model_uris["labels"], "--output", f"s3://{BUCKET}/same/", "--run-id", "same",
+            "--shards", "0"]
+    assert main(base) == 0
+    assert main(base + ["--resize", "shorter-side-crop"]) == 2
+    assert "was made with preprocessing" in capsys.readouterr().err
+    # forced into the same run id: the part file's input digest differs, so it is rewritten, not "already done"
+    assert main(base + ["--resize", "shorter-side-crop", "--force"]) == 0
+    summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/same/_runs/same/summary.json"))
+    assert summary["shards_written"] == 1 and summary["shards_already_done"] == 0

@@ -24,8 +24,14 @@ class UsageError(ValueError):
     """A bad combination of arguments, found before Spark starts."""
 
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """``--s3-endpoint-url`` and ``--verbose``."""
+def add_common_arguments(p: argparse.ArgumentParser, sse: bool = True) -> None:
+    """``--s3-endpoint-url``, ``--verbose`` and (for steps that write) ``--sse``, ``--sse-kms-key-id``."""
+    if sse:
+        p.add_argument("--sse", choices=("AES256", "aws:kms"), default=None,
+                       help="server-side encryption for every object this step writes (default: none asked for; "
+                       "the bucket's default encryption applies)")
+        p.add_argument("--sse-kms-key-id", default=None,
+                       help="with --sse aws:kms: the KMS key (id, ARN or alias); default: the account's aws/s3 key")
     p.add_argument(
         "--s3-endpoint-url",
         default=None,
@@ -33,6 +39,22 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
         "Credentials always come from boto3's default chain, never from the command line.",
     )
     p.add_argument("--verbose", action="store_true", help="show Python tracebacks and INFO logs")
+
+
+def encryption_from(args: argparse.Namespace):
+    """The :class:`common.storage.Encryption` of the flags, now in force for this process's writes.
+
+    Raises:
+        UsageError: ``--sse-kms-key-id`` without ``--sse aws:kms``.
+    """
+    from common import storage
+
+    try:
+        enc = storage.Encryption(getattr(args, "sse", None), getattr(args, "sse_kms_key_id", None))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    storage.use_encryption(enc)
+    return enc
 
 
 def endpoint_from(args: argparse.Namespace) -> Optional[str]:

@@ -33,6 +33,39 @@ _CLIENTS: dict[tuple[int, Optional[str]], object] = {}
 _LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class Encryption:
+    """Server-side encryption for every object a step writes (``--sse``, ``--sse-kms-key-id``)."""
+
+    sse: Optional[str] = None  # None, "AES256" or "aws:kms"
+    kms_key_id: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.sse not in (None, "AES256", "aws:kms"):
+            raise ValueError(f"--sse {self.sse!r}: expected AES256 or aws:kms")
+        if self.kms_key_id and self.sse != "aws:kms":
+            raise ValueError("--sse-kms-key-id needs --sse aws:kms")
+
+    def put_args(self) -> dict[str, str]:
+        """The PutObject arguments that ask for it."""
+        out = {"ServerSideEncryption": self.sse} if self.sse else {}
+        if self.kms_key_id:
+            out["SSEKMSKeyId"] = self.kms_key_id
+        return out
+
+
+# What every write of this process asks for: set once by the driver from its flags, and by
+# each Spark task from its settings (a reused executor process may serve several steps).
+_ENCRYPTION = Encryption()
+
+
+def use_encryption(encryption: Optional[Encryption]) -> None:
+    """Make every following write of this process (:func:`write_bytes`, :func:`put_if_absent`,
+    :func:`upload_file`) carry ``encryption``."""
+    global _ENCRYPTION
+    _ENCRYPTION = encryption or Encryption()
+
+
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and what S3 (or the OS) said."""
 
@@ -109,6 +142,10 @@ def _translate(uri: str, exc: Exception) -> StorageError:
         if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
             what = "bucket does not exist" if code == "NoSuchBucket" else "no such object"
             return NotFound(f"{uri}: {what}")
+        if code in ("AccessDenied", "403", "Forbidden") and exc.operation_name in ("PutObject", "CreateMultipartUpload"):
+            hint = ("" if _ENCRYPTION.sse else "; if the bucket's policy requires server-side encryption, "
+                    "pass --sse AES256 or --sse aws:kms")
+            return StorageError(f"{uri}: write denied (S3 {code}){hint}")
         return StorageError(f"{uri}: S3 error {code}: {msg}")
     if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
         return StorageError(f"{uri}: no usable AWS credentials found (boto3 default chain: environment, "
@@ -166,7 +203,7 @@ def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None,
         p = parse_s3(uri)
         try:
             s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
-                                               Metadata=metadata or {})
+                                               Metadata=metadata or {}, **_ENCRYPTION.put_args())
         except Exception as e:  # noqa: BLE001
             raise _translate(uri, e) from e
         return
@@ -188,7 +225,7 @@ def put_if_absent(uri: str, data: bytes, metadata: dict[str, str], endpoint_url:
         p = parse_s3(uri)
         try:
             s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
-                                               Metadata=metadata, IfNoneMatch="*")
+                                               Metadata=metadata, IfNoneMatch="*", **_ENCRYPTION.put_args())
             return True
         except botocore.exceptions.ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
@@ -325,7 +362,8 @@ def upload_file(path: str, uri: str, endpoint_url: Optional[str] = None,
     if is_s3(uri):
         p = parse_s3(uri)
         try:
-            s3_client(endpoint_url).upload_file(path, p.bucket, p.key, ExtraArgs={"ContentType": content_type})
+            s3_client(endpoint_url).upload_file(path, p.bucket, p.key,
+                                                ExtraArgs={"ContentType": content_type, **_ENCRYPTION.put_args()})
         except Exception as e:  # noqa: BLE001
             raise _translate(uri, e) from e
         return

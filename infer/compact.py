@@ -30,8 +30,9 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from common import athena, storage  # noqa: E402
-from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
+from common import athena, glue, storage  # noqa: E402
+from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, run_cli,  # noqa: E402
+                        spark_context)
 from common.manifest import read_manifest  # noqa: E402
 from common.status import failed_ids  # noqa: E402
 from common.output import PREDICTION_SCHEMA, check_run_id, run_record_key, table_to_parquet  # noqa: E402
@@ -85,8 +86,10 @@ def _current_schema(table: pa.Table) -> pa.Table:
                             pa.nulls(table.num_rows, PREDICTION_SCHEMA.field("embedding").type))
 
 
-def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_url: Optional[str]) -> tuple[str, int, int]:
+def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_url: Optional[str],
+              encryption: Optional[storage.Encryption] = None) -> tuple[str, int, int]:
     """Spark task: concatenate one bin's part files into one Parquet object; returns (uri, rows in, rows out)."""
+    storage.use_encryption(encryption)
     index, uris = item
     tables = [_current_schema(pq.read_table(io.BytesIO(storage.read_bytes(u, endpoint_url)))) for u in uris]
     for u, t in zip(uris, tables):
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="where compacted files go, e.g. s3://BUCKET/predictions_compacted/")
     p.add_argument("--target-size", default=DEFAULT_TARGET, help=f"approximate file size (default {DEFAULT_TARGET})")
     p.add_argument("--table", default="predictions_compacted", help="table name for the printed DDL")
+    p.add_argument("--glue-database", default=None, help="with --glue-table: point the run's partition of that Glue "
+                   "table at the compacted files")
+    p.add_argument("--glue-table", default=None, help="the Glue table infer registered the run in")
     add_common_arguments(p)
     return p
 
@@ -116,10 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Compact one run; returns the exit code."""
     run_id = check_run_id(args.run_id)
+    if bool(args.glue_database) != bool(args.glue_table):
+        raise UsageError("--glue-database and --glue-table go together")
     target_size = parse_size(args.target_size)
     if storage.join(args.target) == storage.join(args.output):
         raise UsageError("--target must differ from --output (compaction never rewrites the source files)")
     endpoint = endpoint_from(args)
+    encryption = encryption_from(args)
     storage.check_buckets((args.output, args.target), endpoint)
     try:
         record = json.loads(storage.read_bytes(run_record_key(args.output, run_id), endpoint))
@@ -138,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     bins = plan_bins(sizes, target_size)
     sc = spark_context(f"shardinfer-compact-{run_id}")
     results = (sc.parallelize(list(enumerate(bins)), len(bins))
-               .map(partial(write_bin, target=args.target, run_id=run_id, endpoint_url=endpoint)).collect())
+               .map(partial(write_bin, target=args.target, run_id=run_id, endpoint_url=endpoint,
+                            encryption=encryption)).collect())
     rows_in, rows_out = sum(r[1] for r in results), sum(r[2] for r in results)
     if rows_in != rows_out or rows_in != manifest.num_images:
         raise RuntimeError(f"compaction of {run_id}: {rows_in} rows in, {rows_out} rows out, "
@@ -151,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
         storage.delete(uri, endpoint)
     print(f"{PROG}: {len(sizes)} part files, {rows_in} rows -> {len(bins)} files under {out_prefix}"
           f"{f' ({len(stale)} stale files removed)' if stale else ''}", flush=True)
+    if args.glue_table:
+        moved = glue.catalog(lambda: glue.move_partition(args.glue_database, args.glue_table, run_id, out_prefix))
+        print(f"{PROG}: Glue table {args.glue_database}.{args.glue_table}: partition run_id={run_id} "
+              + (f"now at {moved}" if moved else "is not registered; nothing to update"), flush=True)
     print(f"{PROG}: Athena statements for the compacted table:\n")
     print(athena.create_predictions_table(args.target, args.table) + ";\n")
     print(athena.add_partition(args.target, run_id, args.table) + ";")

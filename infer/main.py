@@ -38,9 +38,9 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 # Spark sets OMP_NUM_THREADS in its Python workers from spark.task.cpus / spark.executorEnv.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-from common import status, storage  # noqa: E402
-from common.cli import (UsageError, add_common_arguments, endpoint_from, first_line, run_cli,  # noqa: E402
-                        spark_context, task_attempts)
+from common import glue, status, storage  # noqa: E402
+from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, first_line,  # noqa: E402
+                        run_cli, spark_context, task_attempts)
 from common.manifest import read_manifest  # noqa: E402
 from common.images import INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
 from common.model import ModelSpec, check_model_head, fetch_model  # noqa: E402
@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "int8: a few seconds of model time; fewer when there are too few shards to keep every core busy)")
     p.add_argument("--dry-run", action="store_true", help="check the manifest and model, select and group the "
                    "shards, print the plan; write nothing and start no task")
+    p.add_argument("--glue-database", default=None, help="with --glue-table: keep the table in the Glue Data "
+                   "Catalog (Athena's): created with the database when absent, and this run's partition registered "
+                   "once every shard of the manifest is done")
+    p.add_argument("--glue-table", default=None, help="the Glue table over --output (see --glue-database)")
     p.add_argument("--force", action="store_true", help="overwrite part files that exist from different input "
                    "(another model or --top-k under the same --run-id); without it such a shard is a reported conflict")
     add_common_arguments(p)
@@ -133,6 +137,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--shards-per-task must be at least 1, got {args.shards_per_task}")
     if args.run_id:
         check_run_id(args.run_id)
+    if bool(args.glue_database) != bool(args.glue_table):
+        raise UsageError("--glue-database and --glue-table go together")
 
 
 def preprocessing(args: argparse.Namespace) -> Preprocessing:
@@ -206,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     """Run infer for parsed arguments; returns the exit code."""
     check_arguments(args)
     endpoint = endpoint_from(args)
+    encryption = encryption_from(args)  # every object this run writes carries it
     started = time.time()
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
     prep = preprocessing(args)
@@ -237,6 +244,12 @@ def run(args: argparse.Namespace) -> int:
               f"up to {plan.per_task} in {math.ceil(plan.groups / TASKS_PER_JOB)} Spark jobs: {plan_mod.describe(plan)}; "
               "nothing written", flush=True)
         return 0
+    if args.glue_table:  # before any work: a table of another shape is refused now, not after the run
+        try:
+            made = glue.catalog(lambda: glue.ensure_table(args.glue_database, args.glue_table, args.output))
+        except glue.GlueError as e:
+            raise UsageError(str(e)) from e
+        print(f"{PROG}: Glue table {args.glue_database}.{args.glue_table}: {made}", flush=True)
     spec, conversion = model_for_executors(args, files, spec, record, manifest, run_id, endpoint)
     if not record_matches or (conversion and conversion != (record or {}).get("conversion")):
         runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint, model_info)
@@ -252,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
                              args.force, invocation=invocation,
                              digest_extra=";".join(x for x in ("" if args.precision == "fp32" else args.precision,
-                                                               variant) if x), prep=prep)
+                                                               variant) if x), prep=prep, encryption=encryption)
     statuses = status.Writer(args.output, run_id, started, invocation, endpoint)
     with Progress(sc, PROG, plan.selected, images) as progress:
         run_waves(sc, plan, settings, progress.counter, statuses.add)
@@ -276,8 +289,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: report {report.write_report(args.output, run_id, endpoint)}", flush=True)
         except Exception as e:  # noqa: BLE001 - a report problem never fails the run
             print(f"{PROG}: warning: no run report: {first_line(e)}", file=sys.stderr, flush=True)
-    if not failed:
-        runrecord.write_athena_sql(args, run_id, manifest, endpoint)
+    complete = not failed and runrecord.write_athena_sql(args, run_id, manifest, endpoint)
+    if args.glue_table:
+        where = f"Glue table {args.glue_database}.{args.glue_table}"
+        if complete:
+            done = glue.catalog(lambda: glue.register_partition(args.glue_database, args.glue_table, args.output,
+                                                                run_id))
+            print(f"{PROG}: {where}: partition run_id={run_id} {done}", flush=True)
+        else:
+            print(f"{PROG}: {where}: partition run_id={run_id} not registered: the run is not complete", flush=True)
     if failed:
         for sid in failed[:20]:
             print(f"{PROG}: shard {sid} failed: {summary['errors'][str(sid)]}", file=sys.stderr)

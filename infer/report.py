@@ -36,7 +36,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from common import storage  # noqa: E402
-from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli  # noqa: E402
+from common.cli import UsageError, add_common_arguments, encryption_from, endpoint_from, run_cli  # noqa: E402
 from common import status  # noqa: E402
 from common.output import check_run_id, run_dir  # noqa: E402
 
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report and print where it is."""
+    encryption_from(args)
     index = write_report(args.output, check_run_id(args.run_id), endpoint_from(args), args.to)
     print(f"{PROG}: {index}")
     return 0

@@ -99,6 +99,11 @@ def rerun_command(args: argparse.Namespace, run_id: str) -> str:
         cmd += ["--shards-per-task", str(args.shards_per_task)]
     if args.s3_endpoint_url:
         cmd += ["--s3-endpoint-url", args.s3_endpoint_url]
+    for flag, value in (("--sse", args.sse), ("--sse-kms-key-id", args.sse_kms_key_id),
+                        ("--glue-database", getattr(args, "glue_database", None)),
+                        ("--glue-table", getattr(args, "glue_table", None))):
+        if value:
+            cmd += [flag, value]
     return shlex.join(cmd + ["--only-failed"])
 
 
@@ -133,15 +138,16 @@ def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, ma
     }
 
 
-def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, endpoint_url: Optional[str]) -> None:
+def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, endpoint_url: Optional[str]) -> bool:
     """Once every shard of the manifest is ok (latest statuses of all invocations), leave the Athena
-    statements in ``_runs/<run_id>/``."""
+    statements in ``_runs/<run_id>/``; returns whether the run is complete."""
     latest = status.read_latest(args.output, run_id, endpoint_url, ["status"])
     ok = int(pc.sum(pc.equal(latest.column("status"), "ok")).as_py() or 0)
     if ok < manifest.num_shards:
         print(f"{PROG}: run {run_id} is not complete yet ({manifest.num_shards - ok} of {manifest.num_shards} shards "
               "not done); athena.sql is written when every shard is done", flush=True)
-        return
+        return False
     uri = storage.join(run_dir(args.output, run_id), "athena.sql")
     storage.write_bytes(uri, athena.run_statements(args.output, run_id).encode(), endpoint_url, "text/plain")
     print(f"{PROG}: run complete: Athena statements in {uri}", flush=True)
+    return True

@@ -68,6 +68,8 @@ class InferSettings:
     digest_extra: str = ""
     # --image-size, --resize, --mean, --std
     prep: Preprocessing = DEFAULT_PREPROCESSING
+    # --sse, --sse-kms-key-id: every part file carries it
+    encryption: storage.Encryption = storage.Encryption()
 
 
 PARQUET_TYPE = "application/vnd.apache.parquet"
@@ -314,6 +316,7 @@ def run_group(group: int, plan, settings: InferSettings, counter=None) -> bytes:
     Returns:
         The group's statuses, packed by :func:`common.status.pack`.
     """
+    storage.use_encryption(settings.encryption)
     entries = read_shards(plan.manifest, plan.group_ids(group), settings.endpoint_url)
     return status_file.pack(run_entries(entries, settings, counter, group))
 

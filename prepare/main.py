@@ -27,7 +27,8 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import storage  # noqa: E402
-from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli, spark_context  # noqa: E402
+from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, run_cli,  # noqa: E402
+                        spark_context)
 from common.athena import symlink_location  # noqa: E402
 from common.images import FORMATS, MAX_PIXELS, parse_formats, skip_reason_for_key  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
@@ -85,11 +86,12 @@ def _dedupe_sorted(items):
             last = key
 
 
-def write_skipped(rows, uri: str, endpoint_url) -> list[int]:
+def write_skipped(rows, uri: str, endpoint_url, encryption: storage.Encryption) -> list[int]:
     """The skipped-writing task: ``(key, reason)`` rows (sorted) streamed to a local file, then one upload."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    storage.use_encryption(encryption)
     count = 0
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, SKIPPED_NAME)
@@ -119,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         formats = parse_formats(args.formats)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args), formats)
+    settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args), formats,
+                               encryption_from(args))
     endpoint = settings.endpoint_url
     started = time.time()
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
@@ -200,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         skipped_rdd = skipped_rdd.union(sc.parallelize(bad, 1))
     n_skipped = sum(skipped_rdd.sortByKey(numPartitions=1).mapPartitions(
-        lambda rows: write_skipped(rows, skipped_uri, endpoint)).collect())
+        lambda rows: write_skipped(rows, skipped_uri, endpoint, settings.encryption)).collect())
     listed.unpersist()
     sorted_keys.unpersist()
 

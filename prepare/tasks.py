@@ -31,6 +31,7 @@ class PrepareSettings:
     batch_size: int
     endpoint_url: Optional[str] = None
     formats: tuple[str, ...] = DEFAULT_FORMATS
+    encryption: storage.Encryption = storage.Encryption()
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     Raises:
         StorageError: a GET or a PUT failed (an object changed since listing fails its ETag check).
     """
+    storage.use_encryption(settings.encryption)
     batches = [candidates[i : i + settings.batch_size] for i in range(0, len(candidates), settings.batch_size)]
     entries, bad = [], []
     for i, (batch, images) in enumerate(zip(batches, fetch_batches(batches, settings))):

@@ -8,6 +8,7 @@ as README.md documents them, reads the predictions back and prints a summary.
 from __future__ import annotations
 
 import argparse
+import shutil
 import io
 import json
 import os
@@ -90,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         summaries = [o for o in storage.list_objects(f"s3://{BUCKET}/predictions/_runs/") if o.key.endswith("summary.json")]
         summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/{summaries[0].key}"))
         rows = []
+        # The server stops with the demo: keep the run's Parquet files (Hive layout) to query afterwards.
+        predictions_dir = os.path.join(args.logdir, "predictions")
+        shutil.rmtree(predictions_dir, ignore_errors=True)
+        run_dir = os.path.join(predictions_dir, f"run_id={summary['run_id']}")
+        os.makedirs(run_dir)
         for o in storage.list_objects(f"s3://{BUCKET}/predictions/run_id={summary['run_id']}/"):
-            rows += pq.read_table(io.BytesIO(storage.read_bytes(f"s3://{BUCKET}/{o.key}")),
-                                  columns=["key", "status", "top1_label"]).to_pylist()
+            data = storage.read_bytes(f"s3://{BUCKET}/{o.key}")
+            with open(os.path.join(run_dir, os.path.basename(o.key)), "wb") as f:
+                f.write(data)
+            rows += pq.read_table(io.BytesIO(data), columns=["key", "status", "top1_label"]).to_pylist()
         manifest_shards = len(list(storage.list_objects(f"s3://{BUCKET}/shards/cifar10-test/shards/")))
         # The server stops with the demo: keep a local copy of the run report.
         report_prefix = f"s3://{BUCKET}/predictions/_runs/{summary['run_id']}/report/"
@@ -121,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    {time.time() - t_all:7.1f}s  total")
     print(f"Spark logs: {os.path.relpath(args.logdir, ROOT)}/prepare.log, infer.log")
     print(f"run report: {os.path.relpath(report_dir, ROOT)}/index.html  (copied from {report_prefix})")
+    local = os.path.relpath(predictions_dir, ROOT)
+    print(f"predictions: {local}/run_id=*/part-*.parquet ({len(rows)} rows, Hive layout, kept after the server "
+          "stopped); query them with:")
+    print(f"    {query_line(local)}")
     return 0 if not summary["shards_failed"] else 1
+
+
+def query_line(folder: str) -> str:
+    """The one line that reads the kept predictions (DuckDB, installed by make setup)."""
+    sql = (f"SELECT run_id, top1_label, count(*) AS images FROM read_parquet('{folder}/*/*.parquet', "
+           "hive_partitioning=true) GROUP BY ALL ORDER BY images DESC LIMIT 5")
+    return f'.venv/bin/python -c "import duckdb; duckdb.sql(\\"{sql}\\").show()"'
 
 
 if __name__ == "__main__":

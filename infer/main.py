@@ -6,7 +6,10 @@
         --output s3://BUCKET/predictions/ [--run-id ID] [--top-k 5] \\
         [--shards 3,17,40-45 | --only-missing | --only-failed] [--device cpu|gpu] \\
         [--precision fp32|bf16|int8 [--calibration-images 512] [--min-agreement 0.99]] \\
-        [--shards-per-task N] [--dry-run]
+        [--shards-per-task N] [--dry-run] \\
+        [--image-size 224] [--resize stretch|shorter-side-crop] [--mean R,G,B] [--std R,G,B] \\
+        [--output-layer NAME] [--sse AES256|aws:kms [--sse-kms-key-id KEY]] \\
+        [--glue-database DB --glue-table TABLE]
 
 The driver reads the manifest index (never the shard rows), checks the model once (so a bad
 URL or mismatched params fail before Spark starts), converts the model when a reduced

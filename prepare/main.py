@@ -2,7 +2,8 @@
 shards plus a format-2 manifest.
 
     spark-submit --properties-file spark-defaults.conf prepare/main.py \\
-        --input s3://BUCKET/cifar10/test/ [--input-list URI] --output s3://BUCKET/shards/cifar10-test/ [--batch 64]
+        --input s3://BUCKET/cifar10/test/ [--input-list URI] --output s3://BUCKET/shards/cifar10-test/ \\
+        [--batch 64] [--formats png] [--sse AES256|aws:kms [--sse-kms-key-id KEY]]
 
 Stages, all Spark: (1) listing tasks, one per sub-prefix or list file (prepare/listing.py);
 (2) a global sort of the candidate keys and their numbering (``zipWithIndex``), so the same

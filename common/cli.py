@@ -88,6 +88,49 @@ def ensure_event_log_dir(conf) -> None:
         os.makedirs(target, exist_ok=True)
 
 
+# Settings Spark or spark-submit make up for each application: never part of a rerun command.
+_RUNTIME_CONF = ("spark.app.", "spark.driver.host", "spark.driver.port", "spark.executor.id",
+                 "spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions", "spark.hadoop.fs.s3a.vectored.",
+                 "spark.rdd.compress", "spark.serializer.objectStreamReset", "spark.sql.artifact.isolation.enabled",
+                 "spark.submit.", "spark.master", "spark.yarn.dist.", "spark.yarn.app.", "spark.yarn.secondary.",
+                 "spark.yarn.isPython", "spark.files", "spark.jars", "spark.repl.", "spark.ui.proxy",
+                 "spark.org.apache.hadoop.yarn.", "spark.driver.appUIAddress", "spark.yarn.tags")
+
+
+def read_properties(path: str) -> dict[str, str]:
+    """``key value`` lines of a Spark properties file (comments and blanks skipped); empty if it is missing."""
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                m = re.match(r"\s*([^\s=:#!][^\s=:]*)\s*[=:\s]\s*(.*?)\s*$", line)
+                if m:
+                    out[m.group(1)] = m.group(2)
+    except OSError:
+        pass
+    return out
+
+
+def submit_options(sc, properties_file: str) -> list[str]:
+    """The spark-submit options that reproduce this application's submit: ``--master``, ``--deploy-mode``,
+    ``--py-files``, ``--properties-file`` (when that file exists) and a ``--conf`` for every setting the
+    file does not already give (as the running SparkConf has it)."""
+    conf = dict(sc.getConf().getAll())
+    props = read_properties(properties_file)
+    opts = ["--master", conf.get("spark.master", "local[*]")]
+    if conf.get("spark.submit.deployMode", "client") != "client":
+        opts += ["--deploy-mode", conf["spark.submit.deployMode"]]
+    if conf.get("spark.submit.pyFiles"):
+        opts += ["--py-files", conf["spark.submit.pyFiles"]]
+    if props:
+        opts += ["--properties-file", properties_file]
+    for key in sorted(conf):
+        if key.startswith(_RUNTIME_CONF) or props.get(key) == conf[key]:
+            continue
+        opts += ["--conf", f"{key}={conf[key]}"]
+    return opts
+
+
 def task_attempts(sc) -> int:
     """How many times Spark tries a task: ``spark.task.maxFailures``, or F of ``local[N,F]`` (1 in local mode)."""
     master = sc.master

@@ -43,7 +43,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 from common import glue, status, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, first_line,  # noqa: E402
-                        run_cli, spark_context, task_attempts)
+                        run_cli, spark_context, submit_options, task_attempts)
 from common.manifest import read_manifest  # noqa: E402
 from common.images import INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
 from common.model import ModelSpec, check_model_head, fetch_model  # noqa: E402
@@ -274,8 +274,11 @@ def run(args: argparse.Namespace) -> int:
         run_waves(sc, plan, settings, progress.counter, statuses.add)
     status_uri = statuses.close()
 
+    here = os.path.dirname(os.path.abspath(__file__))
     summary = runrecord.summarise(statuses, args, run_id, manifest, model_id, time.time() - started, plan.groups,
-                                  plan.per_task)
+                                  plan.per_task, submit_options(sc, os.path.join(os.path.dirname(here),
+                                                                                 "spark-defaults.conf")),
+                                  os.path.join(here, "main.py"))
     storage.write_bytes(storage.join(run_dir(args.output, run_id), "summary.json"),
                         json.dumps(summary, indent=1).encode(), endpoint, "application/json")
     failed = summary["shards_failed"]

@@ -77,10 +77,12 @@ def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, 
                         "application/json")
 
 
-def rerun_command(args: argparse.Namespace, run_id: str) -> str:
-    """The exact command that reruns this run's failed shards."""
-    cmd = ["spark-submit", "--properties-file", "spark-defaults.conf", "infer/main.py", "--manifest", args.manifest,
-           "--sym-url", args.sym_url, "--param-url", args.param_url]
+def rerun_command(args: argparse.Namespace, run_id: str, submit: Optional[list[str]] = None,
+                  script: str = "infer/main.py") -> str:
+    """The exact command that reruns this run's failed shards: ``submit`` are the spark-submit options of
+    the running application (:func:`common.cli.submit_options`; the documented defaults without it)."""
+    cmd = ["spark-submit", *(submit or ["--properties-file", "spark-defaults.conf"]), script,
+           "--manifest", args.manifest, "--sym-url", args.sym_url, "--param-url", args.param_url]
     if args.label_url:
         cmd += ["--label-url", args.label_url]
     cmd += ["--output", args.output, "--run-id", run_id]
@@ -108,7 +110,8 @@ def rerun_command(args: argparse.Namespace, run_id: str) -> str:
 
 
 def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
-              elapsed: float, groups: int, per_task: int) -> dict:
+              elapsed: float, groups: int, per_task: int, submit: Optional[list[str]] = None,
+              script: str = "infer/main.py") -> dict:
     """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``, from the
     counts the status writer kept.  At most 1,000 failed shards are listed with their errors:
     the status file (``status_file``) has them all."""
@@ -134,7 +137,7 @@ def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, ma
         "images_per_s": round(statuses.images / elapsed, 3) if elapsed > 0 else None,
         "output": storage.join(args.output, f"run_id={run_id}") + "/",
         "status_file": statuses.uri if statuses.shards else None,
-        "rerun_failed": rerun_command(args, run_id) if statuses.failed_count else None,
+        "rerun_failed": rerun_command(args, run_id, submit, script) if statuses.failed_count else None,
     }
 
 

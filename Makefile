@@ -45,9 +45,10 @@ scale: setup
 	$(PY) bench/scale.py --out docs/scale-figures.json
 
 # A zip of the three packages, for `spark-submit --py-files dist/shardinfer.zip` on a cluster.
-dist: setup
+# Needs only Python: no Java, no virtual environment (it zips the sources).
+dist: check-python
 	@rm -rf dist && mkdir -p dist
-	$(PY) -c 'import shutil, zipfile, pathlib; z = zipfile.ZipFile("dist/shardinfer.zip", "w", zipfile.ZIP_DEFLATED); [z.write(p) for d in ("common", "prepare", "infer") for p in sorted(pathlib.Path(d).rglob("*.py"))]; z.close()'
+	$(PYTHON) -c 'import zipfile, pathlib; z = zipfile.ZipFile("dist/shardinfer.zip", "w", zipfile.ZIP_DEFLATED); [z.write(p) for d in ("common", "prepare", "infer") for p in sorted(pathlib.Path(d).rglob("*.py"))]; z.close()'
 	@echo "dist/shardinfer.zip"
 
 clean:

@@ -3,10 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.shardinfer-installed
+# A second environment with Spark 3.5 (what EMR 7 ships): the same suite runs on both lines.
+VENV35  := .venv-spark35
+PY35    := $(VENV35)/bin/python
+STAMP35 := $(VENV35)/.shardinfer-installed
 N      ?= 1000
 BENCH_N ?= 1280
 
-.PHONY: setup check-java check-python test demo bench scale history dist clean
+.PHONY: setup setup-spark35 check-java check-python test test-spark4 test-spark35 demo bench scale history dist clean
 
 setup: check-python check-java $(STAMP)
 
@@ -19,11 +23,24 @@ check-java:
 # Re-installs only when the pinned dependencies change.
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,spark4]'
 	@touch $(STAMP)
 
-test: setup
+setup-spark35: check-python check-java $(STAMP35)
+
+$(STAMP35): setup.cfg pyproject.toml
+	@test -x $(PY35) || $(PYTHON) -m venv $(VENV35)
+	$(PY35) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,spark35]'
+	@touch $(STAMP35)
+
+# The whole suite on Spark 4.0 and then on Spark 3.5.
+test: test-spark4 test-spark35
+
+test-spark4: setup
 	$(PY) -m pytest
+
+test-spark35: setup-spark35
+	$(PY35) -m pytest -p no:cacheprovider
 
 demo: setup
 	$(PY) scripts/demo.py --images $(N)
@@ -52,4 +69,4 @@ dist: check-python
 	@echo "dist/shardinfer.zip"
 
 clean:
-	rm -rf $(VENV) dist build *.egg-info .pytest_cache demo-out
+	rm -rf $(VENV) $(VENV35) dist build *.egg-info .pytest_cache demo-out

@@ -241,15 +241,10 @@ class Preprocessing:
             out /= np.asarray(self.std, dtype=np.float32)[:, None, None]
 
 
-DEFAULT = Preprocessing()
+DEFAULT_PREPROCESSING = Preprocessing()
 
 
-def preprocess_into(img: Image.Image, out: np.ndarray, prep: Preprocessing = DEFAULT) -> None:
-    """Write an RGB image into ``out`` with ``prep`` (default: 224 stretch, raw 0..255)."""
-    prep.into(img, out)
-
-
-def preprocess(data: bytes, key: str, prep: Preprocessing = DEFAULT) -> np.ndarray:
+def preprocess(data: bytes, key: str, prep: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
     """One image's model input: a 3 x S x S float32 array."""
     out = np.empty((3, prep.size, prep.size), dtype=np.float32)
     prep.into(decode_rgb(data, key), out)

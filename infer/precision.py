@@ -25,8 +25,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from common import storage
-from common.images import DEFAULT as DEFAULT_PREPROCESSING
-from common.images import INPUT_SIZE, Preprocessing
+from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE, Preprocessing
 from common.manifest import Manifest, ShardEntry, read_shards
 from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
 

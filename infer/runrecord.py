@@ -14,8 +14,7 @@ import pyarrow.compute as pc
 
 from common import athena, status, storage
 from common.cli import UsageError
-from common.images import DEFAULT as DEFAULT_PREPROCESSING
-from common.images import INPUT_SIZE
+from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE
 from common.manifest import Manifest
 from common.output import run_dir, run_record_key
 

@@ -37,8 +37,7 @@ import numpy as np
 
 from common import status as status_file
 from common import storage
-from common.images import DEFAULT as DEFAULT_PREPROCESSING
-from common.images import BadImageError, Preprocessing, decode_rgb
+from common.images import DEFAULT_PREPROCESSING, BadImageError, Preprocessing, decode_rgb
 from common.manifest import ShardEntry, read_shards
 from common.model import ModelError, ModelSpec, get_predictor, top_k
 from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, STATUS_OK, ConflictError,

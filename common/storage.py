@@ -175,17 +175,28 @@ def read_bytes(uri: str, endpoint_url: Optional[str] = None, if_match: Optional[
         except Exception as e:  # noqa: BLE001 - translated with the URI
             raise _translate(uri, e) from e
     if is_http(uri):
-        try:
-            with urllib.request.urlopen(uri, timeout=60) as r:
-                return r.read()
-        except urllib.error.HTTPError as e:
-            cls = NotFound if e.code == 404 else StorageError
-            raise cls(f"{uri}: HTTP {e.code} {e.reason}") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise StorageError(f"{uri}: {e}") from e
+        return _http_get(uri)[0]
+    return _read_local(uri)
+
+
+def _http_get(uri: str, headers: Optional[dict[str, str]] = None) -> tuple[bytes, int]:
+    """``(body, status)`` of an http(s) GET, errors translated with the URI."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(uri, headers=headers or {}), timeout=60) as r:
+            return r.read(), r.status
+    except urllib.error.HTTPError as e:
+        cls = NotFound if e.code == 404 else StorageError
+        raise cls(f"{uri}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise StorageError(f"{uri}: {e}") from e
+
+
+def _read_local(uri: str, start: int = 0, length: int = -1) -> bytes:
+    """Bytes of a local file from ``start`` (``length`` -1: to the end), errors translated with the path."""
     try:
         with open(uri, "rb") as f:
-            return f.read()
+            f.seek(start)
+            return f.read(length)
     except FileNotFoundError as e:
         raise NotFound(f"{uri}: no such file") from e
     except OSError as e:
@@ -287,24 +298,9 @@ def read_range(uri: str, start: int, end: int, endpoint_url: Optional[str] = Non
         except Exception as e:  # noqa: BLE001
             raise _translate(uri, e) from e
     if is_http(uri):
-        req = urllib.request.Request(uri, headers={"Range": f"bytes={start}-{end - 1}"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                data = r.read()
-                return data if r.status == 206 else data[start:end]
-        except urllib.error.HTTPError as e:
-            cls = NotFound if e.code == 404 else StorageError
-            raise cls(f"{uri}: HTTP {e.code} {e.reason}") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise StorageError(f"{uri}: {e}") from e
-    try:
-        with open(uri, "rb") as f:
-            f.seek(start)
-            return f.read(end - start)
-    except FileNotFoundError as e:
-        raise NotFound(f"{uri}: no such file") from e
-    except OSError as e:
-        raise StorageError(f"{uri}: {e}") from e
+        data, status = _http_get(uri, {"Range": f"bytes={start}-{end - 1}"})
+        return data if status == 206 else data[start:end]
+    return _read_local(uri, start, end - start)
 
 
 class RangedFile(io.RawIOBase):

@@ -61,12 +61,11 @@ bench: setup
 scale: setup
 	$(PY) bench/scale.py --out docs/scale-figures.json
 
-# A zip of the three packages, for `spark-submit --py-files dist/shardinfer.zip` on a cluster.
-# Needs only Python: no Java, no virtual environment (it zips the sources).
+# What a cluster needs (scripts/dist.py): dist/shardinfer.zip (the three packages, for
+# `spark-submit --py-files`), the entry scripts and the EMR bootstrap action.
+# Needs only Python: no Java, no virtual environment.
 dist: check-python
-	@rm -rf dist && mkdir -p dist
-	$(PYTHON) -c 'import zipfile, pathlib; z = zipfile.ZipFile("dist/shardinfer.zip", "w", zipfile.ZIP_DEFLATED); [z.write(p) for d in ("common", "prepare", "infer") for p in sorted(pathlib.Path(d).rglob("*.py"))]; z.close()'
-	@echo "dist/shardinfer.zip"
+	$(PYTHON) scripts/dist.py
 
 clean:
 	rm -rf $(VENV) $(VENV35) dist build *.egg-info .pytest_cache demo-out

@@ -71,9 +71,34 @@ def spark_context(app_name: str):
     if not conf.contains("spark.master"):
         conf.setMaster("local[*]")
     ensure_event_log_dir(conf)
+    warning = executor_layout_warning(dict(conf.getAll()))
+    if warning:
+        print(f"{app_name.split('-')[1] if '-' in app_name else app_name}: warning: {warning}", file=sys.stderr,
+              flush=True)
     sc = SparkContext.getOrCreate(conf)
     sc.setLogLevel(os.environ.get("SHARDINFER_SPARK_LOG_LEVEL", "WARN"))
     return sc
+
+
+def executor_layout_warning(conf: dict[str, str]) -> Optional[str]:
+    """Why this submit will run on far fewer cores than the cluster has, or None.
+
+    On YARN, a job with dynamic allocation off and no ``spark.executor.instances``
+    (``--num-executors``) gets 2 executors of ``spark.executor.cores`` (default 1), whatever the
+    cluster's size, and nothing else says so.
+    """
+    master = conf.get("spark.master", "")
+    if not master.startswith("yarn"):
+        return None
+    if conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true":
+        return None
+    if conf.get("spark.executor.instances"):
+        return None
+    cores = int(conf.get("spark.executor.cores", "1") or 1)
+    return (f"dynamic allocation is off and spark.executor.instances is not set: YARN runs this job on 2 "
+            f"executors of {cores} core{'s' if cores != 1 else ''} ({2 * cores} tasks at a time), however big the "
+            f"cluster is. Turn spark.dynamicAllocation.enabled on (spark-defaults.conf and "
+            f"deploy/emr/configurations.json do) or pass --num-executors")
 
 
 def ensure_event_log_dir(conf) -> None:

@@ -1,0 +1,251 @@
+"""`make yarn-check`: prepare and infer on a real YARN (Hadoop's test cluster on 127.0.0.1).
+
+What it shows, from Spark's own event logs:
+
+1. **the trap** — infer submitted with dynamic allocation off and no executor count (what
+   ``--properties-file spark-defaults.conf`` gave before dynamic allocation was turned on):
+   YARN runs it on 2 executors of 1 core, however big the cluster is, and the job says so;
+2. **the fix** — the same infer with ``deploy/emr/configurations.json``'s ``spark-defaults``
+   (dynamic allocation, 4-core executors): executors until the cluster is full.
+
+prepare runs first with the repository's ``spark-defaults.conf``. Every submit is the EMR
+step's command line (``--master yarn --deploy-mode client --py-files shardinfer.zip``,
+entry scripts from ``make dist``); what differs from EMR is only what this machine lacks:
+the interpreter (this one instead of the bootstrap's /opt/shardinfer/venv), Spark's jars
+(``spark.yarn.jars`` pointing at the local pyspark instead of EMR's), the local S3 server's
+endpoint and fake credentials given to executors (EMR nodes have an instance profile).
+
+Prints a table and writes the figures as JSON (``--out``); exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Optional
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from common import storage  # noqa: E402
+from common.cli import read_properties  # noqa: E402
+from scripts.dist import build as build_dist  # noqa: E402
+from testkit import zoo_builder  # noqa: E402
+from testkit.localdev import LocalS3, upload_cifar_like, venv_bin  # noqa: E402
+from testkit.yarn import YarnCluster  # noqa: E402
+
+BUCKET = "shardinfer-yarn"
+CONFIGURATIONS = ROOT / "deploy" / "emr" / "configurations.json"
+
+
+def emr_spark_defaults(path: pathlib.Path = CONFIGURATIONS) -> dict[str, str]:
+    """The ``spark-defaults`` classification's properties of an EMR configurations file."""
+    for c in json.loads(path.read_text()):
+        if c.get("Classification") == "spark-defaults":
+            return dict(c.get("Properties", {}))
+    raise ValueError(f"{path}: no spark-defaults classification")
+
+
+def event_log_figures(path: str) -> dict:
+    """Executors, cores and task concurrency of one application, from its Spark event log."""
+    executors: dict[str, int] = {}
+    starts, ends = [], []
+    app_id = None
+    # Spark 4 writes a folder (eventlog_v2_<app>/events_<n>_<app>, rolled), Spark 3.5 one file.
+    files = ([os.path.join(path, n) for n in sorted((n for n in os.listdir(path) if n.startswith("events_")),
+                                                    key=lambda n: int(n.split("_")[1]))]
+             if os.path.isdir(path) else [path])
+    for name in files:
+        with open(name) as f:
+            lines = f.readlines()
+        for line in lines:
+            e = json.loads(line)
+            kind = e.get("Event")
+            if kind == "SparkListenerApplicationStart":
+                app_id = e.get("App ID")
+            elif kind == "SparkListenerExecutorAdded":
+                executors[e["Executor ID"]] = int(e["Executor Info"]["Total Cores"])
+            elif kind == "SparkListenerTaskEnd":
+                info = e["Task Info"]
+                starts.append(info["Launch Time"])
+                ends.append(info["Finish Time"])
+    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends], key=lambda x: (x[0], x[1]))
+    running = peak = 0
+    for _, d in events:
+        running += d
+        peak = max(peak, running)
+    return {"app_id": app_id, "executors": len(executors), "cores_per_executor": sorted(set(executors.values())),
+            "total_cores": sum(executors.values()), "tasks": len(starts), "max_concurrent_tasks": peak}
+
+
+class WorkerRss:
+    """Peak RSS of every PySpark worker process on this machine while it runs (psutil, every 0.5 s)."""
+
+    def __init__(self) -> None:
+        """Prepare (not start) the sampler."""
+        self.peak: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.5):
+            for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "pyspark.daemon" in cmd or "pyspark/daemon.py" in cmd or "pyspark.worker" in cmd:
+                    rss = p.info["memory_info"].rss if p.info["memory_info"] else 0
+                    self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+
+    def __enter__(self) -> "WorkerRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _pyspark_home() -> str:
+    import pyspark
+
+    return os.path.dirname(os.path.abspath(pyspark.__file__))
+
+
+def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str, script: str, args: list[str],
+           s3_env: dict[str, str], dist: pathlib.Path) -> dict:
+    """One ``spark-submit --master yarn --deploy-mode client`` with these properties; its figures."""
+    events = os.path.join(workdir, "events", name)
+    os.makedirs(events, exist_ok=True)
+    props = {**props,
+             # what this machine has instead of EMR's: the interpreter, Spark's jars, S3 endpoint and credentials
+             "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
+             "spark.yarn.jars": "local:" + os.path.join(_pyspark_home(), "jars", "*"),
+             "spark.eventLog.enabled": "true", "spark.eventLog.dir": "file://" + events,
+             "spark.eventLog.compress": "false",  # Spark 4 compresses with zstd, which Python 3.11 cannot read
+             **{f"spark.executorEnv.{k}": v for k, v in s3_env.items()}}
+    prop_file = os.path.join(workdir, f"{name}.conf")
+    with open(prop_file, "w") as f:
+        f.writelines(f"{k} {v}\n" for k, v in props.items())
+    cmd = [venv_bin("spark-submit"), "--master", "yarn", "--deploy-mode", "client", "--properties-file", prop_file,
+           "--py-files", str(dist / "shardinfer.zip"), str(dist / script), *args]
+    env = cluster.env({**os.environ, **s3_env, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+                       "PYSPARK_DRIVER_PYTHON": sys.executable})
+    env.pop("PYTHONPATH", None)  # the code comes from --py-files, as on a cluster
+    t = time.time()
+    with WorkerRss() as rss:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    wall = time.time() - t
+    with open(os.path.join(workdir, f"{name}.log"), "w") as f:
+        f.write(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    logs = [os.path.join(events, n) for n in os.listdir(events)]
+    figures = event_log_figures(logs[0]) if len(logs) == 1 else {"event_logs": len(logs)}
+    warned = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ": warning: dynamic allocation is off" in ln]
+    return {"name": name, "rc": proc.returncode, "wall_s": round(wall, 1), **figures,
+            "executor_settings": {k: props[k] for k in sorted(props) if k.startswith(("spark.dynamicAllocation.enabled",
+                                                                                      "spark.executor.cores",
+                                                                                      "spark.executor.memory",
+                                                                                      "spark.executor.instances"))},
+            "python_worker_peak_rss_mb": round(max(rss.peak.values(), default=0) / 2**20),
+            "python_workers_seen": len(rss.peak), "layout_warning": warned[0] if warned else None,
+            "log": os.path.join(workdir, f"{name}.log")}
+
+
+def run(workdir: str, images: int = 512, nodes: int = 2, node_memory_mb: int = 8192, node_vcores: int = 4) -> dict:
+    """Start S3 + YARN, run prepare, infer (trap) and infer (fix); the figures."""
+    os.makedirs(workdir, exist_ok=True)
+    dist = pathlib.Path(workdir) / "dist"
+    build_dist(dist)
+    runs = []
+    with LocalS3() as s3:
+        os.environ.update(s3.env)
+        s3.create_bucket(BUCKET)
+        upload_cifar_like(f"s3://{BUCKET}/images/", images, endpoint_url=s3.endpoint_url)
+        model = zoo_builder.write_model(f"s3://{BUCKET}/models/resnet-18/", endpoint_url=s3.endpoint_url)
+        with YarnCluster(workdir, nodes=nodes, memory_mb=node_memory_mb, vcores=node_vcores) as cluster:
+            repo_defaults = read_properties(str(ROOT / "spark-defaults.conf"))
+            emr_defaults = emr_spark_defaults()
+            runs.append(submit(cluster, repo_defaults, workdir, "prepare", "prepare/main.py",
+                               ["--input", f"s3://{BUCKET}/images/", "--output", f"s3://{BUCKET}/shards/"],
+                               s3.env, dist))
+            infer_args = ["--manifest", f"s3://{BUCKET}/shards/manifest.parquet", "--sym-url", model["sym"],
+                          "--param-url", model["params"], "--label-url", model["labels"],
+                          "--output", f"s3://{BUCKET}/predictions/", "--shards-per-task", "1"]
+            trap = {**repo_defaults, "spark.dynamicAllocation.enabled": "false"}
+            runs.append(submit(cluster, trap, workdir, "infer-trap", "infer/main.py",
+                               infer_args + ["--run-id", "yarn-trap"], s3.env, dist))
+            runs.append(submit(cluster, emr_defaults, workdir, "infer-emr-configurations", "infer/main.py",
+                               infer_args + ["--run-id", "yarn-emr"], s3.env, dist))
+            capabilities = cluster.node_capabilities()
+        for r in runs:
+            if r["name"].startswith("infer"):
+                run_id = "yarn-trap" if r["name"] == "infer-trap" else "yarn-emr"
+                summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/predictions/_runs/{run_id}/summary.json"))
+                r["images"], r["shards_failed"] = summary.get("images_written"), summary.get("shards_failed")
+                r["model_loads"] = summary.get("model_loads")
+                r["images_per_s"] = summary.get("images_per_s")
+    return {"cluster": {"nodes": len(capabilities), "node_memory_mb": capabilities[0][0] if capabilities else None,
+                        "node_vcores": capabilities[0][1] if capabilities else None, "hadoop": "3.4.1 (MiniYARNCluster)"},
+            "images": images, "runs": runs}
+
+
+def problems(figures: dict) -> list[str]:
+    """What is wrong with a yarn-check's figures (empty when the trap and the fix show as they should)."""
+    out = []
+    runs = {r["name"]: r for r in figures["runs"]}
+    for r in runs.values():
+        if r["rc"] != 0:
+            out.append(f"{r['name']} exited {r['rc']} (log: {r['log']})")
+    trap, fix = runs.get("infer-trap", {}), runs.get("infer-emr-configurations", {})
+    if trap.get("executors") != 2 or trap.get("total_cores") != 2:
+        out.append(f"trap: expected 2 executors of 1 core, got {trap.get('executors')} / {trap.get('total_cores')}")
+    if not trap.get("layout_warning"):
+        out.append("trap: infer did not warn about the 2-executor layout")
+    cluster_cores = figures["cluster"]["nodes"] * (figures["cluster"]["node_vcores"] or 0)
+    if fix.get("total_cores", 0) < cluster_cores:
+        out.append(f"fix: {fix.get('total_cores')} executor cores, the cluster has {cluster_cores}")
+    if fix.get("layout_warning"):
+        out.append("fix: infer warned although dynamic allocation is on")
+    for r in (trap, fix):
+        if r and (r.get("shards_failed") or r.get("images") != figures["images"]):
+            out.append(f"{r['name']}: {r.get('images')} images, failed shards {r.get('shards_failed')}")
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command line of ``make yarn-check``."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--workdir", default=None, help="kept for inspection (default: a temporary folder)")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="shardinfer-yarn-")
+    figures = run(workdir, images=args.images)
+    print(f"YARN test cluster: {figures['cluster']}")
+    print(f"{'run':<26} {'rc':>3} {'executors':>9} {'cores':>5} {'max tasks':>9} {'wall s':>7} {'img/s':>6} "
+          f"{'worker RSS MB':>13}")
+    for r in figures["runs"]:
+        print(f"{r['name']:<26} {r['rc']:>3} {r.get('executors', '?'):>9} {r.get('total_cores', '?'):>5} "
+              f"{r.get('max_concurrent_tasks', '?'):>9} {r['wall_s']:>7} {str(r.get('images_per_s', '')):>6} "
+              f"{r['python_worker_peak_rss_mb']:>13}")
+        if r.get("layout_warning"):
+            print(f"    {r['layout_warning']}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(figures, f, indent=2)
+    bad = problems(figures)
+    for b in bad:
+        print(f"yarn-check: FAILED: {b}", file=sys.stderr)
+    print(f"logs and event logs: {workdir}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ STAMP35 := $(VENV35)/.shardinfer-installed
 N      ?= 1000
 BENCH_N ?= 1280
 
-.PHONY: setup setup-spark35 check-java check-python test test-spark4 test-spark35 demo bench scale history dist clean
+.PHONY: setup setup-spark35 check-java check-python test test-spark4 test-spark35 demo bench scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -60,6 +60,12 @@ bench: setup
 # infer --dry-run over each through spark-submit (wall time, peak RSS of the process tree).
 scale: setup
 	$(PY) bench/scale.py --out docs/scale-figures.json
+
+# prepare + infer on a real YARN (Hadoop 3.4.1's MiniYARNCluster on 127.0.0.1, jars from Maven
+# Central via testkit/yarn/pom.xml): the 2-executor trap and the fix, from Spark's event logs.
+yarn-check: setup
+	@command -v mvn >/dev/null || { echo "make yarn-check needs Maven (Debian/Ubuntu: apt-get install maven)"; exit 2; }
+	$(PY) testkit/yarn/check.py --out docs/yarn-figures.json
 
 # What a cluster needs (scripts/dist.py): dist/shardinfer.zip (the three packages, for
 # `spark-submit --py-files`), the entry scripts and the EMR bootstrap action.

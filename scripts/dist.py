@@ -46,5 +46,5 @@ def build(out: pathlib.Path) -> list[pathlib.Path]:
 
 
 if __name__ == "__main__":
-    for path in build(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "dist")):
-        print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    for path in build(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "dist").resolve()):
+        print(os.path.relpath(path))

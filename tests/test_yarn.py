@@ -1,0 +1,27 @@
+"""The two jobs on a real YARN: Hadoop's MiniYARNCluster on 127.0.0.1 (testkit/yarn), with
+EMR's settings from deploy/emr/configurations.json.  Reproduces the 2-executor trap (dynamic
+allocation off, no executor count) and shows the fix, from Spark's event logs; the same as
+`make yarn-check`.  Needs Java and Maven (the Hadoop jars come from Maven Central once)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytestmark = [pytest.mark.spark, pytest.mark.yarn]
+
+
+@pytest.mark.skipif(shutil.which("mvn") is None, reason="Maven (mvn) is needed to fetch Hadoop's test cluster")
+def test_prepare_and_infer_on_yarn_trap_and_fix(tmp_path):
+    from testkit.yarn.check import problems, run
+
+    figures = run(str(tmp_path), images=512)
+    assert problems(figures) == []
+    runs = {r["name"]: r for r in figures["runs"]}
+    trap, fix = runs["infer-trap"], runs["infer-emr-configurations"]
+    assert (trap["executors"], trap["cores_per_executor"]) == (2, [1])
+    assert "2 executors of 1 core" in trap["layout_warning"]
+    assert fix["cores_per_executor"] == [4] and fix["total_cores"] == 8  # 2 nodes x 4 vcores: all of them
+    assert fix["max_concurrent_tasks"] > trap["max_concurrent_tasks"]
+    assert trap["images"] == fix["images"] == 512 and runs["prepare"]["rc"] == 0

@@ -1,15 +1,15 @@
 """compact: rewrite one finished run's per-shard files into Athena-sized files.
 
     spark-submit --properties-file spark-defaults.conf infer/compact.py \\
-        --output s3://BUCKET/predictions/ --run-id ID \\
-        --target s3://BUCKET/predictions_compacted/ [--target-size 128MiB]
+        --input s3://BUCKET/predictions/ --run-id ID \\
+        --output s3://BUCKET/predictions_compacted/ [--target-size 128MiB]
 
 The driver checks that the run is finished (every manifest shard has its part file and an
 ok status), groups the part files in shard order into bins of about ``--target-size``
 (by their compressed size), and one Spark task per bin concatenates its parts and uploads
-one Parquet file with one PUT to ``<target>/run_id=<id>/part-NNNNN.parquet``.  Rows in must
+one Parquet file with one PUT to ``<output>/run_id=<id>/part-NNNNN.parquet``.  Rows in must
 equal rows out.  A rerun writes the same names and then deletes any leftover file of an
-earlier compaction of that run, so the target never holds a row twice.
+earlier compaction of that run, so the output never holds a row twice.
 """
 
 from __future__ import annotations
@@ -104,12 +104,14 @@ def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_ur
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    p = argparse.ArgumentParser(prog=PROG, description="Rewrite one finished infer run's per-shard Parquet files "
-                                "into files of about --target-size under <target>/run_id=<id>/, with the same "
-                                "rows and schema, and print the Athena DDL for the compacted table.")
-    p.add_argument("--output", required=True, help="infer's --output, e.g. s3://BUCKET/predictions/")
+    p = argparse.ArgumentParser(prog=PROG, allow_abbrev=False,
+                                description="Rewrite one finished infer run's per-shard Parquet files (under "
+                                "--input) into files of about --target-size under <output>/run_id=<id>/, with "
+                                "the same rows and schema, and print the Athena DDL for the compacted table.")
+    p.add_argument("--input", help="the run's predictions: infer's --output, e.g. s3://BUCKET/predictions/")
     p.add_argument("--run-id", required=True, help="the finished run to compact")
-    p.add_argument("--target", required=True, help="where compacted files go, e.g. s3://BUCKET/predictions_compacted/")
+    p.add_argument("--output", help="where compacted files go, e.g. s3://BUCKET/predictions_compacted/")
+    p.add_argument("--target", help=argparse.SUPPRESS)  # the old name of --output: refused with what to type
     p.add_argument("--target-size", default=DEFAULT_TARGET, help=f"approximate file size (default {DEFAULT_TARGET})")
     p.add_argument("--table", default="predictions_compacted", help="table name for the printed DDL")
     p.add_argument("--glue-database", default=None, help="with --glue-table: point the run's partition of that Glue "
@@ -124,37 +126,43 @@ def run(args: argparse.Namespace) -> int:
     run_id = check_run_id(args.run_id)
     if bool(args.glue_database) != bool(args.glue_table):
         raise UsageError("--glue-database and --glue-table go together")
+    if args.target:
+        raise UsageError("--target is now --output, and the run's predictions are --input (infer's --output): "
+                         f"compact --input {args.output or 's3://BUCKET/predictions/'} --run-id {run_id} "
+                         f"--output {args.target}")
+    if not args.input or not args.output:
+        raise UsageError("--input (infer's --output) and --output (where compacted files go) are both required")
     target_size = parse_size(args.target_size)
-    if storage.join(args.target) == storage.join(args.output):
-        raise UsageError("--target must differ from --output (compaction never rewrites the source files)")
+    if storage.join(args.output) == storage.join(args.input):
+        raise UsageError("--output must differ from --input (compaction never rewrites the source files)")
     endpoint = endpoint_from(args)
     encryption = encryption_from(args)
-    storage.check_buckets((args.output, args.target), endpoint)
+    storage.check_buckets((args.input, args.output), endpoint)
     try:
-        record = json.loads(storage.read_bytes(run_record_key(args.output, run_id), endpoint))
+        record = json.loads(storage.read_bytes(run_record_key(args.input, run_id), endpoint))
     except storage.NotFound as e:
-        raise UsageError(f"run {run_id} has no record under {args.output} (is --run-id right?)") from e
+        raise UsageError(f"run {run_id} has no record under {args.input} (is --run-id right?)") from e
     manifest = read_manifest(record["manifest"], endpoint)
-    missing = np.flatnonzero(~present_mask(args.output, run_id, manifest.num_shards, endpoint)).tolist()
-    failed = failed_ids(args.output, run_id, endpoint).tolist()
+    missing = np.flatnonzero(~present_mask(args.input, run_id, manifest.num_shards, endpoint)).tolist()
+    failed = failed_ids(args.input, run_id, endpoint).tolist()
     if missing or failed:
         raise UsageError(f"run {run_id} is not finished: {len(missing)} shards missing {missing[:10]}, "
                          f"{len(failed)} failed {failed[:10]}; finish it with infer --only-missing / --only-failed")
 
-    prefix = storage.join(args.output, f"run_id={run_id}") + "/"
+    prefix = storage.join(args.input, f"run_id={run_id}") + "/"
     sizes = sorted((storage.object_uri(prefix, o.key), o.size) for o in storage.list_objects(prefix, endpoint)
                    if o.key.endswith(".parquet"))
     bins = plan_bins(sizes, target_size)
     sc = spark_context(f"shardinfer-compact-{run_id}")
     results = (sc.parallelize(list(enumerate(bins)), len(bins))
-               .map(partial(write_bin, target=args.target, run_id=run_id, endpoint_url=endpoint,
+               .map(partial(write_bin, target=args.output, run_id=run_id, endpoint_url=endpoint,
                             encryption=encryption)).collect())
     rows_in, rows_out = sum(r[1] for r in results), sum(r[2] for r in results)
     if rows_in != rows_out or rows_in != manifest.num_images:
         raise RuntimeError(f"compaction of {run_id}: {rows_in} rows in, {rows_out} rows out, "
                            f"manifest has {manifest.num_images} images")
     written = {r[0] for r in results}
-    out_prefix = storage.join(args.target, f"run_id={run_id}") + "/"
+    out_prefix = storage.join(args.output, f"run_id={run_id}") + "/"
     stale = [storage.object_uri(out_prefix, o.key) for o in storage.list_objects(out_prefix, endpoint)
              if storage.object_uri(out_prefix, o.key) not in written]
     for uri in stale:  # leftovers of an earlier compaction with more bins
@@ -166,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: Glue table {args.glue_database}.{args.glue_table}: partition run_id={run_id} "
               + (f"now at {moved}" if moved else "is not registered; nothing to update"), flush=True)
     print(f"{PROG}: Athena statements for the compacted table:\n")
-    print(athena.create_predictions_table(args.target, args.table) + ";\n")
-    print(athena.add_partition(args.target, run_id, args.table) + ";")
+    print(athena.create_predictions_table(args.output, args.table) + ";\n")
+    print(athena.add_partition(args.output, run_id, args.table) + ";")
     return 0
 
 

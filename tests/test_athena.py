@@ -319,7 +319,7 @@ def test_compaction_same_rows_fewer_files_and_rerun_replaces(spark, two_runs, ca
     before = output_rows(OUT, "ra")
     target = f"s3://{BUCKET}/compacted/"
     sizes = [o.size for o in storage.list_objects(f"{OUT}run_id=ra/")]
-    assert main(["--output", OUT, "--run-id", "ra", "--target", target, "--target-size", str(max(sizes))]) == 0
+    assert main(["--input", OUT, "--run-id", "ra", "--output", target, "--target-size", str(max(sizes))]) == 0
     printed = capsys.readouterr().out
     first = sorted(o.key for o in storage.list_objects(f"{target}run_id=ra/"))
     assert len(first) >= 2
@@ -329,7 +329,7 @@ def test_compaction_same_rows_fewer_files_and_rerun_replaces(spark, two_runs, ca
     assert next(p for p in trees[0].args["properties"].expressions
                 if isinstance(p, exp.LocationProperty)).this.name == target
     # a rerun with a bigger target replaces the files: fewer, and none left over
-    assert main(["--output", OUT, "--run-id", "ra", "--target", target, "--target-size", "128MiB"]) == 0
+    assert main(["--input", OUT, "--run-id", "ra", "--output", target, "--target-size", "128MiB"]) == 0
     assert [o.key for o in storage.list_objects(f"{target}run_id=ra/")] == ["compacted/run_id=ra/part-00000.parquet"]
     assert _rows_multiset(output_rows(target, "ra")) == _rows_multiset(before)
     assert pq.read_schema(io.BytesIO(storage.read_bytes(f"{target}run_id=ra/part-00000.parquet"))).equals(
@@ -339,10 +339,15 @@ def test_compaction_same_rows_fewer_files_and_rerun_replaces(spark, two_runs, ca
 def test_compaction_refuses_an_unfinished_run(spark, two_runs, capsys):
     from infer.compact import main
 
-    assert main(["--output", OUT, "--run-id", "rbroken", "--target", f"s3://{BUCKET}/c2/"]) == 2
+    assert main(["--input", OUT, "--run-id", "rbroken", "--output", f"s3://{BUCKET}/c2/"]) == 2
     assert "run rbroken is not finished" in capsys.readouterr().err
-    assert main(["--output", OUT, "--run-id", "ra", "--target", OUT]) == 2
-    assert "--target must differ from --output" in capsys.readouterr().err
+    assert main(["--input", OUT, "--run-id", "ra", "--output", OUT]) == 2
+    assert "--output must differ from --input" in capsys.readouterr().err
+    # the old spelling is refused with the command to type instead, before anything is read or written
+    assert main(["--output", OUT, "--run-id", "ra", "--target", f"s3://{BUCKET}/c3/"]) == 2
+    err = capsys.readouterr().err
+    assert "--target is now --output" in err and f"--input {OUT} --run-id ra --output s3://{BUCKET}/c3/" in err
+    assert not list(storage.list_objects(f"s3://{BUCKET}/c3/"))
 
 
 def test_unsigned_types_have_no_athena_column_type():

@@ -60,7 +60,7 @@ def test_glue_table_and_partition_are_created_once(stack, model_uris, capsys):
     # compaction points the partition at the compacted files
     from infer.compact import main as compact
 
-    assert compact(["--output", out, "--run-id", "g1", "--target", f"s3://{BUCKET}/compacted/",
+    assert compact(["--input", out, "--run-id", "g1", "--output", f"s3://{BUCKET}/compacted/",
                     "--glue-database", "analytics", "--glue-table", "predictions"]) == 0
     assert [p["StorageDescriptor"]["Location"] for p in _partitions("analytics", "predictions")] == [
         f"s3://{BUCKET}/compacted/run_id=g1/"]
@@ -120,7 +120,7 @@ def test_every_object_written_carries_the_kms_encryption(s3, spark, model_uris):
     args = infer_args("s3://sealed/shards/manifest.parquet", model_uris, "s3://sealed/pred/", "--run-id", "k",
                       "--precision", "bf16", "--min-agreement", "0", "--calibration-images", "4", *sse)
     assert infer(args) == 0
-    assert compact(["--output", "s3://sealed/pred/", "--run-id", "k", "--target", "s3://sealed/compacted/", *sse]) == 0
+    assert compact(["--input", "s3://sealed/pred/", "--run-id", "k", "--output", "s3://sealed/compacted/", *sse]) == 0
     heads = {**_heads("s3://sealed/shards/"), **_heads("s3://sealed/pred/"), **_heads("s3://sealed/compacted/")}
     kinds = {"shards/shards/", "shards/manifest/", "shards/manifest.parquet", "shards/skipped.parquet",
              "shards/_athena/", "pred/run_id=k/", "pred/_runs/k/run.json", "pred/_runs/k/status/",

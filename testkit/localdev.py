@@ -7,6 +7,7 @@ extra (``moto[server]``).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,13 @@ def upload_cifar_like(prefix_uri: str, count: int, seed: int = 0, endpoint_url: 
 
     with ThreadPoolExecutor(threads) as pool:
         return sorted(pool.map(put, range(count)))
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def venv_bin(name: str) -> str:

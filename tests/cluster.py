@@ -8,14 +8,7 @@ import socket
 import subprocess
 import time
 
-from testkit.localdev import spark_env, venv_bin
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from testkit.localdev import free_port, spark_env, venv_bin
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -12,7 +12,7 @@ from common import storage
 
 from testkit import zoo_builder
 from testkit.localdev import ROOT, run_spark_submit
-from tests.cluster import free_port
+from testkit.localdev import free_port
 from tests.helpers import infer_args, run_python
 
 EXAMPLES = os.path.join(ROOT, "manifests", "examples")

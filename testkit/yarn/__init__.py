@@ -21,10 +21,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from typing import Optional
+
+from testkit.localdev import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JARS = os.path.join(HERE, "target", "dependency")
@@ -52,13 +53,6 @@ def fetch_jars(quiet: bool = True) -> str:
     if r.returncode != 0:
         raise YarnUnavailable("mvn could not fetch hadoop-minicluster:\n" + (r.stdout + r.stderr)[-3000:])
     return JARS
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _SITE = """<?xml version="1.0"?>

@@ -16,12 +16,14 @@ pytestmark = [pytest.mark.spark, pytest.mark.yarn]
 def test_prepare_and_infer_on_yarn_trap_and_fix(tmp_path):
     from testkit.yarn.check import problems, run
 
-    figures = run(str(tmp_path), images=512)
+    figures = run(str(tmp_path), images=1024)
     assert problems(figures) == []
     runs = {r["name"]: r for r in figures["runs"]}
     trap, fix = runs["infer-trap"], runs["infer-emr-configurations"]
     assert (trap["executors"], trap["cores_per_executor"]) == (2, [1])
     assert "2 executors of 1 core" in trap["layout_warning"]
-    assert fix["cores_per_executor"] == [4] and fix["total_cores"] == 8  # 2 nodes x 4 vcores: all of them
+    # 2 nodes x 5 vcores x 16 GiB: by memory 6 executors of 4 cores would fit (24 tasks on 10 vcores);
+    # counting vcores (configurations.json's capacity-scheduler), one per node: 8 cores
+    assert fix["cores_per_executor"] == [4] and fix["total_cores"] == 8
     assert fix["max_concurrent_tasks"] > trap["max_concurrent_tasks"]
-    assert trap["images"] == fix["images"] == 512 and runs["prepare"]["rc"] == 0
+    assert trap["images"] == fix["images"] == 1024 and runs["prepare"]["rc"] == 0

@@ -74,8 +74,11 @@ class YarnCluster:
     """
 
     def __init__(self, workdir: str, nodes: int = 2, memory_mb: int = 8192, vcores: int = 4,
-                 start_timeout: float = 180):
-        """Configure (not start); every port is picked free on 127.0.0.1."""
+                 start_timeout: float = 180, extra_conf: Optional[dict[str, str]] = None):
+        """Configure (not start); every port is picked free on 127.0.0.1.
+
+        ``extra_conf``: more server settings, e.g. the capacity scheduler's resource calculator.
+        """
         self.workdir = os.path.abspath(workdir)
         self.nodes, self.memory_mb, self.vcores, self.start_timeout = nodes, memory_mb, vcores, start_timeout
         self.rm_port = free_port()
@@ -98,6 +101,7 @@ class YarnCluster:
             "yarn.scheduler.maximum-allocation-vcores": str(vcores),
             "yarn.nodemanager.vmem-check-enabled": "false",
             "yarn.nodemanager.pmem-check-enabled": "true",
+            **(extra_conf or {}),
         }
 
     def start(self) -> "YarnCluster":

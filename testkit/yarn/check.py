@@ -45,12 +45,17 @@ BUCKET = "shardinfer-yarn"
 CONFIGURATIONS = ROOT / "deploy" / "emr" / "configurations.json"
 
 
-def emr_spark_defaults(path: pathlib.Path = CONFIGURATIONS) -> dict[str, str]:
-    """The ``spark-defaults`` classification's properties of an EMR configurations file."""
+def emr_classification(name: str, path: pathlib.Path = CONFIGURATIONS) -> dict[str, str]:
+    """The properties of one classification (``spark-defaults``, ``capacity-scheduler``) of an EMR file."""
     for c in json.loads(path.read_text()):
-        if c.get("Classification") == "spark-defaults":
+        if c.get("Classification") == name:
             return dict(c.get("Properties", {}))
-    raise ValueError(f"{path}: no spark-defaults classification")
+    raise ValueError(f"{path}: no {name} classification")
+
+
+def executors_that_fit(nodes: int, vcores: int, executor_cores: int) -> int:
+    """Executors of ``executor_cores`` a YARN that counts vcores places (the client-mode AM takes 1 on one node)."""
+    return (vcores - 1) // executor_cores + (nodes - 1) * (vcores // executor_cores)
 
 
 def event_log_figures(path: str) -> dict:
@@ -86,10 +91,11 @@ def event_log_figures(path: str) -> dict:
 
 
 class WorkerRss:
-    """Peak RSS of every PySpark worker process on this machine while it runs (psutil, every 0.5 s)."""
+    """Peak RSS of the PySpark worker processes under one process (the YARN cluster's), every 0.5 s."""
 
-    def __init__(self) -> None:
+    def __init__(self, root_pid: int) -> None:
         """Prepare (not start) the sampler."""
+        self.root_pid = root_pid
         self.peak: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -98,11 +104,17 @@ class WorkerRss:
         import psutil
 
         while not self._stop.wait(0.5):
-            for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if "pyspark.daemon" in cmd or "pyspark/daemon.py" in cmd or "pyspark.worker" in cmd:
-                    rss = p.info["memory_info"].rss if p.info["memory_info"] else 0
-                    self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+            try:
+                kids = psutil.Process(self.root_pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for p in kids:
+                try:
+                    cmd = " ".join(p.cmdline())
+                    if "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
+                        self.peak[p.pid] = max(self.peak.get(p.pid, 0), p.memory_info().rss)
+                except psutil.Error:
+                    pass
 
     def __enter__(self) -> "WorkerRss":
         self._thread.start()
@@ -140,7 +152,7 @@ def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str,
                        "PYSPARK_DRIVER_PYTHON": sys.executable})
     env.pop("PYTHONPATH", None)  # the code comes from --py-files, as on a cluster
     t = time.time()
-    with WorkerRss() as rss:
+    with WorkerRss(cluster.proc.pid) as rss:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     wall = time.time() - t
     with open(os.path.join(workdir, f"{name}.log"), "w") as f:
@@ -158,8 +170,18 @@ def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str,
             "log": os.path.join(workdir, f"{name}.log")}
 
 
-def run(workdir: str, images: int = 512, nodes: int = 2, node_memory_mb: int = 8192, node_vcores: int = 4) -> dict:
-    """Start S3 + YARN, run prepare, infer (trap) and infer (fix); the figures."""
+def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 16384, node_vcores: int = 5,
+        memory_only_scheduler: bool = False) -> dict:
+    """Start S3 + YARN, run prepare, infer (trap) and infer (fix); the figures.
+
+    The nodes have more memory than vcores for 4-core executors of 5 GiB (16 GiB, 5 vcores,
+    like an m-family instance): a YARN that places containers by memory alone (YARN's and
+    EMR's default calculator) would run 3 such executors per node, 12 tasks on 5 vcores.
+    configurations.json's capacity-scheduler classification (the dominant-resource
+    calculator) is given to this cluster as EMR would, so executors stop at the vcores.
+    """
+    emr_defaults = emr_classification("spark-defaults")
+    scheduler = {} if memory_only_scheduler else emr_classification("capacity-scheduler")
     os.makedirs(workdir, exist_ok=True)
     dist = pathlib.Path(workdir) / "dist"
     build_dist(dist)
@@ -169,9 +191,9 @@ def run(workdir: str, images: int = 512, nodes: int = 2, node_memory_mb: int = 8
         s3.create_bucket(BUCKET)
         upload_cifar_like(f"s3://{BUCKET}/images/", images, endpoint_url=s3.endpoint_url)
         model = zoo_builder.write_model(f"s3://{BUCKET}/models/resnet-18/", endpoint_url=s3.endpoint_url)
-        with YarnCluster(workdir, nodes=nodes, memory_mb=node_memory_mb, vcores=node_vcores) as cluster:
+        with YarnCluster(workdir, nodes=nodes, memory_mb=node_memory_mb, vcores=node_vcores,
+                         extra_conf=scheduler) as cluster:
             repo_defaults = read_properties(str(ROOT / "spark-defaults.conf"))
-            emr_defaults = emr_spark_defaults()
             runs.append(submit(cluster, repo_defaults, workdir, "prepare", "prepare/main.py",
                                ["--input", f"s3://{BUCKET}/images/", "--output", f"s3://{BUCKET}/shards/"],
                                s3.env, dist))
@@ -191,9 +213,13 @@ def run(workdir: str, images: int = 512, nodes: int = 2, node_memory_mb: int = 8
                 r["images"], r["shards_failed"] = summary.get("images_written"), summary.get("shards_failed")
                 r["model_loads"] = summary.get("model_loads")
                 r["images_per_s"] = summary.get("images_per_s")
+    cores = int(emr_defaults["spark.executor.cores"])
+    shards = -(-images // 64)  # one task per shard here
+    fit = min(executors_that_fit(nodes, node_vcores, cores), -(-shards // cores))
     return {"cluster": {"nodes": len(capabilities), "node_memory_mb": capabilities[0][0] if capabilities else None,
-                        "node_vcores": capabilities[0][1] if capabilities else None, "hadoop": "3.4.1 (MiniYARNCluster)"},
-            "images": images, "runs": runs}
+                        "node_vcores": capabilities[0][1] if capabilities else None, "hadoop": "3.4.1 (MiniYARNCluster)",
+                        **scheduler},
+            "images": images, "expected_executor_cores_with_emr_configurations": fit * cores, "runs": runs}
 
 
 def problems(figures: dict) -> list[str]:
@@ -208,9 +234,9 @@ def problems(figures: dict) -> list[str]:
         out.append(f"trap: expected 2 executors of 1 core, got {trap.get('executors')} / {trap.get('total_cores')}")
     if not trap.get("layout_warning"):
         out.append("trap: infer did not warn about the 2-executor layout")
-    cluster_cores = figures["cluster"]["nodes"] * (figures["cluster"]["node_vcores"] or 0)
-    if fix.get("total_cores", 0) < cluster_cores:
-        out.append(f"fix: {fix.get('total_cores')} executor cores, the cluster has {cluster_cores}")
+    expected = figures["expected_executor_cores_with_emr_configurations"]
+    if fix.get("total_cores") != expected:
+        out.append(f"fix: {fix.get('total_cores')} executor cores; the cluster's vcores fit {expected}")
     if fix.get("layout_warning"):
         out.append("fix: infer warned although dynamic allocation is on")
     for r in (trap, fix):
@@ -222,12 +248,15 @@ def problems(figures: dict) -> list[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     """Command line of ``make yarn-check``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--images", type=int, default=1024)
     p.add_argument("--workdir", default=None, help="kept for inspection (default: a temporary folder)")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--memory-only-scheduler", action="store_true",
+                   help="leave out configurations.json's capacity-scheduler (YARN's default calculator): shows "
+                        "executors placed by memory alone, more task slots than vcores (the check then fails)")
     args = p.parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="shardinfer-yarn-")
-    figures = run(workdir, images=args.images)
+    figures = run(workdir, images=args.images, memory_only_scheduler=args.memory_only_scheduler)
     print(f"YARN test cluster: {figures['cluster']}")
     print(f"{'run':<26} {'rc':>3} {'executors':>9} {'cores':>5} {'max tasks':>9} {'wall s':>7} {'img/s':>6} "
           f"{'worker RSS MB':>13}")

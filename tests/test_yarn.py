@@ -25,5 +25,12 @@ def test_prepare_and_infer_on_yarn_trap_and_fix(tmp_path):
     # 2 nodes x 5 vcores x 16 GiB: by memory 6 executors of 4 cores would fit (24 tasks on 10 vcores);
     # counting vcores (configurations.json's capacity-scheduler), one per node: 8 cores
     assert fix["cores_per_executor"] == [4] and fix["total_cores"] == 8
-    assert fix["max_concurrent_tasks"] > trap["max_concurrent_tasks"]
+    # tasks running at once on the executors (from the event log): never more than the slots
+    assert trap["max_concurrent_tasks"] <= 2 < fix["max_concurrent_tasks"] <= 8
     assert trap["images"] == fix["images"] == 1024 and runs["prepare"]["rc"] == 0
+    # cluster mode: the driver's one-line error is in its YARN container's stdout (one attempt only:
+    # spark.yarn.maxAppAttempts 1), spark-submit exits 1 and YARN's diagnostics carry the driver's 2
+    bad = runs["infer-cluster-mode-bad-input"]
+    assert bad["rc"] == 1 and bad["driver_exit_status_reported"] == 2
+    [(container, line)] = bad["driver_stdout_in_containers"].items()
+    assert container.endswith("_01_000001") and line.startswith("infer: error: s3://") and "no such object" in line

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -78,9 +79,12 @@ def event_log_figures(path: str) -> dict:
             elif kind == "SparkListenerExecutorAdded":
                 executors[e["Executor ID"]] = int(e["Executor Info"]["Total Cores"])
             elif kind == "SparkListenerTaskEnd":
-                info = e["Task Info"]
+                # on the executor: launch + deserialisation + run (the driver's Finish Time also
+                # counts fetching the result, which overlaps the slot's next task)
+                info, metrics = e["Task Info"], e.get("Task Metrics") or {}
                 starts.append(info["Launch Time"])
-                ends.append(info["Finish Time"])
+                busy = metrics.get("Executor Deserialize Time", 0) + metrics.get("Executor Run Time", 0)
+                ends.append(info["Launch Time"] + busy if metrics else info["Finish Time"])
     events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends], key=lambda x: (x[0], x[1]))
     running = peak = 0
     for _, d in events:
@@ -132,8 +136,8 @@ def _pyspark_home() -> str:
 
 
 def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str, script: str, args: list[str],
-           s3_env: dict[str, str], dist: pathlib.Path) -> dict:
-    """One ``spark-submit --master yarn --deploy-mode client`` with these properties; its figures."""
+           s3_env: dict[str, str], dist: pathlib.Path, deploy_mode: str = "client") -> dict:
+    """One ``spark-submit --master yarn --deploy-mode <mode>`` with these properties; its figures."""
     events = os.path.join(workdir, "events", name)
     os.makedirs(events, exist_ok=True)
     props = {**props,
@@ -142,11 +146,12 @@ def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str,
              "spark.yarn.jars": "local:" + os.path.join(_pyspark_home(), "jars", "*"),
              "spark.eventLog.enabled": "true", "spark.eventLog.dir": "file://" + events,
              "spark.eventLog.compress": "false",  # Spark 4 compresses with zstd, which Python 3.11 cannot read
-             **{f"spark.executorEnv.{k}": v for k, v in s3_env.items()}}
+             **{f"spark.executorEnv.{k}": v for k, v in s3_env.items()},
+             **{f"spark.yarn.appMasterEnv.{k}": v for k, v in s3_env.items()}}
     prop_file = os.path.join(workdir, f"{name}.conf")
     with open(prop_file, "w") as f:
         f.writelines(f"{k} {v}\n" for k, v in props.items())
-    cmd = [venv_bin("spark-submit"), "--master", "yarn", "--deploy-mode", "client", "--properties-file", prop_file,
+    cmd = [venv_bin("spark-submit"), "--master", "yarn", "--deploy-mode", deploy_mode, "--properties-file", prop_file,
            "--py-files", str(dist / "shardinfer.zip"), str(dist / script), *args]
     env = cluster.env({**os.environ, **s3_env, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
                        "PYSPARK_DRIVER_PYTHON": sys.executable})
@@ -160,7 +165,10 @@ def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str,
     logs = [os.path.join(events, n) for n in os.listdir(events)]
     figures = event_log_figures(logs[0]) if len(logs) == 1 else {"event_logs": len(logs)}
     warned = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ": warning: dynamic allocation is off" in ln]
-    return {"name": name, "rc": proc.returncode, "wall_s": round(wall, 1), **figures,
+    status = re.findall(r"User application exited with status (\d+)", proc.stderr)
+    return {"name": name, "deploy_mode": deploy_mode, "rc": proc.returncode, "wall_s": round(wall, 1), **figures,
+            "driver_exit_status_reported": int(status[0]) if status else None,
+            "driver_stdout_in_containers": _driver_lines(workdir, proc.stderr) if deploy_mode == "cluster" else None,
             "executor_settings": {k: props[k] for k in sorted(props) if k.startswith(("spark.dynamicAllocation.enabled",
                                                                                       "spark.executor.cores",
                                                                                       "spark.executor.memory",
@@ -168,6 +176,20 @@ def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str,
             "python_worker_peak_rss_mb": round(max(rss.peak.values(), default=0) / 2**20),
             "python_workers_seen": len(rss.peak), "layout_warning": warned[0] if warned else None,
             "log": os.path.join(workdir, f"{name}.log")}
+
+
+def _driver_lines(workdir: str, stderr: str) -> dict[str, str]:
+    """In cluster mode: the driver's own lines, per application-master container (YARN's container logs)."""
+    app = re.search(r"(application_\d+_\d+)", stderr)
+    out = {}
+    if app:
+        suffix = app.group(1)[len("application_"):]
+        for root, _, files in os.walk(workdir):
+            name = os.path.basename(root)
+            if "stdout" in files and name.startswith(f"container_{suffix}_") and name.endswith("_000001"):
+                with open(os.path.join(root, "stdout"), errors="replace") as f:
+                    out[name] = f.read().strip()
+    return out
 
 
 def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 16384, node_vcores: int = 5,
@@ -205,9 +227,13 @@ def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 
                                infer_args + ["--run-id", "yarn-trap"], s3.env, dist))
             runs.append(submit(cluster, emr_defaults, workdir, "infer-emr-configurations", "infer/main.py",
                                infer_args + ["--run-id", "yarn-emr"], s3.env, dist))
+            # cluster mode, bad input: where the driver's line lands, what the step's exit code is, one attempt
+            runs.append(submit(cluster, emr_defaults, workdir, "infer-cluster-mode-bad-input", "infer/main.py",
+                               ["--manifest", f"s3://{BUCKET}/no-such/manifest.parquet", *infer_args[2:]],
+                               s3.env, dist, deploy_mode="cluster"))
             capabilities = cluster.node_capabilities()
         for r in runs:
-            if r["name"].startswith("infer"):
+            if r["name"] in ("infer-trap", "infer-emr-configurations"):
                 run_id = "yarn-trap" if r["name"] == "infer-trap" else "yarn-emr"
                 summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/predictions/_runs/{run_id}/summary.json"))
                 r["images"], r["shards_failed"] = summary.get("images_written"), summary.get("shards_failed")
@@ -227,7 +253,7 @@ def problems(figures: dict) -> list[str]:
     out = []
     runs = {r["name"]: r for r in figures["runs"]}
     for r in runs.values():
-        if r["rc"] != 0:
+        if r["rc"] != 0 and r["deploy_mode"] == "client":
             out.append(f"{r['name']} exited {r['rc']} (log: {r['log']})")
     trap, fix = runs.get("infer-trap", {}), runs.get("infer-emr-configurations", {})
     if trap.get("executors") != 2 or trap.get("total_cores") != 2:
@@ -239,6 +265,13 @@ def problems(figures: dict) -> list[str]:
         out.append(f"fix: {fix.get('total_cores')} executor cores; the cluster's vcores fit {expected}")
     if fix.get("layout_warning"):
         out.append("fix: infer warned although dynamic allocation is on")
+    bad = runs.get("infer-cluster-mode-bad-input", {})
+    lines = list((bad.get("driver_stdout_in_containers") or {}).values())
+    if bad.get("rc") != 1 or bad.get("driver_exit_status_reported") != 2:
+        out.append(f"cluster mode, bad input: spark-submit exited {bad.get('rc')}, driver status "
+                   f"{bad.get('driver_exit_status_reported')} (expected 1 and 2)")
+    if len(lines) != 1 or "infer: error: s3://" not in lines[0]:
+        out.append(f"cluster mode, bad input: expected the driver's one-line error in one AM container, got {lines}")
     for r in (trap, fix):
         if r and (r.get("shards_failed") or r.get("images") != figures["images"]):
             out.append(f"{r['name']}: {r.get('images')} images, failed shards {r.get('shards_failed')}")
@@ -258,14 +291,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="shardinfer-yarn-")
     figures = run(workdir, images=args.images, memory_only_scheduler=args.memory_only_scheduler)
     print(f"YARN test cluster: {figures['cluster']}")
-    print(f"{'run':<26} {'rc':>3} {'executors':>9} {'cores':>5} {'max tasks':>9} {'wall s':>7} {'img/s':>6} "
+    print(f"{'run':<30} {'rc':>3} {'executors':>9} {'cores':>5} {'max tasks':>9} {'wall s':>7} {'img/s':>6} "
           f"{'worker RSS MB':>13}")
     for r in figures["runs"]:
-        print(f"{r['name']:<26} {r['rc']:>3} {r.get('executors', '?'):>9} {r.get('total_cores', '?'):>5} "
+        print(f"{r['name']:<30} {r['rc']:>3} {r.get('executors', '?'):>9} {r.get('total_cores', '?'):>5} "
               f"{r.get('max_concurrent_tasks', '?'):>9} {r['wall_s']:>7} {str(r.get('images_per_s', '')):>6} "
               f"{r['python_worker_peak_rss_mb']:>13}")
         if r.get("layout_warning"):
             print(f"    {r['layout_warning']}")
+        for container, text in (r.get("driver_stdout_in_containers") or {}).items():
+            print(f"    driver (YARN container {container}) stdout: {text}")
+        if r.get("driver_exit_status_reported") is not None:
+            print(f"    spark-submit exited {r['rc']}; YARN's diagnostics: user application exited with status "
+                  f"{r['driver_exit_status_reported']}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(figures, f, indent=2)

@@ -13,13 +13,24 @@ import pyarrow.parquet as pq
 from common import status, storage
 from common.manifest import Manifest, ShardEntry, iter_shards
 from common.manifest import read_manifest as read_index
-from testkit.localdev import ROOT, run_spark_submit, spark_env
+from testkit.localdev import ROOT, run_spark_submit, spark_env, upload_cifar_like
 
 
 def infer_args(manifest: str, model_uris: dict, output: str, *extra: str) -> list[str]:
     """infer's command-line arguments for the test model."""
     return ["--manifest", manifest, "--sym-url", model_uris["sym"], "--param-url", model_uris["params"],
             "--label-url", model_uris["labels"], "--output", output, *extra]
+
+
+def prepared(s3, bucket: str, images: int, seed: int) -> str:
+    """A fresh bucket with ``images`` generated PNGs under ``in/``, packed by prepare (in process, shards of 4)
+    into ``shards/``; returns the manifest's URI."""
+    from prepare.main import main
+
+    s3.create_bucket(bucket)
+    upload_cifar_like(f"s3://{bucket}/in/", images, seed=seed, endpoint_url=s3.endpoint_url)
+    assert main(["--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/shards/", "--batch", "4"]) == 0
+    return f"s3://{bucket}/shards/manifest.parquet"
 
 
 def submit(script: str, args: list[str], env: dict, *conf: str) -> subprocess.CompletedProcess:

@@ -16,19 +16,14 @@ import pytest
 
 from common import glue, storage
 from testkit.localdev import ROOT, spark_env, upload_cifar_like
-from tests.helpers import infer_args, read_manifest
+from tests.helpers import infer_args, prepared, read_manifest
 
 BUCKET = "stack"
 
 
 @pytest.fixture(scope="module")
 def stack(s3, spark):
-    from prepare.main import main
-
-    s3.create_bucket(BUCKET)
-    upload_cifar_like(f"s3://{BUCKET}/in/", 10, seed=21, endpoint_url=s3.endpoint_url)
-    assert main(["--input", f"s3://{BUCKET}/in/", "--output", f"s3://{BUCKET}/shards/", "--batch", "4"]) == 0
-    return {"manifest": f"s3://{BUCKET}/shards/manifest.parquet"}
+    return {"manifest": prepared(s3, BUCKET, 10, seed=21)}
 
 
 def _partitions(db: str, table: str) -> list[dict]:

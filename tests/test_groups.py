@@ -10,20 +10,14 @@ import pytest
 
 from common import storage
 from testkit.faultproxy import FaultProxy
-from testkit.localdev import upload_cifar_like
 from infer.plan import Plan, group_count, ids_to_ranges, shards_per_task
-from tests.helpers import assert_exactly_once, infer_args, part_objects, read_manifest, statuses, submit
+from tests.helpers import assert_exactly_once, infer_args, part_objects, prepared, read_manifest, statuses, submit
 
 
 @pytest.fixture(scope="module")
 def ten_shards(s3, spark):
     """40 images in 10 shards of 4."""
-    from prepare.main import main
-
-    s3.create_bucket("groups")
-    upload_cifar_like("s3://groups/in/", 40, seed=41, endpoint_url=s3.endpoint_url)
-    assert main(["--input", "s3://groups/in/", "--output", "s3://groups/shards/", "--batch", "4"]) == 0
-    return {"manifest": "s3://groups/shards/manifest.parquet"}
+    return {"manifest": prepared(s3, "groups", 40, seed=41)}
 
 
 def _summary(out: str, run_id: str) -> dict:

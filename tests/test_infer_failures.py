@@ -9,23 +9,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from common import storage
-from testkit.localdev import upload_cifar_like
 from common.manifest import ShardEntry, write_manifest
 from common.shard import pack_shard
 from testkit.testdata import cifar_like_png
-from tests.helpers import statuses
+from tests.helpers import prepared, statuses
 
 
 @pytest.fixture(scope="module")
 def small(s3, spark):
     """10 images in shards of 4 (4, 4, 2) under a fresh bucket."""
-    from prepare.main import main
-
-    bucket = "small"
-    s3.create_bucket(bucket)
-    upload_cifar_like(f"s3://{bucket}/in/", 10, seed=9, endpoint_url=s3.endpoint_url)
-    assert main(["--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/shards/", "--batch", "4"]) == 0
-    return {"bucket": bucket, "manifest": f"s3://{bucket}/shards/manifest.parquet"}
+    return {"bucket": "small", "manifest": prepared(s3, "small", 10, seed=9)}
 
 
 def _infer(manifest: str, model_uris: dict, output: str, *extra: str) -> int:

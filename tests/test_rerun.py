@@ -11,20 +11,15 @@ import pytest
 
 from common import storage
 from common.cli import read_properties
-from testkit.localdev import ROOT, spark_env, upload_cifar_like, venv_bin
-from tests.helpers import assert_exactly_once, infer_args, read_manifest, submit
+from testkit.localdev import ROOT, spark_env, venv_bin
+from tests.helpers import assert_exactly_once, infer_args, prepared, read_manifest, submit
 
 BUCKET = "rerun"
 
 
 @pytest.fixture(scope="module")
 def four_shards(s3, spark):
-    from prepare.main import main
-
-    s3.create_bucket(BUCKET)
-    upload_cifar_like(f"s3://{BUCKET}/in/", 16, seed=71, endpoint_url=s3.endpoint_url)
-    assert main(["--input", f"s3://{BUCKET}/in/", "--output", f"s3://{BUCKET}/shards/", "--batch", "4"]) == 0
-    return f"s3://{BUCKET}/shards/manifest.parquet"
+    return prepared(s3, BUCKET, 16, seed=71)
 
 
 def _fail_then_rerun(manifest: str, model_uris: dict, out: str, env: dict, conf: list[str]) -> list[str]:

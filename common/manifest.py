@@ -218,7 +218,7 @@ def part_to_bytes(table: pa.Table, where: str = "manifest part") -> bytes:
 def describe_part(part_id: int, uri: str, table: pa.Table, data: bytes) -> PartEntry:
     """The index row of a written part."""
     return PartEntry(part_id, uri, int(table.column("shard_id")[0].as_py()), table.num_rows,
-                     int(pa.compute.sum(table.column("num_records")).as_py() or 0), len(data),
+                     int(table.column("num_records").to_numpy().sum()), len(data),
                      hashlib.sha256(data).hexdigest())
 
 
@@ -426,3 +426,56 @@ def iter_shards(manifest: Manifest, endpoint_url: Optional[str] = None) -> Itera
     for part in manifest.parts:
         yield from read_shards(manifest, range(part.first_shard_id, part.first_shard_id + part.num_shards),
                                endpoint_url)
+
+
+# ----------------------------------------------------------------------------- integrity
+
+
+def check_parts_listed(manifest: Manifest, endpoint_url: Optional[str] = None) -> None:
+    """Every part the index names is there with the size it gives: one LIST of ``manifest/`` per 1,000 parts.
+
+    A version-1 manifest is its own one part, already read whole: nothing to list.
+
+    Raises:
+        ManifestError: the first missing or wrong-sized part, named.
+    """
+    if manifest.version == "1" or not manifest.parts:
+        return
+    folder = storage.join(_folder(manifest.uri), PARTS_DIR) + "/"
+    try:
+        listed = {o.key.rsplit("/", 1)[-1]: o.size for o in storage.list_objects(folder, endpoint_url)}
+    except storage.NotFound:
+        listed = {}
+    for p in manifest.parts:
+        size = listed.get(p.uri.rsplit("/", 1)[-1])
+        if size is None:
+            raise ManifestError(f"{manifest.uri}: manifest part {p.uri} is missing ({len(listed)} of the "
+                                f"{len(manifest.parts)} parts the index names are there); rerun prepare")
+        if size != p.num_bytes:
+            raise ManifestError(f"{manifest.uri}: manifest part {p.uri} is {size} bytes, the index says "
+                                f"{p.num_bytes}: it changed after prepare wrote the index; rerun prepare")
+
+
+def part_problem(part: PartEntry, endpoint_url: Optional[str] = None) -> Optional[str]:
+    """Why the part file differs from its index row (size, then sha256), or None when it matches (one GET)."""
+    try:
+        data = storage.read_bytes(part.uri, endpoint_url)
+    except storage.NotFound:
+        return f"manifest part {part.uri} is missing"
+    if len(data) != part.num_bytes:
+        return f"manifest part {part.uri} is {len(data)} bytes, the index says {part.num_bytes}"
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != part.sha256:
+        return (f"manifest part {part.uri} has sha256 {digest[:16]}…, the index says {part.sha256[:16]}…: "
+                "it changed after prepare wrote the index")
+    return None
+
+
+def parts_of_ranges(manifest: Manifest, ranges: Iterable[Sequence[int]]) -> list[PartEntry]:
+    """The parts holding any shard of the ``[start, stop)`` ranges, in part order."""
+    ids: set[int] = set()
+    for start, stop in ranges:
+        if stop > start:
+            first, last = manifest.part_of(int(start)).part_id, manifest.part_of(int(stop) - 1).part_id
+            ids.update(range(first, last + 1))
+    return [manifest.parts[i] for i in sorted(ids)]

@@ -44,7 +44,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 from common import glue, status, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, first_line,  # noqa: E402
                         run_cli, spark_context, submit_options, task_attempts)
-from common.manifest import read_manifest  # noqa: E402
+from common.manifest import check_parts_listed, read_manifest  # noqa: E402
 from common.images import INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
 from common.model import ModelSpec, check_model_head, fetch_model  # noqa: E402
 from common.output import check_run_id, default_run_id, run_dir  # noqa: E402
@@ -222,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     storage.check_buckets([u for u in (args.manifest, args.output, args.sym_url, args.param_url, args.label_url) if u],
                           endpoint)
     manifest = read_manifest(args.manifest, endpoint)  # the index: a few bytes per part, never the keys
+    check_parts_listed(manifest, endpoint)  # every part there, at its size: one LIST per 1,000 parts
     spec = ModelSpec(args.sym_url, args.param_url, args.label_url or "", MODEL_BATCH, endpoint, device=args.device,
                      image_size=prep.size, output_layer=args.output_layer, classify=args.top_k > 0)
     files = fetch_model(spec)
@@ -247,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
               f"up to {plan.per_task} in {math.ceil(plan.groups / TASKS_PER_JOB)} Spark jobs: {plan_mod.describe(plan)}; "
               "nothing written", flush=True)
         return 0
+    sc = spark_context(f"shardinfer-infer-{run_id}")
+    plan_mod.verify_parts(sc, manifest, ranges, endpoint)  # each part's sha256, before anything is written
     if args.glue_table:  # before any work: a table of another shape is refused now, not after the run
         try:
             made = glue.catalog(lambda: glue.ensure_table(args.glue_database, args.glue_table, args.output))
@@ -257,7 +260,6 @@ def run(args: argparse.Namespace) -> int:
     if not record_matches or (conversion and conversion != (record or {}).get("conversion")):
         runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint, model_info)
 
-    sc = spark_context(f"shardinfer-infer-{run_id}")
     plan = plan_mod.make_plan(manifest, ranges, args.shards_per_task, sc.defaultParallelism, args.precision)
     images = manifest.num_images if plan.selected == manifest.num_shards else min(
         manifest.num_images, plan.selected * manifest.batch_size)

@@ -22,7 +22,7 @@ import numpy as np
 
 from common import storage
 from common.cli import UsageError
-from common.manifest import Manifest
+from common.manifest import Manifest, ManifestError, part_problem, parts_of_ranges
 from common.status import failed_ids
 
 # Shards per Spark task, by precision.  Measured (docs/benchmarks.md, 2 cores, AVX-512 VNNI):
@@ -191,3 +191,27 @@ def describe(plan: Plan, shown: int = 20) -> str:
         runs = ids_to_ranges(np.asarray(ids))
         out.append("+".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in runs))
     return ", ".join(out) + (" ..." if plan.groups > shown else "")
+
+
+# Parts per verification task: a part is ~1 MB (1,024 shards' keys), so a task reads a few MB.
+VERIFY_PARTS_PER_TASK = 8
+
+
+def verify_parts(sc, manifest: Manifest, ranges: np.ndarray, endpoint_url: Optional[str]) -> None:
+    """Before any shard runs: every manifest part holding a selected shard matches its index row
+    (size and sha256), checked by a Spark stage that reads each part once; the driver gets back
+    only the problems.
+
+    Raises:
+        ManifestError: the first damaged part, named (with how many more there are).
+    """
+    parts = parts_of_ranges(manifest, ranges) if manifest.version != "1" else []
+    if not parts:  # a version-1 manifest was read whole, and checked, by the driver
+        return
+    slices = max(1, min(len(parts), math.ceil(len(parts) / VERIFY_PARTS_PER_TASK), sc.defaultParallelism * 4))
+    problems = sorted(sc.parallelize(parts, slices)
+                      .map(lambda p: (p.part_id, part_problem(p, endpoint_url)))
+                      .filter(lambda r: r[1] is not None).collect())
+    if problems:
+        more = f" (and {len(problems) - 1} more damaged parts)" if len(problems) > 1 else ""
+        raise ManifestError(f"{manifest.uri}: {problems[0][1]}{more}; rerun prepare")

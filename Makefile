@@ -10,7 +10,7 @@ STAMP35 := $(VENV35)/.shardinfer-installed
 N      ?= 1000
 BENCH_N ?= 1280
 
-.PHONY: setup setup-spark35 check-java check-python test test-spark4 test-spark35 demo bench scale history dist yarn-check clean
+.PHONY: setup setup-spark35 node-env check-java check-python test test-spark4 test-spark35 test-node demo bench scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -33,14 +33,23 @@ $(STAMP35): setup.cfg pyproject.toml
 	$(PY35) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,spark35]'
 	@touch $(STAMP35)
 
-# The whole suite on Spark 4.0 and then on Spark 3.5.
-test: test-spark4 test-spark35
+# A cluster node's environment: deploy/emr/bootstrap.sh itself builds .venv-node (setup.cfg's
+# install_requires, no extras), then the cluster's pyspark (the spark35 extra's) is added.
+node-env: setup
+	$(PY) -m testkit.nodeenv
+
+# The whole suite on Spark 4.0 and then on Spark 3.5, then the shipped code in a node's environment
+# (fresh interpreters, and the documented steps on the local YARN: tests/test_node_env.py).
+test: test-spark4 test-spark35 test-node
 
 test-spark4: setup
 	$(PY) -m pytest
 
 test-spark35: setup-spark35
 	$(PY35) -m pytest -p no:cacheprovider
+
+test-node: node-env
+	$(PY) -m pytest -p no:cacheprovider -m node
 
 demo: setup
 	$(PY) scripts/demo.py --images $(N)
@@ -74,4 +83,4 @@ dist:
 	$(PYTHON) scripts/dist.py
 
 clean:
-	rm -rf $(VENV) $(VENV35) dist build *.egg-info .pytest_cache demo-out
+	rm -rf $(VENV) $(VENV35) .venv-node dist build *.egg-info .pytest_cache demo-out

@@ -40,6 +40,7 @@ from common.cli import read_properties  # noqa: E402
 from scripts.dist import build as build_dist  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
 from testkit.localdev import LocalS3, upload_cifar_like, venv_bin  # noqa: E402
+from testkit.nodeenv import NodeEnv  # noqa: E402
 from testkit.yarn import YarnCluster  # noqa: E402
 
 BUCKET = "shardinfer-yarn"
@@ -136,14 +137,20 @@ def _pyspark_home() -> str:
 
 
 def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str, script: str, args: list[str],
-           s3_env: dict[str, str], dist: pathlib.Path, deploy_mode: str = "client") -> dict:
-    """One ``spark-submit --master yarn --deploy-mode <mode>`` with these properties; its figures."""
+           s3_env: dict[str, str], dist: pathlib.Path, deploy_mode: str = "client",
+           node: Optional[NodeEnv] = None) -> dict:
+    """One ``spark-submit --master yarn --deploy-mode <mode>`` with these properties; its figures.
+
+    ``node``: run spark-submit, the driver and the executors in this node environment
+    (testkit.nodeenv) instead of this interpreter's.
+    """
+    python = node.python if node else sys.executable
     events = os.path.join(workdir, "events", name)
     os.makedirs(events, exist_ok=True)
     props = {**props,
              # what this machine has instead of EMR's: the interpreter, Spark's jars, S3 endpoint and credentials
-             "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
-             "spark.yarn.jars": "local:" + os.path.join(_pyspark_home(), "jars", "*"),
+             "spark.pyspark.python": python, "spark.pyspark.driver.python": python,
+             "spark.yarn.jars": "local:" + os.path.join(node.pyspark_home if node else _pyspark_home(), "jars", "*"),
              "spark.eventLog.enabled": "true", "spark.eventLog.dir": "file://" + events,
              "spark.eventLog.compress": "false",  # Spark 4 compresses with zstd, which Python 3.11 cannot read
              **{f"spark.executorEnv.{k}": v for k, v in s3_env.items()},
@@ -151,11 +158,13 @@ def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str,
     prop_file = os.path.join(workdir, f"{name}.conf")
     with open(prop_file, "w") as f:
         f.writelines(f"{k} {v}\n" for k, v in props.items())
-    cmd = [venv_bin("spark-submit"), "--master", "yarn", "--deploy-mode", deploy_mode, "--properties-file", prop_file,
+    cmd = [node.spark_submit if node else venv_bin("spark-submit"), "--master", "yarn", "--deploy-mode", deploy_mode, "--properties-file", prop_file,
            "--py-files", str(dist / "shardinfer.zip"), str(dist / script), *args]
-    env = cluster.env({**os.environ, **s3_env, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-                       "PYSPARK_DRIVER_PYTHON": sys.executable})
+    env = cluster.env({**os.environ, **s3_env, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": python,
+                       "PYSPARK_DRIVER_PYTHON": python})
     env.pop("PYTHONPATH", None)  # the code comes from --py-files, as on a cluster
+    if node:
+        env.pop("SPARK_HOME", None)  # the node's own Spark, not the one this process may have started
     t = time.time()
     with WorkerRss(cluster.proc.pid) as rss:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

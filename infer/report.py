@@ -62,11 +62,18 @@ def load_statuses(output: str, run_id: str, endpoint_url: Optional[str] = None) 
 
 def timed(records: list[dict]) -> list[dict]:
     """The records that ran the model in this invocation (they carry all stage timestamps)."""
-    runs = [r for r in records if r.get("status") == "ok" and all(k in r for k in ("t_start", "t_fetched", "t_decoded",
-                                                                                      "t_forwarded", "t_end"))]
+    runs = [r for r in records if r.get("status") == "ok" and all(r.get(k) is not None for k in (
+        "t_start", "t_fetched", "t_decoded", "t_forwarded", "t_end"))]
     for r in runs:  # records from before task groups: the forward pass began as decoding ended
-        r.setdefault("t_forward_start", r["t_decoded"])
+        if r.get("t_forward_start") is None:
+            r["t_forward_start"] = r["t_decoded"]
     return runs
+
+
+def written(records: list[dict]) -> list[dict]:
+    """The records whose shard this invocation wrote: timed ones, and those an earlier try of the same
+    task wrote before it was lost (a killed worker or executor: found on retry, no timings)."""
+    return [r for r in records if r.get("status") == "ok" and r.get("outcome") == "written"]
 
 
 def lanes(records: list[dict]) -> dict[str, list[dict]]:
@@ -145,8 +152,10 @@ def render_html(run_id: str, records: list[dict], images: Sequence[str]) -> str:
     """The report page; it shows every image in ``images`` and a table of every timed shard."""
     runs = timed(records)
     failed = [r for r in records if r.get("status") != "ok"]
-    done = [r for r in records if r.get("status") == "ok" and r not in runs]
-    rows = sum(r.get("rows", 0) for r in runs)
+    wrote = written(records)
+    untimed = [r for r in wrote if r not in runs]
+    done = [r for r in records if r.get("status") == "ok" and r not in runs and r not in untimed]
+    rows = sum(r.get("rows") or 0 for r in wrote)
     span = (max(r["t_end"] for r in runs) - min(r["t_start"] for r in runs)) if runs else 0.0
     stage_totals = {name: sum(r[b] - r[a] for r in runs) for name, a, b, _ in STAGES}
     busy = sum(stage_totals.values()) or 1.0
@@ -159,9 +168,10 @@ def render_html(run_id: str, records: list[dict], images: Sequence[str]) -> str:
         "th{background:#eee}.err{color:#b00}</style></head><body>",
         f"<h1>Run {e(run_id)}</h1>",
         "<h2>Totals</h2><ul>",
-        f"<li>shards: {len(records)} recorded, {len(runs)} run in this report's timings, {len(done)} already done "
-        f"earlier, {len(failed)} failed</li>",
-        f"<li>images written: {rows}; image errors: {sum(r.get('rows_error', 0) for r in runs)}</li>",
+        f"<li>shards: {len(records)} recorded, {len(runs)} run in this report's timings, {len(untimed)} written by a "
+        f"try that was lost before it reported (no timings), {len(done)} already done earlier, {len(failed)} "
+        "failed</li>",
+        f"<li>images written: {rows}; image errors: {sum(r.get('rows_error') or 0 for r in wrote)}</li>",
         f"<li>first shard start to last shard end: {span:.1f} s = "
         f"{(rows / span if span else 0):.1f} images/s</li>",
         "<li>time in stages: " + ", ".join(f"{k} {v:.1f} s ({v / busy:.0%})" for k, v in stage_totals.items()) + "</li>",
@@ -181,10 +191,12 @@ def render_html(run_id: str, records: list[dict], images: Sequence[str]) -> str:
     parts.append("<h2>Shards</h2><table id='shards'><tr><th>shard</th><th>executor</th><th>start s</th>"
                  + "".join(f"<th>{n} s</th>" for n, *_ in STAGES) + "<th>rows</th></tr>")
     t0 = min((r["t_start"] for r in runs), default=0.0)
-    for r in sorted(runs, key=lambda r: r["shard_id"]):
+    for r in sorted(runs + untimed, key=lambda r: r["shard_id"]):
+        cells = ([f"{r['t_start'] - t0:.2f}"] + [f"{r[b] - r[a]:.3f}" for _, a, b, _ in STAGES] if r in runs
+                 else ["–"] * (1 + len(STAGES)))
         parts.append(f"<tr class='shard' data-shard='{r['shard_id']}'><td>{r['shard_id']}</td>"
-                     f"<td>{e(str(r.get('host')))}:{r.get('pid')}</td><td>{r['t_start'] - t0:.2f}</td>"
-                     + "".join(f"<td>{r[b] - r[a]:.3f}</td>" for _, a, b, _ in STAGES) + f"<td>{r.get('rows', 0)}</td></tr>")
+                     f"<td>{e(str(r.get('host')))}:{r.get('pid')}</td>" + "".join(f"<td>{c}</td>" for c in cells)
+                     + f"<td>{r.get('rows') or 0}</td></tr>")
     parts.append("</table></body></html>")
     return "\n".join(parts)
 

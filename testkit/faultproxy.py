@@ -12,7 +12,8 @@ server, except that, with probability ``fault_rate``, it instead
   boto3 does not retry.
 
 Every other request is delayed by ``latency_s`` plus a random ``0..jitter_s``.  Decisions
-come from a seeded RNG.  It listens on 127.0.0.1 only.
+come from a seeded RNG.  :meth:`FaultProxy.burst` turns faults on for a few seconds (a throttling
+storm, a flaky network), whatever ``fault_rate`` is.  It listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -61,6 +62,26 @@ class FaultProxy:
         self.lines: list[str] = []  # every "METHOD /path?query" as sent, URL-decoded, in order
         self._server: Optional[http.server.ThreadingHTTPServer] = None
         self.endpoint_url = ""
+        # bursts: [until, at least this many faults, hard end, rate, faults, faults so far]
+        self._bursts: list[list] = []
+
+    def burst(self, faults: tuple[str, ...], rate: float, seconds: float, at_least: int = 0,
+              at_most_s: float = 60.0) -> None:
+        """For the next ``seconds``, and on until it has injected ``at_least`` faults (at most ``at_most_s``):
+        a fault on ``rate`` of the requests (``only`` still applies), drawn from ``faults``; counted as
+        ``burst_<fault>``.  Bursts may overlap; each draws on its own."""
+        now = time.monotonic()
+        with self._lock:
+            self._bursts.append([now + seconds, at_least, now + at_most_s, rate, faults, 0])
+
+    def _burst_fault(self) -> Optional[str]:
+        now = time.monotonic()
+        self._bursts = [b for b in self._bursts if now < b[0] or (b[5] < b[1] and now < b[2])]
+        for b in self._bursts:
+            if self._rng.random() < b[3]:
+                b[5] += 1
+                return self._rng.choice(b[4])
+        return None
 
     def reads_under(self, fragment: str) -> list[str]:
         """The GET/HEAD requests (object reads and LISTs: a LIST's prefix is in its query) naming ``fragment``."""
@@ -73,6 +94,10 @@ class FaultProxy:
             self.lines.append(urllib.parse.unquote(request))
             eligible = (self._only is None or self._only.search(request)) and (
                 self.max_faults is None or sum(self.counts[f] for f in ALL_FAULTS) < self.max_faults)
+            fault = self._burst_fault() if eligible and self._bursts else None
+            if fault:
+                self.counts[f"burst_{fault}"] += 1
+                return fault, 0.0
             if eligible and self._rng.random() < self.fault_rate:
                 fault = self._rng.choice(self.faults)
                 self.counts[fault] += 1
@@ -157,7 +182,15 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address) -> None:
+                # a client that goes away (a killed executor, a reset we sent) is not the proxy's error
+                import sys
+
+                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                    super().handle_error(request, client_address)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"

@@ -6,7 +6,11 @@ itself (setup.cfg's install_requires, no test extra) plus the cluster's pyspark 
 3. the documented path on the local YARN, driver and executors in the node environment:
    prepare, infer with --glue-database/--glue-table and --sse aws:kms over a damaged shard
    (exit 1, no partition), --only-failed once the shard is back (exit 0, partition registered),
-   compact, and the report command.
+   compact, and the report command;
+4. chaos on that YARN: 2,048 images inferred while executor Python workers and whole executor
+   JVMs are SIGKILLed and S3 answers bursts of 503 SlowDown and connection resets, on a schedule
+   from a seed (testkit/chaos.py); the output must equal a fault-free run of the same manifest.
+   ``SHARDINFER_CHAOS_SEEDS=1,2,3`` runs more seeds (default: 1).
 
 `make test-node` runs these (marker ``node``: not part of the two Spark-line runs of the suite).
 """
@@ -14,12 +18,15 @@ itself (setup.cfg's install_requires, no test extra) plus the cluster's pyspark 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import boto3
 import pyarrow.parquet as pq
@@ -28,13 +35,18 @@ import pytest
 from common import storage
 from scripts.dist import build as build_dist
 from testkit import zoo_builder
+from testkit.chaos import Chaos
+from testkit.faultproxy import FaultProxy
 from testkit.localdev import upload_cifar_like
 from testkit.nodeenv import build, run_entry_point, shipped_modules, write_inputs
 from testkit.nodeenv.entry_points import STEPS
+from tests.helpers import statuses
 
 pytestmark = [pytest.mark.node, pytest.mark.spark]
 BUCKET = "node-env"
 IMAGES = 256  # 4 shards of 64
+CHAOS_IMAGES = 2048  # 32 shards
+CHAOS_SEEDS = [int(x) for x in os.environ.get("SHARDINFER_CHAOS_SEEDS", "1").split(",")]
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +87,49 @@ def test_executor_entry_points_run_alone_in_fresh_node_interpreters(node, dist, 
         assert r.stdout.strip().endswith(f"{step}: ok")
 
 
-@pytest.mark.yarn
-@pytest.mark.skipif(shutil.which("mvn") is None, reason="Maven (mvn) is needed to fetch Hadoop's test cluster")
-def test_the_documented_path_on_yarn_in_the_node_environment(node, dist, s3, tmp_path):
-    from testkit.yarn import YarnCluster
-    from testkit.yarn.check import emr_classification, submit
+@dataclass
+class Yarn:
+    """The local YARN (EMR's capacity-scheduler settings) and how to submit a step to it in the node environment."""
 
+    cluster: object
+    work: str
+    node: object
+    dist: pathlib.Path
+
+    def step(self, name: str, script: str, args: list[str], s3_env: dict[str, str]) -> dict:
+        """One spark-submit as the EMR step runs it (configurations.json's spark-defaults); its figures and log."""
+        from testkit.yarn.check import emr_classification, submit
+
+        r = submit(self.cluster, emr_classification("spark-defaults"), self.work, name, script, args, s3_env,
+                   self.dist, node=self.node)
+        with open(r["log"]) as f:
+            r["text"] = f.read()
+        return r
+
+
+@pytest.fixture(scope="module")
+def yarn(node, dist, s3, tmp_path_factory):
+    if shutil.which("mvn") is None:
+        pytest.skip("Maven (mvn) is needed to fetch Hadoop's test cluster")
+    from testkit.yarn import YarnCluster
+    from testkit.yarn.check import emr_classification
+
+    work = str(tmp_path_factory.mktemp("yarn"))
+    with YarnCluster(work, nodes=2, memory_mb=16384, vcores=5,
+                     extra_conf=emr_classification("capacity-scheduler")) as cluster:
+        yield Yarn(cluster, work, node, dist)
+
+
+def _rows(prefix: str) -> list[dict]:
+    bucket = storage.parse_s3(prefix).bucket
+    out = []
+    for o in storage.list_objects(prefix):
+        out += pq.read_table(io.BytesIO(storage.read_bytes(f"s3://{bucket}/{o.key}"))).to_pylist()
+    return out
+
+
+@pytest.mark.yarn
+def test_the_documented_path_on_yarn_in_the_node_environment(yarn, s3, tmp_path):
     s3.create_bucket(BUCKET)
     upload_cifar_like(f"s3://{BUCKET}/images/", IMAGES, seed=23, endpoint_url=s3.endpoint_url)
     model = zoo_builder.write_model(f"s3://{BUCKET}/models/resnet-18/", endpoint_url=s3.endpoint_url)
@@ -91,43 +140,31 @@ def test_the_documented_path_on_yarn_in_the_node_environment(node, dist, s3, tmp
              "--label-url", model["labels"], "--output", out, "--run-id", "node", "--glue-database", "node_db",
              "--glue-table", "predictions", *sse]
     glue = boto3.client("glue")
-    props = emr_classification("spark-defaults")
-    work = str(tmp_path)
-    with YarnCluster(work, nodes=2, memory_mb=16384, vcores=5,
-                     extra_conf=emr_classification("capacity-scheduler")) as cluster:
-        def step(name: str, script: str, args: list[str]) -> dict:
-            r = submit(cluster, props, work, name, script, args, s3.env, dist, node=node)
-            with open(r["log"]) as f:
-                r["text"] = f.read()
-            return r
 
-        prepared = step("prepare", "prepare/main.py", ["--input", f"s3://{BUCKET}/images/", "--output", shards, *sse])
-        assert prepared["rc"] == 0, prepared["text"][-3000:]
-        damaged = f"{shards}shards/shard-00002.rec"
-        good = storage.read_bytes(damaged)
-        storage.write_bytes(damaged, b"not a RecordIO shard")
-        first = step("infer", "infer/main.py", infer)
-        assert first["rc"] == 1, first["text"][-3000:]
-        assert "FAILED shards: 2 " in first["text"] and "not registered: the run is not complete" in first["text"]
-        assert glue.get_partitions(DatabaseName="node_db", TableName="predictions")["Partitions"] == []
-        storage.write_bytes(damaged, good)
-        rerun = step("infer-only-failed", "infer/main.py", [*infer, "--only-failed"])
-        assert rerun["rc"] == 0, rerun["text"][-3000:]
-        assert "running 1 shards" in rerun["text"] and "partition run_id=node registered" in rerun["text"]
-        compacted = step("compact", "infer/compact.py", ["--input", out, "--run-id", "node", "--output",
-                                                          f"s3://{BUCKET}/compacted/", *sse])
-        assert compacted["rc"] == 0, compacted["text"][-3000:]
+    prepared = yarn.step("prepare", "prepare/main.py", ["--input", f"s3://{BUCKET}/images/", "--output", shards, *sse],
+                         s3.env)
+    assert prepared["rc"] == 0, prepared["text"][-3000:]
+    damaged = f"{shards}shards/shard-00002.rec"
+    good = storage.read_bytes(damaged)
+    storage.write_bytes(damaged, b"not a RecordIO shard")
+    first = yarn.step("infer", "infer/main.py", infer, s3.env)
+    assert first["rc"] == 1, first["text"][-3000:]
+    assert "FAILED shards: 2 " in first["text"] and "not registered: the run is not complete" in first["text"]
+    assert glue.get_partitions(DatabaseName="node_db", TableName="predictions")["Partitions"] == []
+    storage.write_bytes(damaged, good)
+    rerun = yarn.step("infer-only-failed", "infer/main.py", [*infer, "--only-failed"], s3.env)
+    assert rerun["rc"] == 0, rerun["text"][-3000:]
+    assert "running 1 shards" in rerun["text"] and "partition run_id=node registered" in rerun["text"]
+    compacted = yarn.step("compact", "infer/compact.py", ["--input", out, "--run-id", "node", "--output",
+                                                           f"s3://{BUCKET}/compacted/", *sse], s3.env)
+    assert compacted["rc"] == 0, compacted["text"][-3000:]
 
-    rows = []
-    for o in storage.list_objects(f"{out}run_id=node/"):
-        rows += pq.read_table(io.BytesIO(storage.read_bytes(f"s3://{BUCKET}/{o.key}"))).to_pylist()
+    rows = _rows(f"{out}run_id=node/")
     images = {o.key for o in storage.list_objects(f"s3://{BUCKET}/images/")}
     assert Counter(r["key"] for r in rows) == Counter(images) and {r["status"] for r in rows} == {"ok"}
     [partition] = glue.get_partitions(DatabaseName="node_db", TableName="predictions")["Partitions"]
     assert partition["Values"] == ["node"]
-    compacted_rows = sum(pq.read_metadata(io.BytesIO(storage.read_bytes(f"s3://{BUCKET}/{o.key}"))).num_rows
-                         for o in storage.list_objects(f"s3://{BUCKET}/compacted/"))
-    assert compacted_rows == IMAGES
+    assert len(_rows(f"s3://{BUCKET}/compacted/")) == IMAGES
     client = storage.s3_client()
     written = [o.key for prefix in ("shards/", "predictions/", "compacted/")
                for o in storage.list_objects(f"s3://{BUCKET}/{prefix}")]
@@ -140,9 +177,73 @@ def test_the_documented_path_on_yarn_in_the_node_environment(node, dist, s3, tmp
 
     # the report command, as a user runs it on the node: the node's Python with the shipped zip
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_HOME")}
-    env["PYTHONPATH"] = str(dist / "shardinfer.zip")
+    env["PYTHONPATH"] = str(yarn.dist / "shardinfer.zip")
     to = tmp_path / "report"
-    r = subprocess.run([node.python, "-m", "infer.report", "--output", out, "--run-id", "node", "--to", str(to),
+    r = subprocess.run([yarn.node.python, "-m", "infer.report", "--output", out, "--run-id", "node", "--to", str(to),
                         *sse], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (to / "index.html").is_file() and any(p.suffix == ".png" for p in to.iterdir())
+
+
+@pytest.fixture(scope="module")
+def calm(yarn, s3) -> dict:
+    """2,048 images prepared on the YARN, and a fault-free infer run of them (run_id calm)."""
+    bucket = "chaos"
+    s3.create_bucket(bucket)
+    upload_cifar_like(f"s3://{bucket}/images/", CHAOS_IMAGES, seed=29, endpoint_url=s3.endpoint_url)
+    model = zoo_builder.write_model(f"s3://{bucket}/models/resnet-18/", endpoint_url=s3.endpoint_url)
+    prepared = yarn.step("chaos-prepare", "prepare/main.py", ["--input", f"s3://{bucket}/images/", "--output",
+                                                              f"s3://{bucket}/shards/"], s3.env)
+    assert prepared["rc"] == 0, prepared["text"][-3000:]
+    out = f"s3://{bucket}/predictions/"
+    infer = ["--manifest", f"s3://{bucket}/shards/manifest.parquet", "--sym-url", model["sym"], "--param-url",
+             model["params"], "--label-url", model["labels"], "--output", out]
+    r = yarn.step("chaos-calm", "infer/main.py", [*infer, "--run-id", "calm"], s3.env)
+    assert r["rc"] == 0 and not r["failed_task_attempts"], r["text"][-3000:]
+    rows = {x["key"]: x for x in _rows(f"{out}run_id=calm/")}
+    assert len(rows) == CHAOS_IMAGES
+    return {"infer": infer, "out": out, "rows": rows, "images": {o.key for o in storage.list_objects(
+        f"s3://{bucket}/images/")}}
+
+
+def _report_rows(html: str) -> dict[int, int]:
+    """``{shard: rows}`` from the report's shard table, and the total it states."""
+    shards = {int(m.group(1)): int(m.group(2)) for m in
+              re.finditer(r"<tr class='shard' data-shard='(\d+)'>.*?<td>(\d+)</td></tr>", html)}
+    return shards
+
+
+@pytest.mark.yarn
+@pytest.mark.parametrize("seed", CHAOS_SEEDS)
+def test_chaos_on_yarn_gives_the_fault_free_output(yarn, s3, calm, seed, tmp_path):
+    run_id = f"chaos-{seed}"
+    with FaultProxy(s3.endpoint_url, seed=seed) as proxy, Chaos(seed, yarn.cluster.proc.pid, proxy) as chaos:
+        r = yarn.step(f"chaos-{seed}", "infer/main.py", [*calm["infer"], "--run-id", run_id],
+                      {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url})
+    injected = chaos.counts()
+    figures = {"seed": seed, "schedule": chaos.done, "faults": injected, "rc": r["rc"], "wall_s": r["wall_s"],
+               "failed_task_attempts": r["failed_task_attempts"], "executors": r["executors"],
+               "executors_removed": r["executors_removed"]}
+    print("chaos:", json.dumps(figures))
+    assert r["rc"] == 0, r["text"][-4000:]
+    # every fault of the schedule happened, mid-run
+    assert injected["kill-python-worker"] == 2 and injected["kill-executor"] == 1, figures
+    assert injected.get("s3 503 (in bursts)", 0) > 0, figures
+    assert injected.get("s3 reset (in bursts)", 0) + injected.get("s3 reset_after (in bursts)", 0) > 0, figures
+    assert sum(r["failed_task_attempts"].values()) >= 2 and r["executors_removed"] >= 1, figures
+
+    rows = _rows(f"{calm['out']}run_id={run_id}/")
+    counts = Counter(x["key"] for x in rows)
+    assert set(counts) == calm["images"] and max(counts.values()) == 1  # every key exactly once
+    for x in rows:
+        ref = calm["rows"][x["key"]]
+        assert x["status"] == ref["status"] == "ok" and x["top1_class_id"] == ref["top1_class_id"], x["key"]
+        assert [c["class_id"] for c in x["top_k"]] == [c["class_id"] for c in ref["top_k"]], x["key"]
+        assert max(abs(a["prob"] - b["prob"]) for a, b in zip(x["top_k"], ref["top_k"])) <= 1e-6, x["key"]
+    # status files and the report say what the Parquet holds
+    per_shard = Counter(x["shard_id"] for x in rows)
+    latest = statuses(calm["out"], run_id)
+    assert {sid: (s["status"], s["rows"]) for sid, s in latest.items()} == {sid: ("ok", n) for sid, n in per_shard.items()}
+    html = storage.read_bytes(f"{calm['out']}_runs/{run_id}/report/index.html").decode()
+    assert _report_rows(html) == dict(per_shard)
+    assert f"images written: {CHAOS_IMAGES};" in html and "<h2>Failed shards (0)</h2>" in html

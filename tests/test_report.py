@@ -70,3 +70,22 @@ def test_event_log_written_to_the_configured_directory(watched_run):
     logs = list(watched_run["events"].iterdir())
     assert len(logs) == 2  # prepare and infer, in a directory that did not exist before
     assert all("local-" in p.name or "app-" in p.name for p in logs)
+
+
+def test_report_counts_a_shard_whose_writing_try_was_lost():
+    """A killed worker's try wrote the part file but never reported; the retry finds the file and
+    records it as written with no timings (found by the chaos run): the report counts its rows."""
+    from infer.report import render_html, render_images
+
+    timed = {"shard_id": 0, "status": "ok", "outcome": "written", "rows": 64, "rows_error": 0, "host": "h", "pid": 1,
+             "t_start": 10.0, "t_fetched": 10.5, "t_decoded": 11.0, "t_forward_start": None, "t_forwarded": 12.0,
+             "t_end": 12.2}
+    lost = {"shard_id": 1, "status": "ok", "outcome": "written", "rows": 40, "rows_error": 1, "host": "h", "pid": 2,
+            "t_start": 13.0, "t_fetched": None, "t_decoded": None, "t_forward_start": None, "t_forwarded": None,
+            "t_end": 13.1}
+    earlier = {**lost, "shard_id": 2, "outcome": "already present", "rows": 0, "rows_error": 0}
+    records = [timed, lost, earlier]
+    page = render_html("r", records, list(render_images(records)))
+    assert "images written: 104; image errors: 1" in page
+    assert "1 run in this report's timings, 1 written by a try that was lost" in page and "1 already done" in page
+    assert "data-shard='1'" in page and "data-shard='2'" not in page

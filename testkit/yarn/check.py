@@ -64,6 +64,8 @@ def event_log_figures(path: str) -> dict:
     """Executors, cores and task concurrency of one application, from its Spark event log."""
     executors: dict[str, int] = {}
     starts, ends = [], []
+    failures: dict[str, int] = {}
+    removed = 0
     app_id = None
     # Spark 4 writes a folder (eventlog_v2_<app>/events_<n>_<app>, rolled), Spark 3.5 one file.
     files = ([os.path.join(path, n) for n in sorted((n for n in os.listdir(path) if n.startswith("events_")),
@@ -79,7 +81,12 @@ def event_log_figures(path: str) -> dict:
                 app_id = e.get("App ID")
             elif kind == "SparkListenerExecutorAdded":
                 executors[e["Executor ID"]] = int(e["Executor Info"]["Total Cores"])
+            elif kind == "SparkListenerExecutorRemoved":
+                removed += 1
             elif kind == "SparkListenerTaskEnd":
+                reason = (e.get("Task End Reason") or {}).get("Reason", "Success")
+                if reason != "Success":
+                    failures[reason] = failures.get(reason, 0) + 1
                 # on the executor: launch + deserialisation + run (the driver's Finish Time also
                 # counts fetching the result, which overlaps the slot's next task)
                 info, metrics = e["Task Info"], e.get("Task Metrics") or {}
@@ -92,7 +99,8 @@ def event_log_figures(path: str) -> dict:
         running += d
         peak = max(peak, running)
     return {"app_id": app_id, "executors": len(executors), "cores_per_executor": sorted(set(executors.values())),
-            "total_cores": sum(executors.values()), "tasks": len(starts), "max_concurrent_tasks": peak}
+            "total_cores": sum(executors.values()), "tasks": len(starts), "max_concurrent_tasks": peak,
+            "failed_task_attempts": failures, "executors_removed": removed}
 
 
 class WorkerRss:

@@ -142,6 +142,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_run_id(args.run_id)
     if bool(args.glue_database) != bool(args.glue_table):
         raise UsageError("--glue-database and --glue-table go together")
+    if args.device == "gpu" and args.precision != "fp32":
+        raise UsageError(f"--precision {args.precision} with --device gpu: bf16 and int8 are converted for the CPU "
+                         "(oneDNN); run fp32 on a GPU")
 
 
 def preprocessing(args: argparse.Namespace) -> Preprocessing:
@@ -182,6 +185,20 @@ def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record
                                         args.min_agreement, storage.join(run_dir(args.output, run_id), "model"),
                                         log=lambda m: print(f"{PROG}: {m}", flush=True), prep=preprocessing(args))
     return converted.spec, converted.record
+
+
+def check_gpu_settings(conf) -> None:
+    """``--device gpu`` needs Spark to hand each task a GPU (each task then binds the one it got).
+
+    Raises:
+        UsageError: the settings that are missing, named.
+    """
+    missing = [k for k in ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount")
+               if not conf.get(k, None)]
+    if missing:
+        raise UsageError(f"--device gpu needs Spark's GPU scheduling: {', '.join(missing)} not set (and a discovery "
+                         "script, spark.executor.resource.gpu.discoveryScript, where the cluster manager does not "
+                         "assign GPUs itself); see deploy/emr/configurations-gpu.json")
 
 
 def run_waves(sc, plan: plan_mod.Plan, settings: InferSettings, counter, sink) -> None:
@@ -249,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
               "nothing written", flush=True)
         return 0
     sc = spark_context(f"shardinfer-infer-{run_id}")
+    if args.device == "gpu":
+        check_gpu_settings(sc.getConf())
     plan_mod.verify_parts(sc, manifest, ranges, endpoint)  # each part's sha256, before anything is written
     if args.glue_table:  # before any work: a table of another shape is refused now, not after the run
         try:

@@ -29,7 +29,7 @@ import socket
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Optional, Sequence
 
@@ -39,7 +39,7 @@ from common import status as status_file
 from common import storage
 from common.images import DEFAULT_PREPROCESSING, BadImageError, Preprocessing, decode_rgb
 from common.manifest import ShardEntry, read_shards
-from common.model import ModelError, ModelSpec, get_predictor, top_k
+from common.model import ModelError, ModelSpec, get_predictor, task_device, top_k
 from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, STATUS_OK, ConflictError,
                            ImageResult, input_digest, part_key, predictions_table, table_to_parquet)
 from common.shard import ShardFormatError, unpack_shard
@@ -335,6 +335,14 @@ def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=
 
     ctx = TaskContext.get()
     group = _Group(settings, ctx.attemptNumber() if ctx is not None else 0, counter, task)
+    try:  # --device gpu: the GPU Spark assigned this task
+        device = task_device(settings.model.device, ctx.resources() if ctx is not None else None)
+    except ModelError as e:
+        for entry in entries:
+            group.record(failed_status(entry, e))
+        return group.finish()
+    if device != settings.model.device:
+        settings = replace(settings, model=replace(settings.model, device=device))
     buffers = _Buffers(settings.prep.size)
 
     def write(prep: _Prepared, results: list[ImageResult]) -> None:

@@ -6,7 +6,8 @@
   another project's there).
 - ``dist/prepare/main.py``, ``dist/infer/{main,compact,report,athena}.py``: the entry scripts
   spark-submit runs (the same files as in the repository).
-- ``dist/bootstrap.sh``: the EMR bootstrap action (deploy/emr/bootstrap.sh).
+- ``dist/bootstrap.sh``: the EMR bootstrap action (deploy/emr/bootstrap.sh), and
+  ``dist/discover-gpus.sh``, Spark's GPU discovery script for ``--device gpu`` (``--files``).
 
 ``aws s3 sync dist/ s3://BUCKET/shardinfer/`` puts it where deploy/emr/steps.json looks.
 """
@@ -38,10 +39,11 @@ def build(out: pathlib.Path) -> list[pathlib.Path]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dest)
         written.append(dest)
-    dest = out / "bootstrap.sh"
-    shutil.copy2(ROOT / "deploy" / "emr" / "bootstrap.sh", dest)
-    os.chmod(dest, 0o755)
-    written.append(dest)
+    for name in ("bootstrap.sh", "discover-gpus.sh"):
+        dest = out / name
+        shutil.copy2(ROOT / "deploy" / "emr" / name, dest)
+        os.chmod(dest, 0o755)
+        written.append(dest)
     return written
 
 

@@ -26,10 +26,13 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
 class StandaloneCluster:
     """Master + N workers (``spark-class org.apache.spark.deploy.…``), each in its own process group."""
 
-    def __init__(self, workdir: str, workers: int = 2, cores: int = 1, memory: str = "2g", env: dict | None = None):
-        """Configure (not start)."""
+    def __init__(self, workdir: str, workers: int = 2, cores: int = 1, memory: str = "2g", env: dict | None = None,
+                 worker_conf: dict | None = None):
+        """Configure (not start). ``worker_conf``: Spark properties of the workers (e.g. their GPU resources)."""
         self.workdir, self.n, self.cores, self.memory = workdir, workers, cores, memory
         self.env = spark_env(env)
+        if worker_conf:
+            self.env["SPARK_WORKER_OPTS"] = " ".join(f"-D{k}={v}" for k, v in worker_conf.items())
         self.master_port = free_port()
         self.master_url = f"spark://127.0.0.1:{self.master_port}"
         self.master: subprocess.Popen | None = None

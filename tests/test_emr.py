@@ -204,3 +204,50 @@ def test_make_dist_needs_only_python_and_lays_out_what_steps_json_names(tmp_path
         for arg in step["Args"]:
             if arg.startswith("s3://BUCKET/shardinfer/"):
                 assert os.path.exists(os.path.join(ROOT, "dist", arg[len("s3://BUCKET/shardinfer/"):])), arg
+
+
+GPU_SPARK = {"spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount",
+             "spark.executor.resource.gpu.discoveryScript"}
+
+
+def test_gpu_configurations_are_the_cpu_ones_plus_gpu_scheduling():
+    """configurations-gpu.json = configurations.json + Spark's GPU resources + YARN's GPU plugin; not run on a GPU here."""
+    from infer.main import check_gpu_settings
+
+    cpu, gpu = _json("configurations.json"), _json("configurations-gpu.json")
+    by = {c["Classification"]: c for c in gpu}
+    spark = by["spark-defaults"]["Properties"]
+    assert {k: v for k, v in spark.items() if k not in GPU_SPARK} == cpu[0]["Properties"]
+    assert [c for c in gpu if c["Classification"] not in ("yarn-site", "container-executor", "spark-defaults")] == \
+           [c for c in cpu if c["Classification"] != "spark-defaults"]
+    check_gpu_settings(spark)  # what infer --device gpu asks of Spark is there
+    # four tasks share an executor's GPU (one per core): decoding runs on the cores while the GPU runs the model
+    assert float(spark["spark.task.resource.gpu.amount"]) * int(spark["spark.executor.cores"]) == \
+           float(spark["spark.executor.resource.gpu.amount"])
+    assert spark["spark.executor.resource.gpu.discoveryScript"] == "./discover-gpus.sh"  # shipped with --files
+    assert os.access(os.path.join(EMR, "discover-gpus.sh"), os.X_OK)
+    assert by["yarn-site"]["Properties"]["yarn.resource-types"] == "yarn.io/gpu"
+    model = botocore.session.get_session().get_service_model("emr")
+    report = ParamValidator().validate({"Name": "shardinfer-gpu", "Instances": {}, "Configurations": gpu},
+                                       model.operation_model("RunJobFlow").input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_bootstrap_gpu_argument(tmp_path):
+    """--gpu swaps MXNet for its CUDA build of the same release (PyPI serves it); anything else is refused."""
+    with open(BOOTSTRAP) as f:
+        text = f.read()
+    swap = re.search(r'--gpu\) REQUIREMENTS=\("\$\{REQUIREMENTS\[@\]/#(\S+?)/(\S+?)\}"\)', text)
+    assert swap and swap.group(1) in _install_requires() and swap.group(2) == "mxnet-cu112==1.9.1"
+    from common.model import GPU_MXNET
+
+    assert GPU_MXNET == swap.group(2)  # the error a CPU-only node gives names the same build
+    bad = subprocess.run(["bash", BOOTSTRAP, "--cuda"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SHARDINFER_VENV": str(tmp_path / "v"), "SHARDINFER_SUDO": ""})
+    assert bad.returncode == 2 and "unknown argument '--cuda' (expected none, or --gpu)" in bad.stderr
+    assert not (tmp_path / "v").exists()
+    index = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "mxnet-cu112",
+                            "--disable-pip-version-check"], capture_output=True, text=True, timeout=120)
+    if index.returncode != 0:
+        pytest.skip(f"PyPI not reachable: {index.stderr.strip()[-200:]}")
+    assert "1.9.1" in index.stdout

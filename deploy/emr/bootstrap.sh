@@ -10,6 +10,10 @@
 # Fails loudly: any error stops the action with a line naming the step, and EMR then fails the
 # cluster's start (a node without the dependencies would fail every task it runs).
 #
+# `bootstrap.sh --gpu` (the bootstrap action's argument on GPU instances): MXNet's CUDA 11.2 build,
+# mxnet-cu112 1.9.1 (it brings its CUDA libraries; the node needs only NVIDIA's driver, which EMR's
+# GPU instances have), in place of the CPU build; with deploy/emr/configurations-gpu.json.
+#
 # Overridable for testing: SHARDINFER_VENV (where the environment goes), SHARDINFER_PYTHON (the
 # interpreter to build it from), SHARDINFER_SUDO (the command that runs a step as root; empty
 # for none).
@@ -26,6 +30,12 @@ REQUIREMENTS=(
   "matplotlib==3.9.4"
   "contourpy==1.3.0"
 )
+
+case "${1:-}" in
+  "") ;;
+  --gpu) REQUIREMENTS=("${REQUIREMENTS[@]/#mxnet==1.9.1/mxnet-cu112==1.9.1}") ;;
+  *) echo "shardinfer bootstrap: unknown argument '$1' (expected none, or --gpu)" >&2; exit 2 ;;
+esac
 
 VENV="${SHARDINFER_VENV:-/opt/shardinfer/venv}"
 PYTHON="${SHARDINFER_PYTHON:-python3.11}"
@@ -69,7 +79,7 @@ STEP="pip install the pinned dependencies"
 as_root "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "${REQUIREMENTS[@]}"
 
 STEP="import check"
-as_root "$VENV/bin/python" -c 'import mxnet, numpy, pyarrow, boto3, PIL, matplotlib; print("shardinfer bootstrap: mxnet", mxnet.__version__, "numpy", numpy.__version__, "pyarrow", pyarrow.__version__)'
+as_root "$VENV/bin/python" -c 'import mxnet, numpy, pyarrow, boto3, PIL, matplotlib; print("shardinfer bootstrap: mxnet", mxnet.__version__, "numpy", numpy.__version__, "pyarrow", pyarrow.__version__, "GPUs seen by MXNet:", mxnet.context.num_gpus())'
 
 STEP="record the pins"
 printf '%s\n' "$WANT" | as_root tee "$STAMP" >/dev/null

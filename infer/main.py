@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--shards", default=None, help="only these manifest shard ids, e.g. 3,17,40-45")
     sel.add_argument("--only-missing", action="store_true", help="only shards whose Parquet file is absent from the run")
     sel.add_argument("--only-failed", action="store_true", help="only shards whose last recorded status is failed")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the model runs (default cpu)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the model runs (default cpu); gpu: each "
+                   "task binds the GPU Spark's GPU scheduling assigned it (spark.executor.resource.gpu.amount, "
+                   "spark.task.resource.gpu.amount; deploy/emr/configurations-gpu.json), fp32 only")
     p.add_argument("--precision", choices=precision.PRECISIONS, default="fp32",
                    help="fp32 (default); bf16 (MXNet AMP) or int8 (oneDNN quantization, calibrated): converted once "
                    "on the driver, checked against fp32, stored under _runs/<run_id>/model/ for the executors")

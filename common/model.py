@@ -210,9 +210,55 @@ def _inference_symbol(files: ModelFiles, spec: ModelSpec):
             shown = [n for n in names if n.endswith("_output")][-40:]
             raise ModelError(f"--output-layer {spec.output_layer!r}: no such output in {spec.sym_url}; its internal "
                              f"outputs end with: {', '.join(shown)}")
-        layer = internals[spec.output_layer]
-        sym = mx.sym.Group([sym, layer]) if spec.classify else layer
+        if spec.classify:
+            sym = unfused_at(sym, spec.output_layer)
+            sym = mx.sym.Group([sym, sym.get_internals()[spec.output_layer]])
+        else:
+            sym = internals[spec.output_layer]
     return sym, head
+
+
+def unfused_at(sym, output: str):
+    """``sym`` with the internal ``output`` (``<node>_output`` or ``<node>_output<k>``) read by its consumers
+    through a ``BlockGrad`` (an identity at inference).
+
+    oneDNN's subgraph backend fuses a layer with what follows it (Conv+BN+ReLU, FullyConnected+ReLU)
+    and then the fused node's output is all that exists: grouped out beside the head, ``fc_output``
+    of FC→ReLU came back as ReLU(fc).  With the consumers reading through BlockGrad the pattern no
+    longer matches at that one layer (MXNet eliminates ``_copy`` and ``identity`` before fusing, not
+    BlockGrad), so the layer's own values are computed; every other layer keeps its fusion.
+    """
+    import json
+
+    import mxnet as mx
+
+    graph = json.loads(sym.tojson())
+    nodes = graph["nodes"]
+    found = None
+    for i, n in enumerate(nodes):
+        if n["op"] == "null":
+            continue
+        if output == f"{n['name']}_output":
+            found = (i, 0)
+        elif output.startswith(f"{n['name']}_output") and output[len(n["name"]) + 7:].isdigit():
+            found = (i, int(output[len(n["name"]) + 7:]))
+    if found is None:  # an input or parameter: nothing fuses into it
+        return sym
+    at, out = found
+    # the new node goes right after the layer, so the node list stays in topological order
+    moved = {i: i + 1 if i > at else i for i in range(len(nodes))}
+    shifted = []
+    for n in nodes:
+        n = dict(n)
+        n["inputs"] = [[at + 1, 0, 0] if (i, o) == (at, out) else [moved[i], o, v] for i, o, v in n["inputs"]]
+        shifted.append(n)
+    shifted.insert(at + 1, {"op": "BlockGrad", "name": f"{nodes[at]['name']}_unfused", "inputs": [[at, out, 0]]})
+    graph["nodes"] = shifted
+    graph["arg_nodes"] = [moved[i] for i in graph["arg_nodes"]]
+    graph["heads"] = [[moved[i], o, v] for i, o, v in graph["heads"]]
+    for key in ("node_row_ptr",):
+        graph.pop(key, None)
+    return mx.sym.load_json(json.dumps(graph))
 
 
 def check_model(files: ModelFiles, spec: ModelSpec):

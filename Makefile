@@ -23,14 +23,14 @@ check-java:
 # Re-installs only when the pinned dependencies change.
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,spark4]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,import,spark4]'
 	@touch $(STAMP)
 
 setup-spark35: check-python check-java $(STAMP35)
 
 $(STAMP35): setup.cfg pyproject.toml
 	@test -x $(PY35) || $(PYTHON) -m venv $(VENV35)
-	$(PY35) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,spark35]'
+	$(PY35) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,import,spark35]'
 	@touch $(STAMP35)
 
 # A cluster node's environment: deploy/emr/bootstrap.sh itself builds .venv-node (setup.cfg's

@@ -64,7 +64,8 @@ def dist(tmp_path_factory) -> pathlib.Path:
 def test_the_node_environment_holds_install_requires_and_nothing_of_the_test_extras(node):
     have = node.packages()
     assert {"mxnet", "numpy", "pyarrow", "boto3", "pillow", "matplotlib", "pyspark"} <= have
-    assert not have & {"pandas", "moto", "pytest", "duckdb", "sqlglot", "scikit-learn", "scipy", "psutil"}, have
+    assert not have & {"pandas", "moto", "pytest", "duckdb", "sqlglot", "scikit-learn", "scipy", "psutil", "onnx",
+                        "onnxruntime"}, have
 
 
 def test_every_shipped_module_imports_in_a_fresh_node_interpreter(node, dist, tmp_path):

@@ -2,8 +2,9 @@
 
 * :func:`torchvision_style` — what ``torch.onnx.export`` of a torchvision ResNet writes: bias-free
   Conv → BatchNormalization → Relu, MaxPool with pads, residual blocks joined by Add (one with a
-  strided 1×1 downsample), GlobalAveragePool, Flatten, Gemm with ``transB=1``: logits; a dynamic
-  batch dimension (``dim_param``).
+  strided 1×1 downsample), GlobalAveragePool, then Flatten (opset 17) or, as older exports spell
+  ``x.view(x.size(0), -1)``, Shape → Gather → Unsqueeze → Concat with a Constant → Reshape (opset
+  13), and Gemm with ``transB=1``: logits; a dynamic batch dimension (``dim_param``).
 * :func:`keras_style` — what tf2onnx writes for a Keras mobile-style net: Conv with bias, Clip
   (ReLU6; attributes before opset 11, inputs after), AveragePool, two branches joined by Concat,
   a squeeze-and-excitation gate (ReduceMean → Conv → Relu → Conv → Sigmoid → Mul), Identity,
@@ -78,7 +79,17 @@ def torchvision_style(opset: int = 13, size: int = 64, seed: int = 1) -> bytes:
         y = b.bn(b.conv(y, cout, cout, 3), cout)
         skip = x if stride == 1 else b.bn(b.conv(x, cin, cout, 1, stride), cout)
         x = b.node("Relu", [b.node("Add", [y, skip])])
-    x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+    x = b.node("GlobalAveragePool", [x])
+    if opset < 17:  # older torch.onnx spelled x.view(x.size(0), -1) out: Shape, Gather, Unsqueeze, Concat, Reshape
+        from onnx import helper, numpy_helper
+
+        batch = b.node("Gather", [b.node("Shape", [x]), b.const("zero", np.array(0), np.int64)], axis=0)
+        batch = b.node("Unsqueeze", [batch, b.const("axes0", np.array([0]), np.int64)])
+        b.nodes.append(helper.make_node("Constant", [], ["minus_one"], name="Constant_flat",
+                                        value=numpy_helper.from_array(np.array([-1], dtype=np.int64))))
+        x = b.node("Reshape", [x, b.node("Concat", [batch, "minus_one"], axis=0)])
+    else:
+        x = b.node("Flatten", [x], axis=1)
     w = b.const("fc.weight", b.rng.randn(CLASSES, 32) * 0.5)
     out = b.node("Gemm", [x, w, b.const("fc.bias", b.rng.randn(CLASSES) * 0.1)], alpha=1.0, beta=1.0, transB=1)
     m = b.model("input.1", size, out, opset)

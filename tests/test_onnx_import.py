@@ -106,3 +106,16 @@ def test_an_opset_outside_7_to_17_and_a_file_that_is_not_onnx(manifest, capsys):
     assert rc == 2 and "junk.onnx: not an ONNX model" in err
     assert not any(o.key.startswith("imported/opset18") or o.key.startswith("imported/junk")
                    for o in storage.list_objects(f"s3://{BUCKET}/imported/"))
+
+
+def test_every_converted_layer_keeps_its_onnx_node_name():
+    """--output-layer <node>_output names an imported model's internal outputs."""
+    import mxnet as mx
+    import onnx
+
+    from infer.import_onnx import convert
+
+    data = onnx_models.torchvision_style(17)
+    layers = [n.name for n in onnx.load_model_from_string(data).graph.node]
+    outputs = set(mx.sym.load_json(convert(data, "m.onnx").symbol_json).get_internals().list_outputs())
+    assert {f"{name}_output" for name in layers} <= outputs

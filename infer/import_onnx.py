@@ -360,7 +360,14 @@ def convert(data: bytes, source: str) -> Converted:
             out = mx.sym.mean(value(ins[0], where), axis=tuple(int(x) for x in axes) if axes is not None else None,
                               keepdims=bool(a.get("keepdims", 1)), name=layer)
         elif op == "Softmax":
-            out = mx.sym.softmax(value(ins[0], where), axis=int(a.get("axis", 1 if opset < 13 else -1)), name=layer)
+            x = value(ins[0], where)
+            dims = len(sym_shape(x, 1))
+            axis = int(a.get("axis", 1 if opset < 13 else -1)) % dims
+            if opset < 13 and axis != dims - 1:  # before 13: over everything from axis on, as one row
+                flat = mx.sym.softmax(mx.sym.reshape(x, shape=(0,) * axis + (-1,)), axis=-1)
+                out = mx.sym.reshape_like(flat, x, name=layer)
+            else:
+                out = mx.sym.softmax(x, axis=axis, name=layer)
         values[node.output[0]] = out
     final = graph.output[0].name
     if final not in values:

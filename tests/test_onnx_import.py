@@ -119,3 +119,25 @@ def test_every_converted_layer_keeps_its_onnx_node_name():
     layers = [n.name for n in onnx.load_model_from_string(data).graph.node]
     outputs = set(mx.sym.load_json(convert(data, "m.onnx").symbol_json).get_internals().list_outputs())
     assert {f"{name}_output" for name in layers} <= outputs
+
+
+@pytest.mark.parametrize("opset, axis", [(11, 1), (13, 1), (11, 3)])
+def test_softmax_over_a_4d_value_means_what_its_opset_says(opset, axis):
+    """Before opset 13 Softmax(axis) normalises everything from ``axis`` on as one row; from 13, one axis."""
+    import mxnet as mx
+    from onnx import TensorProto, helper
+
+    from infer.import_onnx import convert
+
+    node = helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=axis)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    data = model.SerializeToString()
+    x = np.random.RandomState(0).randn(2, 3, 4, 4).astype(np.float32)
+    exe = mx.sym.load_json(convert(data, "sm.onnx").symbol_json).simple_bind(mx.cpu(), grad_req="null", data=x.shape)
+    exe.arg_dict["data"][:] = x
+    exe.forward(is_train=False)
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(exe.outputs[0].asnumpy() - want).max() <= 1e-6

@@ -135,10 +135,12 @@ def convert(data: bytes, source: str) -> Converted:
         return mx.sym.var(var, shape=(aux if var in aux else arg)[var].shape)  # broadcast ops infer no shapes
 
     probe = (1, 3, image_size or 224, image_size or 224)
+    # shape tensors: name -> (value with a batch of 1, value with a batch of 2)
+    shapes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def rank(sym) -> int:
-        """The number of dimensions of a value (shape inference on a probe image)."""
-        return len(sym.infer_shape(**{DATA_NAME: probe})[1][0])
+    def sym_shape(sym, batch: int) -> tuple:
+        """A value's shape for a probe image batch (shape inference only)."""
+        return sym.infer_shape(**{DATA_NAME: (batch,) + probe[1:]})[1][0]
 
     def value(name: str, where: str):
         if name in values:
@@ -154,9 +156,6 @@ def convert(data: bytes, source: str) -> Converted:
             raise OnnxImportError(f"{where}: input {name!r} must be a constant here")
         return consts[name]
 
-    # shape tensors: name -> (value with a batch of 1, value with a batch of 2)
-    shapes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
     def known(name: str):
         """A shape tensor or a constant, as (batch 1, batch 2); None for an image-dependent value."""
         if name in shapes:
@@ -165,7 +164,7 @@ def convert(data: bytes, source: str) -> Converted:
             return consts[name], consts[name]
         return None
 
-    def shape_op(op: str, ins: list[str], a: dict, where: str):
+    def shape_op(op: str, ins: list[str], a: dict):
         """Evaluate a shape-only operator on both probes; None when an input depends on the image."""
         if op == "Shape":
             if ins[0] in shapes:  # the shape of a shape tensor
@@ -212,9 +211,6 @@ def convert(data: bytes, source: str) -> Converted:
             out.append(np.asarray(r))
         return tuple(out)
 
-    def sym_shape(sym, batch: int) -> tuple:
-        return sym.infer_shape(**{DATA_NAME: (batch,) + probe[1:]})[1][0]
-
     counts: dict[str, int] = {}
     layers: set[str] = set()
     last_op = ""
@@ -230,7 +226,7 @@ def convert(data: bytes, source: str) -> Converted:
         if op not in SUPPORTED:
             raise OnnxImportError(f"{where}: {op} is not supported (supported: {', '.join(SUPPORTED)})")
         a = _attrs(node)
-        ins = [i for i in node.input]
+        ins = list(node.input)
         counts[op] = counts.get(op, 0) + 1
         last_op = op
         if op == "Constant":
@@ -239,18 +235,17 @@ def convert(data: bytes, source: str) -> Converted:
             consts[node.output[0]] = numpy_helper.to_array(a["value"])
             continue
         if op in SHAPE_OPS:
-            folded = shape_op(op, ins, a, where)
+            folded = shape_op(op, ins, a)
             if folded is not None:
                 shapes[node.output[0]] = folded
                 continue
             if op in ("Shape", "Gather", "Unsqueeze", "Squeeze", "Slice", "Cast"):
                 raise OnnxImportError(f"{where}: {op} is supported only on shapes, not on image values")
-        if op in ("Identity", "Dropout"):
-            x = value(ins[0], where) if ins[0] not in consts else None
-            if x is None:
+        if op in ("Identity", "Dropout"):  # inference: the input, unchanged
+            if ins[0] in consts:
                 consts[node.output[0]] = consts[ins[0]]
             else:
-                values[node.output[0]] = x
+                values[node.output[0]] = value(ins[0], where)
             continue
         if op == "Conv":
             w = const(ins[1], where)
@@ -330,7 +325,7 @@ def convert(data: bytes, source: str) -> Converted:
                 consts[node.output[0]] = x / y if op == "Div" else _ARITH[op](x, y)
                 continue
             others = [value(i, where) for kind, i, _ in operands if kind == "value"]
-            want = max(rank(x) for x in others)
+            want = max(len(sym_shape(x, 1)) for x in others)
             syms = []
             for kind, i, c in operands:  # a constant gets leading 1s: numpy's broadcasting, which MXNet spells out
                 syms.append(param(f"{i}@{layer}", c.reshape((1,) * max(0, want - c.ndim) + c.shape)) if kind == "const"

@@ -48,6 +48,18 @@ def _time(exe, x) -> float:
     return time.perf_counter() - t
 
 
+def _cpu() -> str:
+    """The CPU model and the flags that decide MXNet's speed (figures differ several-fold between machines)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    return f"{model}; " + " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags)
+
+
 def main() -> int:
     """Print and return the medians and ratios as JSON."""
     import mxnet as mx
@@ -75,7 +87,7 @@ def main() -> int:
         for name, exe in exes.items():
             times[name].append(_time(exe, x))
     base = statistics.median(times["no output layer"])
-    out = {"cpu": platform.processor() or platform.machine(), "threads": os.environ["OMP_NUM_THREADS"],
+    out = {"cpu": _cpu(), "threads": os.environ["OMP_NUM_THREADS"],
            "rounds": args.rounds, "ms_per_batch": {k: round(statistics.median(v) * 1000, 1) for k, v in times.items()},
            "ratio_to_no_output_layer": {k: round(statistics.median(v) / base, 3) for k, v in times.items()}}
     print(json.dumps(out, indent=1))

@@ -69,7 +69,7 @@ def test_the_node_environment_holds_install_requires_and_nothing_of_the_test_ext
 
 
 def test_every_shipped_module_imports_in_a_fresh_node_interpreter(node, dist, tmp_path):
-    modules = shipped_modules()
+    modules = shipped_modules(str(dist / "shardinfer.zip"))
     assert {"common.manifest", "prepare.tasks", "infer.task", "infer.compact", "infer.report"} <= set(modules)
     with ThreadPoolExecutor(2) as pool:
         runs = dict(zip(modules, pool.map(lambda m: run_entry_point(node, str(dist / "shardinfer.zip"), str(tmp_path),

@@ -87,14 +87,14 @@ def build(venv: pathlib.Path = NODE_VENV, python: str = "") -> NodeEnv:
     return node
 
 
-def shipped_modules() -> list[str]:
-    """Every module of the packages that travel in shardinfer.zip (scripts/dist.py's PACKAGES)."""
-    out = []
-    for pkg in ("common", "prepare", "infer"):
-        for p in sorted((ROOT / pkg).rglob("*.py")):
-            rel = p.relative_to(ROOT).with_suffix("")
-            out.append(".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts))
-    return out
+def shipped_modules(zip_path: str) -> list[str]:
+    """Every module in shardinfer.zip (what ``--py-files`` puts on a node's path), as import names."""
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as z:
+        files = sorted(n for n in z.namelist() if n.endswith(".py"))
+    return [n[: -len("/__init__.py")].replace("/", ".") if n.endswith("/__init__.py") else n[:-3].replace("/", ".")
+            for n in files]
 
 
 def run_entry_point(node: NodeEnv, zip_path: str, workdir: str, step: str) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Callable, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from common.images import BadImageError
 from common.manifest import ManifestError
@@ -185,6 +185,32 @@ def run_cli(prog: str, body: Callable[[argparse.Namespace], int], parser: argpar
             traceback.print_exc()
         print(f"{prog}: error: Spark job failed: {python_cause(str(e))}", file=sys.stderr)
         return 1
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a job's process with ``code`` once its work is done, without the interpreter's teardown of
+    native libraries.
+
+    pyarrow's C++ thread pools sometimes abort that teardown (``terminate called without an active
+    exception``, exit 134) after the job succeeded — apache/arrow#34314; here one run in three of a
+    plain ``pq.read_table`` script on a loaded machine — and a step runner (EMR) then marks a
+    finished job FAILED.  So: stop Spark, flush the logs and streams, and leave with ``os._exit``,
+    as Spark's own Python workers do.
+    """
+    try:
+        if "pyspark" in sys.modules:
+            from pyspark import SparkContext
+
+            if SparkContext._active_spark_context is not None:
+                SparkContext._active_spark_context.stop()
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
 
 
 def python_cause(java_message: str) -> str:

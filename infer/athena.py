@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import athena  # noqa: E402
-from common.cli import UsageError, run_cli  # noqa: E402
+from common.cli import UsageError, exit_process, run_cli  # noqa: E402
 from common.output import check_run_id  # noqa: E402
 
 PROG = "athena"
@@ -77,4 +77,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -31,8 +31,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from common import athena, glue, storage  # noqa: E402
-from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, run_cli,  # noqa: E402
-                        spark_context)
+from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
+                        run_cli, spark_context)
 from common.manifest import read_manifest  # noqa: E402
 from common.status import failed_ids  # noqa: E402
 from common.output import PREDICTION_SCHEMA, check_run_id, run_record_key, table_to_parquet  # noqa: E402
@@ -185,4 +185,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

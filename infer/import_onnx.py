@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import numpy as np  # noqa: E402
 
 from common import storage  # noqa: E402
-from common.cli import UsageError, add_common_arguments, endpoint_from, run_cli  # noqa: E402
+from common.cli import UsageError, add_common_arguments, endpoint_from, exit_process, run_cli  # noqa: E402
 from common.model import DATA_NAME, ModelError, params_bytes  # noqa: E402
 
 PROG = "import_onnx"
@@ -426,4 +426,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -36,7 +36,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from common import storage  # noqa: E402
-from common.cli import UsageError, add_common_arguments, encryption_from, endpoint_from, run_cli  # noqa: E402
+from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
+                        run_cli)
 from common import status  # noqa: E402
 from common.output import check_run_id, run_dir  # noqa: E402
 
@@ -239,4 +240,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

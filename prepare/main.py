@@ -28,8 +28,8 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import storage  # noqa: E402
-from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, run_cli,  # noqa: E402
-                        spark_context)
+from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
+                        run_cli, spark_context)
 from common.athena import symlink_location  # noqa: E402
 from common.images import FORMATS, MAX_PIXELS, parse_formats, skip_reason_for_key  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
@@ -239,4 +239,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -130,3 +130,25 @@ def test_secret_key_is_never_written(s3, model_uris, tmp_path):
     assert len(written) > 5
     for blob in [o.encode() for o in outputs] + written + event_files:
         assert secret.encode() not in blob
+
+
+def test_a_job_ends_with_its_own_exit_code_and_its_output_flushed(tmp_path):
+    """The jobs end through common.cli.exit_process (os._exit after flushing): pyarrow's thread pools
+    can abort a normal interpreter teardown (exit 134 after a successful run, apache/arrow#34314)."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": list(range(1000))}), tmp_path / "t.parquet")
+    script = ("import sys, logging; sys.path.insert(0, sys.argv[1])\n"
+              "import pyarrow.parquet as pq\n"
+              "from common.cli import exit_process\n"
+              "logging.basicConfig(stream=sys.stderr); logging.getLogger('x').warning('logged')\n"
+              "print(pq.read_table(sys.argv[2]).num_rows, end='')\n"
+              "exit_process(3)\n")
+    for _ in range(12):
+        r = subprocess.run([sys.executable, "-c", script, ROOT, str(tmp_path / "t.parquet")], capture_output=True,
+                           text=True, timeout=120)
+        assert (r.returncode, r.stdout) == (3, "1000") and "logged" in r.stderr, r.stderr[-500:]

@@ -103,4 +103,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    # not the interpreter's teardown, which pyarrow's thread pools can abort after the step succeeded
+    # (the jobs end the same way: common.cli.exit_process, not imported here so as to import nothing more)
+    os._exit(code)

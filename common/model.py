@@ -256,8 +256,7 @@ def unfused_at(sym, output: str):
     graph["nodes"] = shifted
     graph["arg_nodes"] = [moved[i] for i in graph["arg_nodes"]]
     graph["heads"] = [[moved[i], o, v] for i, o, v in graph["heads"]]
-    for key in ("node_row_ptr",):
-        graph.pop(key, None)
+    graph.pop("node_row_ptr", None)  # MXNet recomputes it
     return mx.sym.load_json(json.dumps(graph))
 
 
@@ -320,8 +319,8 @@ def device_context(device: str):
     if kind == "gpu" and (index or "0").isdigit():
         if mx.context.num_gpus() < 1:
             raise ModelError(f"--device gpu: this task was given GPU {index or 0}, but this MXNet build sees no GPU "
-                             "(install the CUDA build on GPU nodes: deploy/emr/bootstrap.sh with "
-                             f"SHARDINFER_MXNET={GPU_MXNET}; or use --device cpu)")
+                             f"(install the CUDA build on GPU nodes: deploy/emr/bootstrap.sh --gpu, which installs "
+                             f"{GPU_MXNET}; or use --device cpu)")
         return mx.gpu(int(index or 0))
     raise ModelError(f"unknown device {device!r}: expected cpu, gpu or gpu:N")
 

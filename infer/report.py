@@ -154,8 +154,10 @@ def render_html(run_id: str, records: list[dict], images: Sequence[str]) -> str:
     runs = timed(records)
     failed = [r for r in records if r.get("status") != "ok"]
     wrote = written(records)
-    untimed = [r for r in wrote if r not in runs]
-    done = [r for r in records if r.get("status") == "ok" and r not in runs and r not in untimed]
+    timed_ids = {id(r) for r in runs}  # identity, not dict equality: up to MAX_DRAWN records
+    untimed = [r for r in wrote if id(r) not in timed_ids]
+    untimed_ids = {id(r) for r in untimed}
+    done = [r for r in records if r.get("status") == "ok" and id(r) not in timed_ids and id(r) not in untimed_ids]
     rows = sum(r.get("rows") or 0 for r in wrote)
     span = (max(r["t_end"] for r in runs) - min(r["t_start"] for r in runs)) if runs else 0.0
     stage_totals = {name: sum(r[b] - r[a] for r in runs) for name, a, b, _ in STAGES}
@@ -193,8 +195,8 @@ def render_html(run_id: str, records: list[dict], images: Sequence[str]) -> str:
                  + "".join(f"<th>{n} s</th>" for n, *_ in STAGES) + "<th>rows</th></tr>")
     t0 = min((r["t_start"] for r in runs), default=0.0)
     for r in sorted(runs + untimed, key=lambda r: r["shard_id"]):
-        cells = ([f"{r['t_start'] - t0:.2f}"] + [f"{r[b] - r[a]:.3f}" for _, a, b, _ in STAGES] if r in runs
-                 else ["–"] * (1 + len(STAGES)))
+        cells = ([f"{r['t_start'] - t0:.2f}"] + [f"{r[b] - r[a]:.3f}" for _, a, b, _ in STAGES]
+                 if id(r) in timed_ids else ["–"] * (1 + len(STAGES)))
         parts.append(f"<tr class='shard' data-shard='{r['shard_id']}'><td>{r['shard_id']}</td>"
                      f"<td>{e(str(r.get('host')))}:{r.get('pid')}</td>" + "".join(f"<td>{c}</td>" for c in cells)
                      + f"<td>{r.get('rows') or 0}</td></tr>")

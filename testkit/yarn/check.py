@@ -166,8 +166,8 @@ def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str,
     prop_file = os.path.join(workdir, f"{name}.conf")
     with open(prop_file, "w") as f:
         f.writelines(f"{k} {v}\n" for k, v in props.items())
-    cmd = [node.spark_submit if node else venv_bin("spark-submit"), "--master", "yarn", "--deploy-mode", deploy_mode, "--properties-file", prop_file,
-           "--py-files", str(dist / "shardinfer.zip"), str(dist / script), *args]
+    cmd = [node.spark_submit if node else venv_bin("spark-submit"), "--master", "yarn", "--deploy-mode", deploy_mode,
+           "--properties-file", prop_file, "--py-files", str(dist / "shardinfer.zip"), str(dist / script), *args]
     env = cluster.env({**os.environ, **s3_env, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": python,
                        "PYSPARK_DRIVER_PYTHON": python})
     env.pop("PYTHONPATH", None)  # the code comes from --py-files, as on a cluster

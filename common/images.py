@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
+from common.errors import BadImageError  # noqa: F401 - raised here, defined with the other user errors
 
 INPUT_SIZE = 224
 # Larger images are refused before decoding: 100 MP is beyond any camera's photo (a 200 MP
@@ -43,9 +44,6 @@ DEFAULT_FORMATS = ("png",)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RESIZE_MODES = ("stretch", "shorter-side-crop")
 
-
-class BadImageError(ValueError):
-    """An image that cannot be used; the message names its key and why."""
 
 
 def parse_formats(text: str) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common import storage
+from common.errors import ManifestError  # noqa: F401 - raised here, defined with the other user errors
 
 FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")
@@ -74,9 +75,6 @@ META_NUM_IMAGES = b"shardinfer.num_images"
 META_NUM_SKIPPED = b"shardinfer.num_skipped"
 META_NUM_SHARDS = b"shardinfer.num_shards"
 
-
-class ManifestError(ValueError):
-    """A manifest that cannot be used; the message names it."""
 
 
 @dataclass(frozen=True)

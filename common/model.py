@@ -20,12 +20,10 @@ import numpy as np
 
 from common import storage
 from common.images import INPUT_SIZE
+from common.errors import ModelError  # noqa: F401 - raised here, defined with the other user errors
 
 DATA_NAME = "data"
 
-
-class ModelError(ValueError):
-    """A model whose files are missing, unreadable or inconsistent; the message names the file."""
 
 
 @dataclass(frozen=True)

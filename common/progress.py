@@ -15,14 +15,13 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from pyspark.accumulators import AccumulatorParam
-
 # Lines in non-terminal mode: often enough to follow a long job, rare enough for a log.
 DEFAULT_INTERVAL_S = 30.0
 
 
-class _Counts(AccumulatorParam):
-    """(shards, images, failed) summed element-wise."""
+class _Counts:
+    """(shards, images, failed) summed element-wise: a ``pyspark.AccumulatorParam`` by its two methods
+    (Spark calls only these), so this module imports no Spark."""
 
     def zero(self, value):
         return (0, 0, 0)

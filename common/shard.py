@@ -21,15 +21,13 @@ import struct
 from typing import Iterator, Sequence
 
 from mxnet import recordio
+from common.errors import ShardFormatError  # noqa: F401 - raised here, defined with the other user errors
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LEN_MASK = (1 << 29) - 1
 _MAX_RECORD = 1 << 29
 
-
-class ShardFormatError(ValueError):
-    """Bytes that do not follow the shard layout; the message names the shard and byte offset."""
 
 
 def _frame(cflag: int, part: bytes) -> bytes:

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Optional
 import boto3
 import botocore.config
 import botocore.exceptions
+from common.errors import StorageError, NotFound  # noqa: F401 - raised here, defined with the other user errors
 
 # S3 answers 503 SlowDown under load and spot clusters see connection resets: boto3's
 # "standard" retry mode retries both with backoff; 10 attempts rides out a minute-long
@@ -66,12 +67,6 @@ def use_encryption(encryption: Optional[Encryption]) -> None:
     _ENCRYPTION = encryption or Encryption()
 
 
-class StorageError(RuntimeError):
-    """A storage operation failed; the message names the URI and what S3 (or the OS) said."""
-
-
-class NotFound(StorageError, FileNotFoundError):
-    """The object, bucket or file does not exist."""
 
 
 @dataclass(frozen=True)

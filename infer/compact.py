@@ -32,7 +32,8 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from common import athena, glue, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
-                        run_cli, spark_context)
+                        run_cli)
+from common.spark import spark_context  # noqa: E402
 from common.manifest import read_manifest  # noqa: E402
 from common.status import failed_ids  # noqa: E402
 from common.output import PREDICTION_SCHEMA, check_run_id, run_record_key, table_to_parquet  # noqa: E402

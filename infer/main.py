@@ -43,7 +43,8 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 from common import glue, status, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
-                        first_line, run_cli, spark_context, submit_options, task_attempts)
+                        first_line, run_cli)
+from common.spark import spark_context, submit_options, task_attempts  # noqa: E402
 from common.manifest import check_parts_listed, read_manifest  # noqa: E402
 from common.images import INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
 from common.model import ModelSpec, check_model_head, fetch_model  # noqa: E402

@@ -79,7 +79,7 @@ def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, 
 def rerun_command(args: argparse.Namespace, run_id: str, submit: Optional[list[str]] = None,
                   script: str = "infer/main.py") -> str:
     """The exact command that reruns this run's failed shards: ``submit`` are the spark-submit options of
-    the running application (:func:`common.cli.submit_options`; the documented defaults without it)."""
+    the running application (:func:`common.spark.submit_options`; the documented defaults without it)."""
     cmd = ["spark-submit", *(submit or ["--properties-file", "spark-defaults.conf"]), script,
            "--manifest", args.manifest, "--sym-url", args.sym_url, "--param-url", args.param_url]
     if args.label_url:

@@ -29,7 +29,8 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 
 from common import storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
-                        run_cli, spark_context)
+                        run_cli)
+from common.spark import spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
 from common.images import FORMATS, MAX_PIXELS, parse_formats, skip_reason_for_key  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402

@@ -15,7 +15,7 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from common.cli import executor_layout_warning, read_properties
+from common.spark import executor_layout_warning, read_properties
 from testkit.localdev import ROOT, venv_bin
 
 EMR = os.path.join(ROOT, "deploy", "emr")

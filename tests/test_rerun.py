@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from common import storage
-from common.cli import read_properties
+from common.spark import read_properties
 from testkit.localdev import ROOT, spark_env, venv_bin
 from tests.helpers import assert_exactly_once, infer_args, prepared, read_manifest, submit
 

@@ -36,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from common import storage  # noqa: E402
-from common.cli import read_properties  # noqa: E402
+from common.spark import read_properties  # noqa: E402
 from scripts.dist import build as build_dist  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
 from testkit.localdev import LocalS3, upload_cifar_like, venv_bin  # noqa: E402

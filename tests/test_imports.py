@@ -1,0 +1,29 @@
+"""What each command pays to start: the commands that never run a model import no MXNet, and the
+modules the jobs import on the driver before Spark starts import no Spark."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+def _loaded(modules: str) -> set[str]:
+    code = (f"import sys, {modules}\n"
+            "print(' '.join(m for m in ('mxnet', 'pyspark', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("modules, absent", [
+    ("infer.athena, infer.report, infer.plan, infer.compact, infer.runrecord", {"mxnet", "onnx"}),
+    ("common.cli, common.progress, common.manifest, common.storage, common.output, common.status", {"mxnet", "pyspark"}),
+])
+def test_light_commands_do_not_import_mxnet(modules, absent):
+    assert not _loaded(modules) & absent
+
+
+def test_the_model_modules_do_import_it():
+    # the check above can fail: infer.task binds the model, so importing it (and running it) loads MXNet
+    assert "mxnet" in _loaded("common.shard, infer.task")

@@ -14,9 +14,8 @@ import pyarrow as pa
 
 from common import storage
 from common.manifest import MANIFEST_SCHEMA, PARTS_DIR, SKIPPED_SCHEMA
-from common.output import PREDICTION_SCHEMA
+from common.output import PARTITION_COLUMN, PREDICTION_SCHEMA, partition_dir
 
-PARTITION_COLUMN = "run_id"
 # Where prepare leaves the one-line symlink files that let Athena read exactly one Parquet
 # file (manifest.parquet / skipped.parquet) although the shards sit beside it.
 SYMLINK_DIR = "_athena"
@@ -63,9 +62,6 @@ def _columns(schema: pa.Schema) -> str:
     return ",\n".join(f"  {_ident(f.name)} {hive_type(f.type)}" for f in schema)
 
 
-def _folder(uri: str) -> str:
-    return uri if uri.endswith("/") else uri + "/"
-
 
 def create_predictions_table(location: str, table: str = "predictions", database: Optional[str] = None,
                              projection: bool = False) -> str:
@@ -74,7 +70,7 @@ def create_predictions_table(location: str, table: str = "predictions", database
     With ``projection=True`` the partitions need no registration: ``projection.run_id.type =
     injected`` takes the run id from each query's ``WHERE run_id = '…'``.
     """
-    location = _folder(location)
+    location = storage.as_folder(location)
     props = ["'parquet.compression' = 'ZSTD'"]
     if projection:
         props += ["'projection.enabled' = 'true'", f"'projection.{PARTITION_COLUMN}.type' = 'injected'",
@@ -91,7 +87,7 @@ def create_predictions_table(location: str, table: str = "predictions", database
 def add_partition(location: str, run_id: str, table: str = "predictions", database: Optional[str] = None) -> str:
     """``ALTER TABLE … ADD IF NOT EXISTS PARTITION`` registering one finished run."""
     return (f"ALTER TABLE {_table(table, database)} ADD IF NOT EXISTS\n"
-            f"PARTITION ({_ident(PARTITION_COLUMN)} = '{run_id}') LOCATION '{_folder(location)}{PARTITION_COLUMN}={run_id}/'")
+            f"PARTITION ({_ident(PARTITION_COLUMN)} = '{run_id}') LOCATION '{partition_dir(location, run_id)}'")
 
 
 def create_status_table(location: str, table: str = "shardinfer_status", database: Optional[str] = None) -> str:
@@ -100,7 +96,7 @@ def create_status_table(location: str, table: str = "shardinfer_status", databas
     names its run (``WHERE run_id = '…'``) and nothing needs registering."""
     from common.status import STATUS_SCHEMA
 
-    location = _folder(location)
+    location = storage.as_folder(location)
     return (
         f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(STATUS_SCHEMA)}\n)\n"
         f"PARTITIONED BY ({_ident(PARTITION_COLUMN)} string)\n"

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from common.athena import PARTITION_COLUMN, hive_type
-from common.output import PREDICTION_SCHEMA
+from common import storage
+from common.athena import hive_type
+from common.output import PARTITION_COLUMN, PREDICTION_SCHEMA, partition_dir
 
 PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
 PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
@@ -45,9 +46,6 @@ def catalog(action):
         raise GlueError(f"Glue Data Catalog: {e}") from e
 
 
-def _folder(uri: str) -> str:
-    return uri if uri.endswith("/") else uri + "/"
-
 
 def columns() -> list[dict]:
     """The table's columns, as Glue wants them."""
@@ -55,7 +53,7 @@ def columns() -> list[dict]:
 
 
 def _storage(location: str) -> dict:
-    return {"Columns": columns(), "Location": _folder(location), "InputFormat": PARQUET_INPUT,
+    return {"Columns": columns(), "Location": storage.as_folder(location), "InputFormat": PARQUET_INPUT,
             "OutputFormat": PARQUET_OUTPUT, "Compressed": True,
             "SerdeInfo": {"SerializationLibrary": PARQUET_SERDE, "Parameters": {"serialization.format": "1"}}}
 
@@ -100,8 +98,8 @@ def ensure_table(database: str, table: str, location: str) -> str:
     if keys != [(PARTITION_COLUMN, "string")]:
         problems.append(f"partition keys are {keys or 'none'}, not [('{PARTITION_COLUMN}', 'string')]")
     loc = existing.get("StorageDescriptor", {}).get("Location", "")
-    if _folder(loc) != _folder(location):
-        problems.append(f"its location is {loc}, not --output {_folder(location)}")
+    if storage.as_folder(loc) != storage.as_folder(location):
+        problems.append(f"its location is {loc}, not --output {storage.as_folder(location)}")
     if problems:
         raise GlueError(f"Glue table {database}.{table} exists with another shape: {'; '.join(problems)}; "
                         "use another --glue-table (shardinfer never overwrites a table)")
@@ -115,7 +113,7 @@ def register_partition(database: str, table: str, location: str, run_id: str) ->
         ``"registered"`` or ``"already registered"``.
     """
     glue = _client()
-    part_loc = f"{_folder(location)}{PARTITION_COLUMN}={run_id}/"
+    part_loc = partition_dir(location, run_id)
     try:
         current = glue.get_partition(DatabaseName=database, TableName=table, PartitionValues=[run_id])["Partition"]
         if current.get("StorageDescriptor", {}).get("Location") == part_loc:
@@ -138,4 +136,4 @@ def move_partition(database: str, table: str, run_id: str, new_location: str) ->
         return None
     glue.update_partition(DatabaseName=database, TableName=table, PartitionValueList=[run_id],
                           PartitionInput={"Values": [run_id], "StorageDescriptor": _storage(new_location)})
-    return _folder(new_location)
+    return storage.as_folder(new_location)

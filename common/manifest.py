@@ -146,9 +146,6 @@ def part_name(part_id: int) -> str:
     return f"{PARTS_DIR}/part-{part_id:05d}.parquet"
 
 
-def _folder(uri: str) -> str:
-    return uri.rsplit("/", 1)[0] if "/" in uri else "."
-
 
 # ----------------------------------------------------------------------------- writing
 
@@ -332,7 +329,7 @@ def manifest_from_bytes(data: bytes, uri: str) -> Manifest:
     else:
         cols = pf.read(columns=INDEX_SCHEMA.names).to_pydict()
         rows = [PartEntry(*(cols[n][i] for n in INDEX_SCHEMA.names)) for i in range(len(cols["part_id"]))]
-        here = _folder(uri)
+        here = storage.parent(uri)
         # parts are read beside the index (a copied manifest folder stays usable)
         parts = tuple(PartEntry(p.part_id, storage.join(here, PARTS_DIR, p.uri.rsplit("/", 1)[-1]), p.first_shard_id,
                                 p.num_shards, p.num_images, p.num_bytes, p.sha256)
@@ -361,34 +358,25 @@ _FOOTERS_MAX = 16
 
 def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[str]) -> pa.Table:
     """The row groups of ``part`` that hold its rows at ``offsets`` (a footer GET unless cached, then one GET)."""
-    f = storage.RangedFile(part.uri, part.num_bytes, endpoint_url)
     with _FOOTERS_LOCK:
         meta = _FOOTERS.get((part.uri, part.sha256))
-    if meta is None:
-        f.fetch(part.num_bytes - _TAIL, part.num_bytes)
     try:
-        pf = pq.ParquetFile(f, metadata=meta)
+        f = storage.RangedParquet(part.uri, part.num_bytes, endpoint_url, tail=_TAIL, metadata=meta)
+    except storage.StorageError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise ManifestError(f"{part.uri}: not a readable manifest part: {e}") from e
+    md = f.metadata
     if meta is None:
         with _FOOTERS_LOCK:
-            _FOOTERS[(part.uri, part.sha256)] = pf.metadata
+            _FOOTERS[(part.uri, part.sha256)] = md
             while len(_FOOTERS) > _FOOTERS_MAX:
                 _FOOTERS.popitem(last=False)
-    md = pf.metadata
     if md.num_rows != part.num_shards:
         raise ManifestError(f"{part.uri}: {md.num_rows} shard rows, the index says {part.num_shards}")
     starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
     groups = sorted({int(np.searchsorted(starts, o, side="right") - 1) for o in offsets})
-    spans = []
-    for g in groups:
-        rg = md.row_group(g)
-        for c in range(rg.num_columns):
-            col = rg.column(c)
-            first = min(x for x in (col.dictionary_page_offset, col.data_page_offset) if x is not None and x > 0)
-            spans.append((first, first + col.total_compressed_size))
-    f.fetch(min(s for s, _ in spans), max(e for _, e in spans))  # one GET for every needed column chunk
-    return pf.read_row_groups(groups, columns=SHARD_SCHEMA.names)
+    return f.read(groups, columns=SHARD_SCHEMA.names)  # one GET for every needed column chunk
 
 
 def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Optional[str] = None) -> list[ShardEntry]:
@@ -439,7 +427,7 @@ def check_parts_listed(manifest: Manifest, endpoint_url: Optional[str] = None) -
     """
     if manifest.version == "1" or not manifest.parts:
         return
-    folder = storage.join(_folder(manifest.uri), PARTS_DIR) + "/"
+    folder = storage.join(storage.parent(manifest.uri), PARTS_DIR) + "/"
     try:
         listed = {o.key.rsplit("/", 1)[-1]: o.size for o in storage.list_objects(folder, endpoint_url)}
     except storage.NotFound:

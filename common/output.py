@@ -40,6 +40,10 @@ PREDICTION_SCHEMA = pa.schema(
 )
 STATUS_OK = "ok"
 RUNS_DIR = "_runs"
+# The table's one partition key, present only in the Hive-style path <output>/run_id=<id>/.
+PARTITION_COLUMN = "run_id"
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+_PART_FILE_RE = re.compile(r"part-(\d+)\.parquet$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -98,9 +102,21 @@ def default_run_id(manifest_id: str, model_name: str, params_sha256: str, precis
     return check_run_id(f"{manifest_id}-{model}-{params_sha256[:8]}{suffix}")
 
 
+def partition_dir(output_prefix: str, run_id: str) -> str:
+    """``<output>/run_id=<run_id>/`` (with the slash): the run's partition of the predictions table."""
+    return storage.join(output_prefix, f"{PARTITION_COLUMN}={run_id}") + "/"
+
+
 def part_key(output_prefix: str, run_id: str, shard_id: int) -> str:
-    """``<output>/run_id=<run_id>/part-<shard_id:05d>.parquet``: fixed by the input, so a retry overwrites."""
-    return storage.join(output_prefix, f"run_id={run_id}", f"part-{shard_id:05d}.parquet")
+    """``<output>/run_id=<run_id>/part-<shard_id:05d>.parquet``: fixed by the input, so a retry overwrites.
+    (compact numbers its files the same way, by bin instead of shard.)"""
+    return f"{partition_dir(output_prefix, run_id)}part-{shard_id:05d}.parquet"
+
+
+def part_file_id(key: str) -> Optional[int]:
+    """The number in a ``…/part-NNNNN.parquet`` key (the inverse of :func:`part_key`); None for other keys."""
+    m = _PART_FILE_RE.search(key)
+    return int(m.group(1)) if m else None
 
 
 def run_dir(output_prefix: str, run_id: str) -> str:

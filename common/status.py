@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common import storage
-from common.output import run_dir
+from common.output import PARQUET_CONTENT_TYPE, run_dir
 
 STATUS_DIR = "status"
 _TS = pa.timestamp("ms", tz="UTC")
@@ -194,7 +194,7 @@ class Writer:
         try:
             if self.shards == 0:
                 return None
-            storage.upload_file(self._tmp.name, self.uri, self.endpoint_url, "application/vnd.apache.parquet")
+            storage.upload_file(self._tmp.name, self.uri, self.endpoint_url, PARQUET_CONTENT_TYPE)
             return self.uri
         finally:
             os.unlink(self._tmp.name)
@@ -204,19 +204,8 @@ def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_u
                whole_read: int = _WHOLE_READ) -> pa.Table:
     if size <= whole_read:
         return pq.read_table(io.BytesIO(storage.read_bytes(uri, endpoint_url)), columns=columns)
-    f = storage.RangedFile(uri, size, endpoint_url)
-    f.fetch(size - 1024 * 1024, size)  # the footer: ~3 KB per row group (one per Spark job of 20,000 tasks)
-    pf = pq.ParquetFile(f)
-    md, names = pf.metadata, pf.schema_arrow.names
-    spans = []
-    for g in range(md.num_row_groups):
-        for c in range(md.num_columns):
-            if columns is None or names[c] in columns:
-                col = md.row_group(g).column(c)
-                first = min(x for x in (col.dictionary_page_offset, col.data_page_offset) if x is not None and x > 0)
-                spans.append((first, first + col.total_compressed_size))
-    f.fetch(min(s for s, _ in spans), max(e for _, e in spans))
-    return pf.read(columns=columns)
+    # the footer: ~3 KB per row group (one per Spark job of 20,000 tasks)
+    return storage.RangedParquet(uri, size, endpoint_url).read(columns=columns)
 
 
 def read_latest(output_prefix: str, run_id: str, endpoint_url: Optional[str] = None,

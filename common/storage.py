@@ -8,6 +8,7 @@ picklable, so Spark tasks carry the endpoint string and call :func:`s3_client` w
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 import boto3
 import botocore.config
@@ -111,6 +112,16 @@ def join(prefix: str, *parts: str) -> str:
     return out
 
 
+def as_folder(uri: str) -> str:
+    """``uri`` with exactly one trailing ``/``: a prefix that holds objects (a "folder")."""
+    return uri.rstrip("/") + "/"
+
+
+def parent(uri: str) -> str:
+    """The folder a file or object is in, without the trailing slash (``.`` for a bare file name)."""
+    return uri.rsplit("/", 1)[0] if "/" in uri else "."
+
+
 def s3_client(endpoint_url: Optional[str] = None):
     """The boto3 S3 client of this process for ``endpoint_url`` (None: boto3's own resolution)."""
     key = (os.getpid(), endpoint_url)
@@ -128,16 +139,44 @@ def s3_client(endpoint_url: Optional[str] = None):
         return client
 
 
-def _translate(uri: str, exc: Exception) -> StorageError:
+# S3 error codes (the API's names and, for HEAD requests, which carry no body, the HTTP status).
+_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden"})
+# A conditional create that lost: 412, it exists; 409, a concurrent conditional write to the same key
+# is in flight. Either way someone else's object stands.
+_EXISTS = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+
+
+def _code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ``ClientError`` ("" for anything else)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+@contextlib.contextmanager
+def _errors(uri: str, bucket: bool = False) -> Iterator[None]:
+    """Every S3 call runs inside this: any failure leaves as a :class:`StorageError` naming ``uri``
+    (``bucket``: the call was about the bucket itself)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - translated with the URI
+        raise _translate(uri, e, bucket) from e
+
+
+def _translate(uri: str, exc: Exception, bucket: bool = False) -> StorageError:
     """Turn a botocore error into a StorageError that names ``uri`` (never credentials)."""
     if isinstance(exc, botocore.exceptions.ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        msg = err.get("Message", "") or code
-        if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
-            what = "bucket does not exist" if code == "NoSuchBucket" else "no such object"
+        code = _code(exc)
+        msg = exc.response.get("Error", {}).get("Message", "") or code
+        if code in _NOT_FOUND:
+            what = "bucket does not exist" if code == "NoSuchBucket" or bucket else "no such object"
             return NotFound(f"{uri}: {what}")
-        if code in ("AccessDenied", "403", "Forbidden") and exc.operation_name in ("PutObject", "CreateMultipartUpload"):
+        if code in _DENIED and bucket:
+            return StorageError(f"{uri}: access to bucket {parse_s3(uri).bucket!r} denied (check credentials and policy)")
+        if code in _DENIED and exc.operation_name in ("PutObject", "CreateMultipartUpload"):
             hint = ("" if _ENCRYPTION.sse else "; if the bucket's policy requires server-side encryption, "
                     "pass --sse AES256 or --sse aws:kms")
             return StorageError(f"{uri}: write denied (S3 {code}){hint}")
@@ -165,10 +204,8 @@ def read_bytes(uri: str, endpoint_url: Optional[str] = None, if_match: Optional[
     if is_s3(uri):
         p = parse_s3(uri)
         kwargs = {"IfMatch": if_match} if if_match else {}
-        try:
+        with _errors(uri):
             return s3_client(endpoint_url).get_object(Bucket=p.bucket, Key=p.key, **kwargs)["Body"].read()
-        except Exception as e:  # noqa: BLE001 - translated with the URI
-            raise _translate(uri, e) from e
     if is_http(uri):
         return _http_get(uri)[0]
     return _read_local(uri)
@@ -207,11 +244,9 @@ def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None,
     """
     if is_s3(uri):
         p = parse_s3(uri)
-        try:
+        with _errors(uri):
             s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
                                                Metadata=metadata or {}, **_ENCRYPTION.put_args())
-        except Exception as e:  # noqa: BLE001
-            raise _translate(uri, e) from e
         return
     if is_http(uri):
         raise StorageError(f"{uri}: cannot write to an http(s) URL")
@@ -229,19 +264,15 @@ def put_if_absent(uri: str, data: bytes, metadata: dict[str, str], endpoint_url:
     """
     if is_s3(uri):
         p = parse_s3(uri)
-        try:
-            s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
-                                               Metadata=metadata, IfNoneMatch="*", **_ENCRYPTION.put_args())
-            return True
-        except botocore.exceptions.ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            # 412: it exists. 409: a concurrent conditional write to the same key is in flight;
-            # either way someone else's object stands and the caller compares digests.
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                return False
-            raise _translate(uri, e) from e
-        except Exception as e:  # noqa: BLE001
-            raise _translate(uri, e) from e
+        with _errors(uri):
+            try:
+                s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
+                                                   Metadata=metadata, IfNoneMatch="*", **_ENCRYPTION.put_args())
+                return True
+            except botocore.exceptions.ClientError as e:
+                if _code(e) in _EXISTS:  # the caller compares digests with the object that stands
+                    return False
+                raise
     if os.path.exists(uri):
         return False
     _write_local(_sidecar(uri), json.dumps(metadata).encode())
@@ -259,14 +290,13 @@ def read_metadata(uri: str, endpoint_url: Optional[str] = None) -> Optional[dict
     """The user metadata of an object (S3 HEAD) or a local file's sidecar; None if the object is absent."""
     if is_s3(uri):
         p = parse_s3(uri)
-        try:
-            return dict(s3_client(endpoint_url).head_object(Bucket=p.bucket, Key=p.key).get("Metadata", {}))
-        except botocore.exceptions.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise _translate(uri, e) from e
-        except Exception as e:  # noqa: BLE001
-            raise _translate(uri, e) from e
+        with _errors(uri):
+            try:
+                return dict(s3_client(endpoint_url).head_object(Bucket=p.bucket, Key=p.key).get("Metadata", {}))
+            except botocore.exceptions.ClientError as e:
+                if _code(e) in _NOT_FOUND:
+                    return None
+                raise
     if not os.path.exists(uri):
         return None
     try:
@@ -287,11 +317,9 @@ def read_range(uri: str, start: int, end: int, endpoint_url: Optional[str] = Non
         return b""
     if is_s3(uri):
         p = parse_s3(uri)
-        try:
+        with _errors(uri):
             return s3_client(endpoint_url).get_object(Bucket=p.bucket, Key=p.key,
                                                       Range=f"bytes={start}-{end - 1}")["Body"].read()
-        except Exception as e:  # noqa: BLE001
-            raise _translate(uri, e) from e
     if is_http(uri):
         data, status = _http_get(uri, {"Range": f"bytes={start}-{end - 1}"})
         return data if status == 206 else data[start:end]
@@ -346,17 +374,46 @@ class RangedFile(io.RawIOBase):
         return n
 
 
+class RangedParquet:
+    """A Parquet file read by byte ranges: its footer with one GET of the last ``tail`` bytes (none when
+    ``metadata`` is already known), then one GET spanning every column chunk a read needs."""
+
+    def __init__(self, uri: str, size: int, endpoint_url: Optional[str], tail: int = 1024 * 1024,
+                 metadata=None) -> None:
+        import pyarrow.parquet as pq
+
+        self.file = RangedFile(uri, size, endpoint_url)
+        if metadata is None:
+            self.file.fetch(size - tail, size)
+        self.parquet = pq.ParquetFile(self.file, metadata=metadata)
+        self.metadata = self.parquet.metadata
+
+    def read(self, row_groups: Optional[Sequence[int]] = None, columns: Optional[Sequence[str]] = None):
+        """The ``row_groups`` (default: all) as an Arrow table, ``columns`` only (default: all)."""
+        md = self.metadata
+        groups = list(range(md.num_row_groups) if row_groups is None else row_groups)
+        spans = []
+        for g in groups:
+            rg = md.row_group(g)
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                if columns is None or col.path_in_schema.split(".")[0] in columns:
+                    first = min(x for x in (col.dictionary_page_offset, col.data_page_offset) if x is not None and x > 0)
+                    spans.append((first, first + col.total_compressed_size))
+        if spans:
+            self.file.fetch(min(s for s, _ in spans), max(e for _, e in spans))
+        return self.parquet.read_row_groups(groups, columns=columns)
+
+
 def upload_file(path: str, uri: str, endpoint_url: Optional[str] = None,
                 content_type: str = "application/octet-stream") -> None:
     """Publish a local file at ``uri`` as one object (boto3's managed transfer: multipart when large, and
     the object appears only when every part is there)."""
     if is_s3(uri):
         p = parse_s3(uri)
-        try:
+        with _errors(uri):
             s3_client(endpoint_url).upload_file(path, p.bucket, p.key,
                                                 ExtraArgs={"ContentType": content_type, **_ENCRYPTION.put_args()})
-        except Exception as e:  # noqa: BLE001
-            raise _translate(uri, e) from e
         return
     if is_http(uri):
         raise StorageError(f"{uri}: cannot write to an http(s) URL")
@@ -390,17 +447,8 @@ def check_bucket(uri: str, endpoint_url: Optional[str] = None) -> None:
             socket.create_connection((u.hostname, port), timeout=5).close()
         except OSError as e:
             raise StorageError(f"{uri}: cannot reach the S3 endpoint {endpoint_url} ({e})") from e
-    try:
+    with _errors(uri, bucket=True):
         s3_client(endpoint_url).head_bucket(Bucket=p.bucket)
-    except botocore.exceptions.ClientError as e:
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            raise NotFound(f"{uri}: bucket does not exist") from e
-        if code in ("403", "AccessDenied", "Forbidden"):
-            raise StorageError(f"{uri}: access to bucket {p.bucket!r} denied (check credentials and policy)") from e
-        raise _translate(uri, e) from e
-    except Exception as e:  # noqa: BLE001
-        raise _translate(uri, e) from e
 
 
 def _sidecar(uri: str) -> str:
@@ -428,6 +476,16 @@ class ObjectInfo:
     size: int
     etag: str
 
+    @classmethod
+    def of_s3(cls, obj: dict) -> "ObjectInfo":
+        """From one entry of a ListObjectsV2 page's ``Contents``."""
+        return cls(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"'))
+
+    @classmethod
+    def of_file(cls, path: str, st: os.stat_result) -> "ObjectInfo":
+        """A local file: its path, size, and modification time and size as the ETag."""
+        return cls(path, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
 
 def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
     """List every object under a prefix, paginated (``page_size`` keys per request), in S3's key order.
@@ -439,14 +497,11 @@ def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None, page_size:
     """
     if is_s3(prefix_uri):
         p = parse_s3(prefix_uri)
-        try:
+        with _errors(prefix_uri):
             pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(
                 Bucket=p.bucket, Prefix=p.key, PaginationConfig={"PageSize": page_size})
             for page in pages:
-                for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"'))
-        except Exception as e:  # noqa: BLE001
-            raise _translate(prefix_uri, e) from e
+                yield from map(ObjectInfo.of_s3, page.get("Contents", []))
         return
     if not os.path.isdir(prefix_uri):
         raise NotFound(f"{prefix_uri}: no such directory")
@@ -454,20 +509,16 @@ def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None, page_size:
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(root, name)
-            st = os.stat(path)
-            yield ObjectInfo(path, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
+            yield ObjectInfo.of_file(path, os.stat(path))
 
 
 def list_page(prefix_uri: str, endpoint_url: Optional[str] = None, max_keys: int = 1000) -> tuple[list[ObjectInfo], bool]:
     """The first page of a listing (one request) and whether there is more; a local directory is one page."""
     if is_s3(prefix_uri):
         p = parse_s3(prefix_uri)
-        try:
+        with _errors(prefix_uri):
             page = s3_client(endpoint_url).list_objects_v2(Bucket=p.bucket, Prefix=p.key, MaxKeys=max_keys)
-        except Exception as e:  # noqa: BLE001
-            raise _translate(prefix_uri, e) from e
-        return ([ObjectInfo(o["Key"], int(o["Size"]), o.get("ETag", "").strip('"')) for o in page.get("Contents", [])],
-                bool(page.get("IsTruncated")))
+        return [ObjectInfo.of_s3(o) for o in page.get("Contents", [])], bool(page.get("IsTruncated"))
     return list(list_objects(prefix_uri, endpoint_url)), False
 
 
@@ -475,10 +526,8 @@ def peek_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[int
     """The first page (one request) of :func:`list_level`: ``(objects on it, sub-prefix URIs on it, more pages?)``."""
     if is_s3(prefix_uri):
         p = parse_s3(prefix_uri)
-        try:
+        with _errors(prefix_uri):
             page = s3_client(endpoint_url).list_objects_v2(Bucket=p.bucket, Prefix=p.key, Delimiter="/", MaxKeys=1000)
-        except Exception as e:  # noqa: BLE001
-            raise _translate(prefix_uri, e) from e
         return (len(page.get("Contents", [])), [f"s3://{p.bucket}/{c['Prefix']}" for c in page.get("CommonPrefixes", [])],
                 bool(page.get("IsTruncated")))
     objects, folders = list_level(prefix_uri, endpoint_url)
@@ -497,15 +546,12 @@ def list_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[lis
     if is_s3(prefix_uri):
         p = parse_s3(prefix_uri)
         objects, folders = [], []
-        try:
+        with _errors(prefix_uri):
             pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(
                 Bucket=p.bucket, Prefix=p.key, Delimiter="/")
             for page in pages:
-                objects += [ObjectInfo(o["Key"], int(o["Size"]), o.get("ETag", "").strip('"'))
-                            for o in page.get("Contents", [])]
+                objects += map(ObjectInfo.of_s3, page.get("Contents", []))
                 folders += [f"s3://{p.bucket}/{c['Prefix']}" for c in page.get("CommonPrefixes", [])]
-        except Exception as e:  # noqa: BLE001
-            raise _translate(prefix_uri, e) from e
         return objects, folders
     if not os.path.isdir(prefix_uri):
         raise NotFound(f"{prefix_uri}: no such directory")
@@ -514,8 +560,7 @@ def list_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[lis
         if entry.is_dir():
             folders.append(os.path.join(entry.path, ""))
         elif entry.is_file():
-            st = entry.stat()
-            objects.append(ObjectInfo(entry.path, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}"))
+            objects.append(ObjectInfo.of_file(entry.path, entry.stat()))
     return objects, folders
 
 
@@ -535,10 +580,8 @@ def delete(uri: str, endpoint_url: Optional[str] = None) -> None:
     """Delete one object or file (absent is fine)."""
     if is_s3(uri):
         p = parse_s3(uri)
-        try:
+        with _errors(uri):
             s3_client(endpoint_url).delete_object(Bucket=p.bucket, Key=p.key)
-        except Exception as e:  # noqa: BLE001
-            raise _translate(uri, e) from e
         return
     for path in (uri, _sidecar(uri)):
         try:

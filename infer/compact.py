@@ -36,7 +36,8 @@ from common.cli import (UsageError, add_common_arguments, encryption_from, endpo
 from common.spark import spark_context  # noqa: E402
 from common.manifest import read_manifest  # noqa: E402
 from common.status import failed_ids  # noqa: E402
-from common.output import PREDICTION_SCHEMA, check_run_id, run_record_key, table_to_parquet  # noqa: E402
+from common.output import (PARQUET_CONTENT_TYPE, PREDICTION_SCHEMA, check_run_id, part_key, partition_dir,  # noqa: E402
+                           run_record_key, table_to_parquet)  # noqa: E402
 from infer.plan import present_mask  # noqa: E402
 
 PROG = "compact"
@@ -73,11 +74,6 @@ def plan_bins(sizes: Sequence[tuple[str, int]], target: int) -> list[list[str]]:
     return bins
 
 
-def compacted_key(target: str, run_id: str, index: int) -> str:
-    """``<target>/run_id=<id>/part-<index:05d>.parquet``."""
-    return storage.join(target, f"run_id={run_id}", f"part-{index:05d}.parquet")
-
-
 def _current_schema(table: pa.Table) -> pa.Table:
     """Part files written before the ``embedding`` column get it as nulls (runs from older versions compact too)."""
     if "embedding" in table.column_names or "top1_prob" not in table.column_names:
@@ -97,9 +93,9 @@ def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_ur
         if not t.schema.equals(PREDICTION_SCHEMA, check_metadata=False):
             raise ValueError(f"{u}: schema differs from the predictions schema; not compacting it")
     table = pa.concat_tables(tables).combine_chunks()
-    key = compacted_key(target, run_id, index)
+    key = part_key(target, run_id, index)  # numbered by bin
     data = table_to_parquet(table, key)
-    storage.write_bytes(key, data, endpoint_url, "application/vnd.apache.parquet")
+    storage.write_bytes(key, data, endpoint_url, PARQUET_CONTENT_TYPE)
     return key, sum(t.num_rows for t in tables), pq.read_metadata(io.BytesIO(data)).num_rows
 
 
@@ -150,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"run {run_id} is not finished: {len(missing)} shards missing {missing[:10]}, "
                          f"{len(failed)} failed {failed[:10]}; finish it with infer --only-missing / --only-failed")
 
-    prefix = storage.join(args.input, f"run_id={run_id}") + "/"
+    prefix = partition_dir(args.input, run_id)
     sizes = sorted((storage.object_uri(prefix, o.key), o.size) for o in storage.list_objects(prefix, endpoint)
                    if o.key.endswith(".parquet"))
     bins = plan_bins(sizes, target_size)
@@ -163,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"compaction of {run_id}: {rows_in} rows in, {rows_out} rows out, "
                            f"manifest has {manifest.num_images} images")
     written = {r[0] for r in results}
-    out_prefix = storage.join(args.output, f"run_id={run_id}") + "/"
+    out_prefix = partition_dir(args.output, run_id)
     stale = [storage.object_uri(out_prefix, o.key) for o in storage.list_objects(out_prefix, endpoint)
              if storage.object_uri(out_prefix, o.key) not in written]
     for uri in stale:  # leftovers of an earlier compaction with more bins

@@ -16,13 +16,14 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
 from common import storage
 from common.cli import UsageError
 from common.manifest import Manifest, ManifestError, part_problem, parts_of_ranges
+from common.output import part_file_id, partition_dir
 from common.status import failed_ids
 
 # Shards per Spark task, by precision.  Measured (docs/benchmarks.md, 2 cores, AVX-512 VNNI):
@@ -77,13 +78,9 @@ def parse_shard_ids(text: str, manifest: Manifest) -> np.ndarray:
     return mask_to_ranges(mask)
 
 
-def _part_ids(prefix: str, endpoint_url: Optional[str]) -> list[int]:
-    found = []
-    for obj in storage.list_objects(prefix, endpoint_url):
-        m = re.search(r"part-(\d+)\.parquet$", obj.key)
-        if m and obj.size > 0:
-            found.append(int(m.group(1)))
-    return found
+def _part_ids(objects: Iterable[storage.ObjectInfo]) -> list[int]:
+    """The shard ids of the non-empty part files among ``objects``."""
+    return [i for o in objects if o.size > 0 and (i := part_file_id(o.key)) is not None]
 
 
 def present_mask(output: str, run_id: str, num_shards: int, endpoint_url: Optional[str]) -> np.ndarray:
@@ -92,18 +89,20 @@ def present_mask(output: str, run_id: str, num_shards: int, endpoint_url: Option
     A partition of up to 1,000 files is one LIST; a larger one is listed over the 100
     prefixes ``part-00`` … ``part-99`` in parallel (15.6 M part files: ~15,600 LISTs on 16 threads).
     """
-    prefix = storage.join(output, f"run_id={run_id}") + "/"
+    prefix = partition_dir(output, run_id)
     mask = np.zeros(num_shards, dtype=bool)
     try:
         first, more = storage.list_page(prefix, endpoint_url)
     except storage.NotFound:
         return mask
     if not more:
-        ids = [int(m.group(1)) for o in first if (m := re.search(r"part-(\d+)\.parquet$", o.key)) and o.size > 0]
+        ids = _part_ids(first)
     else:
+        def ids_under(digits: int) -> list[int]:
+            return _part_ids(storage.list_objects(f"{prefix}part-{digits:02d}", endpoint_url))
+
         with ThreadPoolExecutor(LIST_THREADS) as pool:
-            ids = [i for part in pool.map(lambda d: _part_ids(f"{prefix}part-{d:02d}", endpoint_url), range(100))
-                   for i in part]
+            ids = [i for part in pool.map(ids_under, range(100)) for i in part]
     ids = np.asarray(ids, dtype=np.int64)
     mask[ids[(ids >= 0) & (ids < num_shards)]] = True
     return mask

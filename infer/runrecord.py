@@ -16,7 +16,7 @@ from common import athena, status, storage
 from common.cli import UsageError
 from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE
 from common.manifest import Manifest
-from common.output import run_dir, run_record_key
+from common.output import partition_dir, run_dir, run_record_key
 
 PROG = "infer"
 
@@ -134,7 +134,7 @@ def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, ma
         "model_loads": statuses.model_loads,
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(statuses.images / elapsed, 3) if elapsed > 0 else None,
-        "output": storage.join(args.output, f"run_id={run_id}") + "/",
+        "output": partition_dir(args.output, run_id),
         "status_file": statuses.uri if statuses.shards else None,
         "rerun_failed": rerun_command(args, run_id, submit, script) if statuses.failed_count else None,
     }

@@ -40,8 +40,8 @@ from common import storage
 from common.images import DEFAULT_PREPROCESSING, BadImageError, Preprocessing, decode_rgb
 from common.manifest import ShardEntry, read_shards
 from common.model import ModelError, ModelSpec, get_predictor, task_device, top_k
-from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, STATUS_OK, ConflictError,
-                           ImageResult, input_digest, part_key, predictions_table, table_to_parquet)
+from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, PARQUET_CONTENT_TYPE, STATUS_OK,
+                           ConflictError, ImageResult, input_digest, part_key, predictions_table, table_to_parquet)
 from common.shard import ShardFormatError, unpack_shard
 
 
@@ -71,7 +71,6 @@ class InferSettings:
     encryption: storage.Encryption = storage.Encryption()
 
 
-PARQUET_TYPE = "application/vnd.apache.parquet"
 
 
 class ShardError(RuntimeError):
@@ -250,8 +249,8 @@ def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings)
     meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results)), META_ROWS_ERROR: str(rows_error),
             META_INVOCATION: settings.invocation}
     if settings.force:
-        storage.write_bytes(key, data, settings.endpoint_url, PARQUET_TYPE, metadata=meta)
-    elif not storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_TYPE):
+        storage.write_bytes(key, data, settings.endpoint_url, PARQUET_CONTENT_TYPE, metadata=meta)
+    elif not storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_CONTENT_TYPE):
         # another copy of this task (or an earlier try whose reply was lost) got there first
         existing = _existing(key, digest, settings)
         if existing is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry

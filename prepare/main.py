@@ -35,6 +35,7 @@ from common.athena import symlink_location  # noqa: E402
 from common.images import FORMATS, MAX_PIXELS, parse_formats, skip_reason_for_key  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
                              compute_manifest_id, index_to_bytes)
+from common.output import PARQUET_CONTENT_TYPE  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from prepare import listing  # noqa: E402
 from prepare.tasks import Candidate, PrepareSettings, write_part  # noqa: E402
@@ -68,9 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(p)
     return p
 
-
-def _folder(uri: str) -> str:
-    return uri if uri.endswith("/") else uri + "/"
 
 
 def _classify(item: listing.Listed, formats):
@@ -107,7 +105,7 @@ def write_skipped(rows, uri: str, endpoint_url, encryption: storage.Encryption) 
                     chunk = []
             writer.write_table(pa.Table.from_pylist([{"key": k, "reason": r} for k, r in chunk], SKIPPED_SCHEMA))
             count += len(chunk)
-        storage.upload_file(path, uri, endpoint_url, "application/vnd.apache.parquet")
+        storage.upload_file(path, uri, endpoint_url, PARQUET_CONTENT_TYPE)
     return [count]
 
 
@@ -123,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         formats = parse_formats(args.formats)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    settings = PrepareSettings(_folder(args.input), _folder(args.output), args.batch, endpoint_from(args), formats,
+    settings = PrepareSettings(storage.as_folder(args.input), storage.as_folder(args.output), args.batch, endpoint_from(args), formats,
                                encryption_from(args))
     endpoint = settings.endpoint_url
     started = time.time()
@@ -223,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     for uri in stale:  # parts of an earlier prepare into this output with more parts: not this manifest's
         storage.delete(uri, endpoint)
     storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, args.batch, n_skipped),
-                        endpoint, "application/vnd.apache.parquet")  # last: the manifest now exists
+                        endpoint, PARQUET_CONTENT_TYPE)  # last: the manifest now exists
     # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds
     # the shards). See `python -m infer.athena --manifest-output`.
     storage.write_bytes(storage.join(symlink_location(settings.output_uri, "skipped"), "symlink.txt"),

@@ -15,6 +15,7 @@ from common import storage
 from common.images import DEFAULT_FORMATS, check_image
 from common.manifest import (PartEntry, ShardEntry, describe_part, part_name, part_to_bytes, rows_digest, shard_name,
                              shard_table)
+from common.output import PARQUET_CONTENT_TYPE
 from common.shard import pack_shard
 
 # Many small GETs per task: threads overlap S3 first-byte latency (boto3 clients are
@@ -111,5 +112,5 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     table = shard_table(entries)
     uri = storage.join(settings.output_uri, part_name(part_id))
     data = part_to_bytes(table, uri)
-    storage.write_bytes(uri, data, settings.endpoint_url, "application/vnd.apache.parquet")
+    storage.write_bytes(uri, data, settings.endpoint_url, PARQUET_CONTENT_TYPE)
     return PartOutcome(describe_part(part_id, uri, table, data), rows_digest(table), tuple(bad))

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from common import status, storage
 from common.manifest import Manifest, ShardEntry, iter_shards
 from common.manifest import read_manifest as read_index
+from common.output import partition_dir
 from testkit.localdev import ROOT, run_spark_submit, spark_env, upload_cifar_like
 
 
@@ -68,7 +69,7 @@ def bucket_of(uri: str) -> str:
 
 def part_objects(output: str, run_id: str) -> dict[str, storage.ObjectInfo]:
     """``{key: ObjectInfo}`` of the run's part files."""
-    return {o.key: o for o in storage.list_objects(f"{output}run_id={run_id}/")}
+    return {o.key: o for o in storage.list_objects(partition_dir(output, run_id))}
 
 
 def last_modified(output: str, run_id: str) -> dict[str, object]:

@@ -42,6 +42,8 @@ from testkit import zoo_builder  # noqa: E402
 from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
 from testkit.testdata import cifar_like_png  # noqa: E402
 from infer import precision  # noqa: E402
+from infer.cpu import cpu_info  # noqa: E402
+from infer.sample import Sample as ImageSample  # noqa: E402
 from testkit.faultproxy import FaultProxy  # noqa: E402
 from testkit.localdev import ROOT, LocalS3, spark_env, spark_submit_command, upload_cifar_like  # noqa: E402
 
@@ -50,7 +52,7 @@ BUCKET = "bench"
 
 def machine() -> dict:
     """What ran the benchmark."""
-    cpu = precision.cpu_info()
+    cpu = cpu_info()
     mem = next((int(ln.split()[1]) // 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
     return {"cpu": cpu["model"], "cpu_flags": cpu["flags"], "cores": os.cpu_count(), "memory_mib": mem,
             "python": platform.python_version(), "platform": platform.platform()}
@@ -63,7 +65,7 @@ def converted_models(model_dir: str, workdir: str, calibration: int = 256) -> di
                                                              zoo_builder.SYNSET_FILE)))
     files = fetch_model(spec)
     sym, arg, aux = check_model(files, spec)
-    images = precision.Sample(tuple(cifar_like_png(i, seed=99) for i in range(calibration)),
+    images = ImageSample(tuple(cifar_like_png(i, seed=99) for i in range(calibration)),
                               tuple(str(i) for i in range(calibration)))
     dirs = {"fp32": model_dir}
     for p in ("bf16", "int8"):

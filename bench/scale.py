@@ -38,7 +38,7 @@ from testkit.localdev import spark_env, spark_submit_command  # noqa: E402
 
 
 def _cpu() -> str:
-    from infer.precision import cpu_info
+    from infer.cpu import cpu_info
 
     info = cpu_info()
     return f"{info['model']}, {os.cpu_count()} cores, flags {' '.join(info['flags']) or 'none of avx512/vnni/bf16'}"

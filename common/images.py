@@ -247,3 +247,20 @@ def preprocess(data: bytes, key: str, prep: Preprocessing = DEFAULT_PREPROCESSIN
     out = np.empty((3, prep.size, prep.size), dtype=np.float32)
     prep.into(decode_rgb(data, key), out)
     return out
+
+
+def decode_into(payloads: Sequence[bytes], keys: Sequence[str], out: np.ndarray,
+                prep: Preprocessing = DEFAULT_PREPROCESSING) -> dict[int, str]:
+    """Decode and preprocess every payload into ``out[i]``; an undecodable image gets zeros and an error.
+
+    Returns:
+        ``{record: "error: ..."}`` for the images that could not be decoded.
+    """
+    errors: dict[int, str] = {}
+    for i, data in enumerate(payloads):
+        try:
+            prep.into(decode_rgb(data, keys[i]), out[i])
+        except BadImageError as e:
+            errors[i] = f"error: {e}"
+            out[i] = 0.0
+    return errors

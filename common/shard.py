@@ -17,17 +17,22 @@ dropped; the reader puts them back.
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from mxnet import recordio
+
+from common import storage
 from common.errors import ShardFormatError  # noqa: F401 - raised here, defined with the other user errors
+
+if TYPE_CHECKING:
+    from common.manifest import ShardEntry
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LEN_MASK = (1 << 29) - 1
 _MAX_RECORD = 1 << 29
-
 
 
 def _frame(cflag: int, part: bytes) -> bytes:
@@ -143,3 +148,26 @@ def unpack_shard(data: bytes, source: str) -> list[bytes]:
             )
         out.append(png)
     return out
+
+
+class ShardError(RuntimeError):
+    """A shard that cannot be processed as a whole (damaged, wrong size)."""
+
+
+def fetch_shard(entry: "ShardEntry", endpoint_url: Optional[str]) -> list[bytes]:
+    """The shard's image payloads in record order, after checking size, sha256 and record count.
+
+    Raises:
+        ShardError: the bytes or the record count differ from the manifest (names the shard).
+    """
+    data = storage.read_bytes(entry.uri, endpoint_url)
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != entry.num_bytes or digest != entry.sha256:
+        raise ShardError(
+            f"shard {entry.shard_id} ({entry.uri}): content does not match the manifest "
+            f"({len(data)} bytes sha256 {digest[:12]}, expected {entry.num_bytes} bytes sha256 {entry.sha256[:12]})"
+        )
+    payloads = unpack_shard(data, entry.uri)
+    if len(payloads) != entry.num_records:
+        raise ShardError(f"shard {entry.shard_id} ({entry.uri}): {len(payloads)} records, manifest says {entry.num_records}")
+    return payloads

@@ -15,127 +15,26 @@ same run reuses it instead of converting again.
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 
 from common import storage
 from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE, Preprocessing
-from common.manifest import Manifest, ShardEntry, read_shards
+from common.manifest import Manifest
 from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
+from infer.cpu import cpu_info, speed_warning
+from infer.sample import Sample, load_sample, sample_plan, sample_shards
 
 PRECISIONS = ("fp32", "bf16", "int8")
 DEFAULT_CALIBRATION_IMAGES = 512
 DEFAULT_MIN_AGREEMENT = 0.99
-# Records taken from each sampled shard: enough shards to cover the manifest, few enough GETs.
-SAMPLE_PER_SHARD = 16
-# The CPU features each precision needs to be fast (oneDNN uses them when present).
-FAST_WITH = {"bf16": ("avx512_bf16", "amx_bf16"), "int8": ("avx512_vnni", "avx_vnni", "amx_int8")}
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 class AgreementError(ValueError):
     """The converted model disagrees with fp32 on more images than ``--min-agreement`` allows."""
-
-
-def cpu_info() -> dict:
-    """The CPU model and the flags that decide reduced-precision speed (from /proc/cpuinfo)."""
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
-
-
-def speed_warning(precision: str, cpu: dict) -> Optional[str]:
-    """A warning when this CPU lacks the instructions that make ``precision`` fast, else None."""
-    need = FAST_WITH.get(precision)
-    if not need or any(f in cpu["flags"] for f in need):
-        return None
-    return (f"--precision {precision}: this CPU ({cpu['model']}) has none of {', '.join(need)}; {precision} "
-            "will likely be slower than fp32 here (executors with those flags run it fast)")
-
-
-def sample_plan(shards: Sequence[tuple[int, int]], calibration: int, agreement: int,
-                per_shard: int = SAMPLE_PER_SHARD) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Which images calibrate and which check agreement: disjoint ``(shard_id, record)`` lists.
-
-    ``shards`` is ``[(shard_id, num_records), ...]`` in manifest order.  Shards are taken evenly
-    spaced across the manifest, records evenly spaced inside each, and alternately assigned to
-    the calibration and the agreement sample, so both see the whole manifest.  The same
-    manifest and numbers always give the same plan.
-    """
-    want = calibration + agreement
-    total = sum(n for _, n in shards)
-    if want > total:
-        raise ValueError(f"{want} sample images requested ({calibration} calibration + {agreement} agreement), "
-                         f"the manifest holds {total}")
-    if want == 0:
-        return [], []
-    count = min(len(shards), math.ceil(want / per_shard))
-    while True:  # ends: with every shard picked, the sum is the total
-        picked = [shards[(2 * j + 1) * len(shards) // (2 * count)] for j in range(count)]
-        if sum(n for _, n in picked) >= want:
-            break
-        count = min(len(shards), count * 2)
-    take = math.ceil(want / count)
-    while sum(min(n, take) for _, n in picked) < want:
-        take += 1
-    chosen = [(sid, (2 * r + 1) * n // (2 * k)) for sid, n in picked for k in (min(n, take),) for r in range(k)]
-    even, odd = chosen[0::2], chosen[1::2]
-    calib, agree = even[:calibration], odd[:agreement]
-    spare = even[calibration:] + odd[agreement:]
-    short = calibration - len(calib)
-    calib += spare[:short]
-    agree += spare[short : short + agreement - len(agree)]
-    return calib, agree
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Sampled images as their original bytes: decoded one batch at a time, so a sample of
-    thousands of images costs the driver its compressed size, not 600 KB of floats per image."""
-
-    payloads: tuple[bytes, ...]
-    keys: tuple[str, ...]
-    prep: Preprocessing = DEFAULT_PREPROCESSING
-
-    def __len__(self) -> int:
-        return len(self.payloads)
-
-    def batches(self, size: int) -> Iterator[np.ndarray]:
-        """Model input in batches of up to ``size`` rows; undecodable images are left out."""
-        from infer.task import decode_into
-
-        for start in range(0, len(self), size):
-            s = self.prep.size
-            out = np.empty((min(size, len(self) - start), 3, s, s), dtype=np.float32)
-            bad = decode_into(self.payloads[start : start + size], self.keys[start : start + size], out, self.prep)
-            yield out[[i for i in range(len(out)) if i not in bad]] if bad else out
-
-
-def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]], endpoint_url: Optional[str],
-                prep: Preprocessing = DEFAULT_PREPROCESSING, threads: int = 8) -> Sample:
-    """Fetch the shards that hold ``items`` (``(shard_id, record)`` pairs, in parallel) and keep those records."""
-    from infer.task import fetch_shard
-
-    by_id = {e.shard_id: e for e in entries}
-    wanted = list(dict.fromkeys(sid for sid, _ in items))
-    with ThreadPoolExecutor(threads) as pool:
-        fetched = dict(zip(wanted, pool.map(lambda sid: fetch_shard(by_id[sid], endpoint_url), wanted)))
-    return Sample(tuple(fetched[sid][rec] for sid, rec in items), tuple(by_id[sid].keys[rec] for sid, rec in items),
-                  prep)
 
 
 def _padded(images: np.ndarray, batch: int) -> np.ndarray:
@@ -213,20 +112,6 @@ class Converted:
 def labels_text(files: ModelFiles) -> bytes:
     """The labels as a plain one-per-line file (read back identically by :func:`common.model.read_labels`)."""
     return ("\n".join(files.labels) + "\n").encode()
-
-
-def sample_shards(manifest: Manifest, want: int, endpoint_url: Optional[str],
-                  per_shard: int = SAMPLE_PER_SHARD) -> list[ShardEntry]:
-    """Rows of shards evenly spaced across the manifest holding at least ``want`` images (read from
-    their parts' row groups only; the whole manifest only when it is that small)."""
-    n = manifest.num_shards
-    count = min(n, max(1, math.ceil(want / per_shard)))
-    while True:
-        ids = sorted({(2 * j + 1) * n // (2 * count) for j in range(count)})
-        entries = read_shards(manifest, ids, endpoint_url)
-        if sum(e.num_records for e in entries) >= want or count == n:
-            return entries
-        count = min(n, count * 2)
 
 
 def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: Manifest,

@@ -23,7 +23,6 @@ them as one file per invocation.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -37,12 +36,12 @@ import numpy as np
 
 from common import status as status_file
 from common import storage
-from common.images import DEFAULT_PREPROCESSING, BadImageError, Preprocessing, decode_rgb
+from common.images import DEFAULT_PREPROCESSING, Preprocessing, decode_into
 from common.manifest import ShardEntry, read_shards
 from common.model import ModelError, ModelSpec, get_predictor, task_device, top_k
 from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, PARQUET_CONTENT_TYPE, STATUS_OK,
                            ConflictError, ImageResult, input_digest, part_key, predictions_table, table_to_parquet)
-from common.shard import ShardFormatError, unpack_shard
+from common.shard import ShardError, ShardFormatError, fetch_shard
 
 
 @dataclass(frozen=True)
@@ -71,10 +70,6 @@ class InferSettings:
     encryption: storage.Encryption = storage.Encryption()
 
 
-
-
-class ShardError(RuntimeError):
-    """A shard that cannot be processed as a whole (damaged, wrong size)."""
 
 
 # Failures that another try cannot fix: recorded at once instead of retried by Spark.
@@ -107,42 +102,6 @@ def _already_done(status: dict, key: str, meta: dict, settings: InferSettings) -
                   rows=int(meta.get(META_ROWS, 0)) if ours else 0,
                   rows_error=int(meta.get(META_ROWS_ERROR, 0)) if ours else 0, t_end=time.time())
     return status
-
-
-def fetch_shard(entry: ShardEntry, endpoint_url: Optional[str]) -> list[bytes]:
-    """The shard's image payloads in record order, after checking size, sha256 and record count.
-
-    Raises:
-        ShardError: the bytes or the record count differ from the manifest (names the shard).
-    """
-    data = storage.read_bytes(entry.uri, endpoint_url)
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != entry.num_bytes or digest != entry.sha256:
-        raise ShardError(
-            f"shard {entry.shard_id} ({entry.uri}): content does not match the manifest "
-            f"({len(data)} bytes sha256 {digest[:12]}, expected {entry.num_bytes} bytes sha256 {entry.sha256[:12]})"
-        )
-    payloads = unpack_shard(data, entry.uri)
-    if len(payloads) != entry.num_records:
-        raise ShardError(f"shard {entry.shard_id} ({entry.uri}): {len(payloads)} records, manifest says {entry.num_records}")
-    return payloads
-
-
-def decode_into(payloads: Sequence[bytes], keys: Sequence[str], out: np.ndarray,
-                prep: Preprocessing = DEFAULT_PREPROCESSING) -> dict[int, str]:
-    """Decode and preprocess every payload into ``out[i]``; an undecodable image gets zeros and an error.
-
-    Returns:
-        ``{record: "error: ..."}`` for the images that could not be decoded.
-    """
-    errors: dict[int, str] = {}
-    for i, data in enumerate(payloads):
-        try:
-            prep.into(decode_rgb(data, keys[i]), out[i])
-        except BadImageError as e:
-            errors[i] = f"error: {e}"
-            out[i] = 0.0
-    return errors
 
 
 def predict_batch(batch: np.ndarray, predictor, k: int) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:

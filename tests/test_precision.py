@@ -12,7 +12,8 @@ import pytest
 
 from common import storage
 from common.output import input_digest
-from infer.precision import sample_plan, speed_warning
+from infer.cpu import speed_warning
+from infer.sample import sample_plan
 from testkit import digits_model
 from tests.helpers import infer_args, output_rows, read_manifest, statuses
 

@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from bench.measure import run_sampled  # noqa: E402
@@ -71,17 +72,17 @@ def task_read(manifest, shard_ids) -> dict:
 def status_sizes() -> dict:
     """Status bytes per shard: packed in flight (Arrow IPC, zstd) and in the Parquet status file."""
     now = time.time()
-    rows = [{"shard_id": i, "status": "ok", "outcome": "written", "rows": 64, "rows_error": 0, "bytes": 9000 + i,
+    rows = [status.ShardStatus(**{"uri": f"s3://b/shards/shard-{i:05d}.rec", "shard_id": i, "status": "ok", "outcome": "written", "rows": 64, "rows_error": 0, "bytes": 9000 + i,
              "t_start": now + i, "t_fetched": now + i + .05, "t_decoded": now + i + .2, "t_forward_start": now + i + .21,
              "t_forwarded": now + i + .7, "t_end": now + i + .75, "model": "resnet-18@sha256:0123456789ab",
              "model_loaded": i == 0, "model_load_s": 0.0, "host": "ip-10-0-1-23", "pid": 4242, "attempt": 0,
-             "task": i // 4, "t_task_start": now, "t_task_end": now + 4, "invocation": "f" * 32} for i in range(4096)]
+             "task": i // 4, "t_task_start": now, "t_task_end": now + 4, "invocation": "f" * 32}) for i in range(4096)]
     packed = [status.pack(rows[i : i + 4]) for i in range(0, len(rows), 4)]
     with tempfile.TemporaryDirectory() as tmp:
         writer = status.Writer(tmp + "/", "r", now, "f" * 32)
         writer.add(packed)
         file_bytes = os.path.getsize(writer.close())
-    table = status.table(rows)
+    table = pa.concat_tables([status.unpack(b) for b in packed])
     return {"packed_bytes_per_shard_4_per_task": round(sum(len(b) for b in packed) / len(rows), 1),
             "arrow_bytes_per_shard": round(table.nbytes / len(rows), 1),
             "file_bytes_per_shard": round(file_bytes / len(rows), 1)}

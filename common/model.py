@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -268,10 +268,21 @@ def check_model(files: ModelFiles, spec: ModelSpec):
         ModelError: a missing or mis-shaped parameter (named), or a label count that does not
             match the number of classes.
     """
-    return check_model_head(files, spec)[:3]
+    checked = check_model_head(files, spec)
+    return checked.symbol, checked.arg_params, checked.aux_params
 
 
-def check_model_head(files: ModelFiles, spec: ModelSpec):
+class CheckedModel(NamedTuple):
+    """A model whose parameters fit its symbol: ready to bind, and what its output is."""
+
+    symbol: Any
+    arg_params: dict
+    aux_params: dict
+    head: str  # how the probabilities are made: HEAD_SOFTMAX, HEAD_APPLIED or HEAD_NONE
+    embedding_width: int  # the --output-layer's values per image (0 without one)
+
+
+def check_model_head(files: ModelFiles, spec: ModelSpec) -> CheckedModel:
     """:func:`check_model` plus how the probabilities are made (:data:`HEAD_SOFTMAX`, :data:`HEAD_APPLIED`,
     :data:`HEAD_NONE`) and the output layer's values per image (0 without one)."""
     sym, head = _inference_symbol(files, spec)
@@ -303,7 +314,7 @@ def check_model_head(files: ModelFiles, spec: ModelSpec):
         if num_classes != len(files.labels):
             raise ModelError(f"{spec.label_url}: {len(files.labels)} labels, but the model has {num_classes} classes")
     width = int(np.prod(out_shapes[-1][1:])) if spec.output_layer else 0
-    return sym, arg, aux, head, width
+    return CheckedModel(sym, arg, aux, head, width)
 
 
 def device_context(device: str):
@@ -418,8 +429,10 @@ class Predictor:
         self.params_sha256 = files.params_sha256
         self.model_id = files.model_id(spec)
         # every argument has a parameter of the right shape
-        sym, arg, aux, self.head, self.embedding_width = check_model_head(files, spec)
-        self._model = BoundModel(sym, arg, aux, spec.batch_size, spec.device, spec.image_size)
+        checked = check_model_head(files, spec)
+        self.head, self.embedding_width = checked.head, checked.embedding_width
+        self._model = BoundModel(checked.symbol, checked.arg_params, checked.aux_params, spec.batch_size, spec.device,
+                                 spec.image_size)
         self.load_seconds = time.perf_counter() - started
 
     @property

@@ -21,6 +21,7 @@ import os
 import pickle
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -61,6 +62,44 @@ FAILED_COLUMNS = ["shard_id", "status", "error"]
 _WHOLE_READ = 8 * 1024 * 1024
 
 
+@dataclass
+class ShardStatus:
+    """One shard's outcome in one task, as the task builds it stage by stage (times: epoch seconds)."""
+
+    shard_id: int
+    uri: str
+    status: str = "failed"  # "ok" or "failed"
+    outcome: str = "failed"  # "written", "already present" or "failed"
+    error: Optional[str] = None
+    traceback: Optional[str] = None
+    part: Optional[str] = None  # the part file's URI
+    rows: int = 0
+    rows_error: int = 0
+    bytes: int = 0
+    t_start: Optional[float] = None
+    t_fetched: Optional[float] = None
+    t_decoded: Optional[float] = None
+    t_forward_start: Optional[float] = None
+    t_forwarded: Optional[float] = None
+    t_end: Optional[float] = None
+    t_task_start: Optional[float] = None
+    t_task_end: Optional[float] = None
+    model: Optional[str] = None
+    model_loaded: bool = False
+    model_load_s: float = 0.0
+    host: Optional[str] = None
+    pid: Optional[int] = None
+    attempt: Optional[int] = None
+    task: Optional[int] = None
+    invocation: str = ""
+
+    def done(self, outcome: str, part: str, rows: int, rows_error: int = 0, nbytes: int = 0) -> "ShardStatus":
+        """Mark it ok: ``outcome`` "written" or "already present"."""
+        self.status, self.outcome, self.part = "ok", outcome, part
+        self.rows, self.rows_error, self.bytes, self.t_end = rows, rows_error, nbytes, time.time()
+        return self
+
+
 def status_dir(output_prefix: str, run_id: str) -> str:
     """``<output>/_runs/<run_id>/status``."""
     return storage.join(run_dir(output_prefix, run_id), STATUS_DIR)
@@ -72,19 +111,6 @@ def status_key(output_prefix: str, run_id: str, started: float, invocation: str)
     return storage.join(status_dir(output_prefix, run_id), f"{stamp}-{invocation}.parquet")
 
 
-def _column(rows: Sequence[dict], field: pa.Field):
-    name = field.name
-    if name in TIMES:
-        return pa.array([None if r.get(name) is None else int(r[name] * 1000) for r in rows], pa.int64()).cast(_TS)
-    default = {"rows": 0, "rows_error": 0, "bytes": 0, "model_loaded": False, "model_load_s": 0.0}.get(name)
-    return pa.array([r.get(name, default) for r in rows], field.type)
-
-
-def table(rows: Sequence[dict]) -> pa.Table:
-    """Status dicts (times as epoch seconds) as a table in :data:`STATUS_SCHEMA`."""
-    return pa.Table.from_arrays([_column(rows, f) for f in STATUS_SCHEMA], schema=STATUS_SCHEMA)
-
-
 # What a task sends back per shard: fixed-width numbers (times as float32 seconds after the
 # task's start); strings that are the same for the whole task travel once per task, and an
 # error text only for a failed shard.  ~50 bytes per shard plus ~150 per task.
@@ -93,20 +119,20 @@ _PACKED = np.dtype([("shard_id", "<i4"), ("code", "i1"), ("rows", "<i4"), ("rows
 _OUTCOMES = ("written", "already present", "failed")
 
 
-def pack(rows: Sequence[dict]) -> bytes:
+def pack(rows: Sequence[ShardStatus]) -> bytes:
     """A task's statuses in the compact form it returns to the driver (see :func:`unpack`)."""
     if not rows:
         return pickle.dumps(((), b"", {}), protocol=5)
     first = rows[0]
-    t0 = min(r.get("t_task_start") or r.get("t_start") or 0.0 for r in rows)
+    t0 = min(r.t_task_start or r.t_start or 0.0 for r in rows)
     arr = np.zeros(len(rows), dtype=_PACKED)
     for i, r in enumerate(rows):
-        arr[i] = (r["shard_id"], _OUTCOMES.index(r.get("outcome", "failed")), r.get("rows", 0), r.get("rows_error", 0),
-                  r.get("bytes", 0), *(np.nan if r.get(t) is None else r[t] - t0 for t in TIMES[:6]),
-                  bool(r.get("model_loaded")), r.get("model_load_s", 0.0))
-    task = (first.get("host"), first.get("pid"), first.get("attempt"), first.get("task"), first.get("invocation", ""),
-            t0, max(r.get("t_task_end") or 0.0 for r in rows), first.get("model"))
-    errors = {r["shard_id"]: (r.get("error"), r.get("traceback")) for r in rows if r.get("status") != "ok"}
+        times = (getattr(r, t) for t in TIMES[:6])
+        arr[i] = (r.shard_id, _OUTCOMES.index(r.outcome), r.rows, r.rows_error, r.bytes,
+                  *(np.nan if t is None else t - t0 for t in times), r.model_loaded, r.model_load_s)
+    task = (first.host, first.pid, first.attempt, first.task, first.invocation, t0,
+            max(r.t_task_end or 0.0 for r in rows), first.model)
+    errors = {r.shard_id: (r.error, r.traceback) for r in rows if r.status != "ok"}
     return pickle.dumps((task, arr.tobytes(), errors), protocol=5)
 
 

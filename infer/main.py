@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Optional, Sequence
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a script by spark-submit: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The driver's own MXNet work (model check, --precision conversion and agreement) may use every
@@ -45,9 +47,9 @@ from common import glue, status, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
                         first_line, run_cli)
 from common.spark import spark_context, submit_options, task_attempts  # noqa: E402
-from common.manifest import check_parts_listed, read_manifest  # noqa: E402
+from common.manifest import Manifest, check_parts_listed, read_manifest  # noqa: E402
 from common.images import INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
-from common.model import ModelSpec, check_model_head, fetch_model  # noqa: E402
+from common.model import ModelFiles, ModelSpec, check_model_head, fetch_model  # noqa: E402
 from common.output import check_run_id, default_run_id, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from infer import plan as plan_mod  # noqa: E402
@@ -231,14 +233,37 @@ def _group_task(group: int, shared, settings: InferSettings, counter) -> bytes:
     return run_group(group, shared.value, settings, counter)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run infer for parsed arguments; returns the exit code."""
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What the driver settles before Spark starts: inputs read and checked, the run named, the shards chosen."""
+
+    endpoint: Optional[str]
+    encryption: storage.Encryption
+    prep: Preprocessing
+    manifest: Manifest
+    files: ModelFiles
+    spec: ModelSpec  # pinned to the params' sha256: executors must load this very model
+    model_id: str
+    model_info: dict  # for run.json: how probabilities are made, the output layer, preprocessing
+    variant: str  # see run_variant
+    run_id: str
+    record: Optional[dict]  # the run's run.json from an earlier invocation
+    record_matches: bool
+    ranges: np.ndarray  # the selected shard id ranges
+
+    @property
+    def selected(self) -> int:
+        return plan_mod.count(self.ranges)
+
+
+def resolve(args: argparse.Namespace) -> Job:
+    """Check the arguments, read the manifest index and the model, name the run and select its shards:
+    everything that can fail on bad input fails here, before Spark starts."""
     check_arguments(args)
     endpoint = endpoint_from(args)
     encryption = encryption_from(args)  # every object this run writes carries it
-    started = time.time()
-    # seconds, not a minute of retries, for a typo in a bucket or endpoint
     prep = preprocessing(args)
+    # seconds, not a minute of retries, for a typo in a bucket or endpoint
     storage.check_buckets([u for u in (args.manifest, args.output, args.sym_url, args.param_url, args.label_url) if u],
                           endpoint)
     manifest = read_manifest(args.manifest, endpoint)  # the index: a few bytes per part, never the keys
@@ -246,72 +271,68 @@ def run(args: argparse.Namespace) -> int:
     spec = ModelSpec(args.sym_url, args.param_url, args.label_url or "", MODEL_BATCH, endpoint, device=args.device,
                      image_size=prep.size, output_layer=args.output_layer, classify=args.top_k > 0)
     files = fetch_model(spec)
-    *_, head, width = check_model_head(files, spec)  # a bad model fails here, once, before any task starts
-    model_info = {"probabilities": head, "output_layer": args.output_layer, "embedding_width": width or None,
-                  "preprocessing": prep.record()}
+    checked = check_model_head(files, spec)  # a bad model fails here, once, before any task starts
+    model_info = {"probabilities": checked.head, "output_layer": args.output_layer,
+                  "embedding_width": checked.embedding_width or None, "preprocessing": prep.record()}
     variant = run_variant(args, prep)
-    spec = dataclasses.replace(spec, params_sha256=files.params_sha256)  # executors must load this very model
+    spec = dataclasses.replace(spec, params_sha256=files.params_sha256)
     model_id = files.model_id(dataclasses.replace(spec, precision=args.precision))
     run_id = args.run_id or default_run_id(manifest.manifest_id, spec.name, files.params_sha256, args.precision, variant)
     record = runrecord.read_run_record(args.output, run_id, endpoint)
     record_matches = runrecord.check_run_record(record, args, run_id, manifest, model_id, model_info)
-    ranges = plan_mod.select(args, manifest, run_id, endpoint)
-    cores = os.cpu_count() or 1
-    plan = plan_mod.make_plan(manifest, ranges, args.shards_per_task, cores, args.precision)
-    if plan.selected == 0:
-        print(f"{PROG}: manifest {manifest.manifest_id}: run_id={run_id}; running 0 shards: nothing to do", flush=True)
-        return 0
-    if args.dry_run:  # grouped for this machine's cores: on a cluster Spark's parallelism decides
-        print(f"{PROG}: dry run: manifest {manifest.manifest_id} (format {manifest.version}, {len(manifest.parts)} "
-              f"parts, {manifest.num_shards} shards, {manifest.num_images} images), run_id={run_id}, model {model_id}: "
-              f"{plan.selected} of {manifest.num_shards} shards in {len(plan.ranges)} ranges, {plan.groups} tasks of "
-              f"up to {plan.per_task} in {math.ceil(plan.groups / TASKS_PER_JOB)} Spark jobs: {plan_mod.describe(plan)}; "
-              "nothing written", flush=True)
-        return 0
-    sc = spark_context(f"shardinfer-infer-{run_id}")
+    return Job(endpoint, encryption, prep, manifest, files, spec, model_id, model_info, variant, run_id, record,
+               record_matches, plan_mod.select(args, manifest, run_id, endpoint))
+
+
+def print_dry_run(args: argparse.Namespace, job: Job) -> None:
+    """The plan, grouped for this machine's cores (on a cluster Spark's parallelism decides)."""
+    m = job.manifest
+    plan = plan_mod.make_plan(m, job.ranges, args.shards_per_task, os.cpu_count() or 1, args.precision)
+    print(f"{PROG}: dry run: manifest {m.manifest_id} (format {m.version}, {len(m.parts)} parts, {m.num_shards} "
+          f"shards, {m.num_images} images), run_id={job.run_id}, model {job.model_id}: {plan.selected} of "
+          f"{m.num_shards} shards in {len(plan.ranges)} ranges, {plan.groups} tasks of up to {plan.per_task} in "
+          f"{math.ceil(plan.groups / TASKS_PER_JOB)} Spark jobs: {plan_mod.describe(plan)}; nothing written", flush=True)
+
+
+def prepare_work(sc, args: argparse.Namespace, job: Job) -> ModelSpec:
+    """With Spark up and before any shard runs: GPU settings, every needed manifest part's sha256, the Glue
+    table, the model the executors load (converted for a reduced precision) and run.json.  Returns that model."""
     if args.device == "gpu":
         check_gpu_settings(sc.getConf())
-    plan_mod.verify_parts(sc, manifest, ranges, endpoint)  # each part's sha256, before anything is written
+    plan_mod.verify_parts(sc, job.manifest, job.ranges, job.endpoint)  # before anything is written
     if args.glue_table:  # before any work: a table of another shape is refused now, not after the run
         try:
             made = glue.catalog(lambda: glue.ensure_table(args.glue_database, args.glue_table, args.output))
         except glue.GlueError as e:
             raise UsageError(str(e)) from e
         print(f"{PROG}: Glue table {args.glue_database}.{args.glue_table}: {made}", flush=True)
-    spec, conversion = model_for_executors(args, files, spec, record, manifest, run_id, endpoint)
-    if not record_matches or (conversion and conversion != (record or {}).get("conversion")):
-        runrecord.write_run_record(args, run_id, manifest, model_id, conversion, endpoint, model_info)
+    spec, conversion = model_for_executors(args, job.files, job.spec, job.record, job.manifest, job.run_id, job.endpoint)
+    if not job.record_matches or (conversion and conversion != (job.record or {}).get("conversion")):
+        runrecord.write_run_record(args, job.run_id, job.manifest, job.model_id, conversion, job.endpoint,
+                                   job.model_info)
+    return spec
 
-    plan = plan_mod.make_plan(manifest, ranges, args.shards_per_task, sc.defaultParallelism, args.precision)
-    images = manifest.num_images if plan.selected == manifest.num_shards else min(
-        manifest.num_images, plan.selected * manifest.batch_size)
-    print(f"{PROG}: manifest {manifest.manifest_id}: {manifest.num_shards} shards, {manifest.num_images} images; "
-          f"run_id={run_id}; model {model_id}; running {plan.selected} shards in {plan.groups} tasks of up to "
-          f"{plan.per_task}", flush=True)
-    invocation = uuid.uuid4().hex
-    settings = InferSettings(spec, args.output, run_id, manifest.manifest_id, args.top_k, task_attempts(sc), endpoint,
-                             args.force, invocation=invocation,
-                             digest_extra=";".join(x for x in ("" if args.precision == "fp32" else args.precision,
-                                                               variant) if x), prep=prep, encryption=encryption)
-    statuses = status.Writer(args.output, run_id, started, invocation, endpoint)
-    with Progress(sc, PROG, plan.selected, images) as progress:
-        run_waves(sc, plan, settings, progress.counter, statuses.add)
-    status_uri = statuses.close()
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    summary = runrecord.summarise(statuses, args, run_id, manifest, model_id, time.time() - started, plan.groups,
-                                  plan.per_task, submit_options(sc, os.path.join(os.path.dirname(here),
-                                                                                 "spark-defaults.conf")),
-                                  os.path.join(here, "main.py"))
-    storage.write_bytes(storage.join(run_dir(args.output, run_id), "summary.json"),
-                        json.dumps(summary, indent=1).encode(), endpoint, "application/json")
+def task_settings(sc, args: argparse.Namespace, job: Job, spec: ModelSpec) -> InferSettings:
+    """What every task of this invocation gets."""
+    digest_extra = ";".join(x for x in ("" if args.precision == "fp32" else args.precision, job.variant) if x)
+    return InferSettings(model=spec, output_prefix=args.output, run_id=job.run_id, manifest_id=job.manifest.manifest_id,
+                         top_k=args.top_k, attempts=task_attempts(sc), endpoint_url=job.endpoint, force=args.force,
+                         invocation=uuid.uuid4().hex, digest_extra=digest_extra, prep=job.prep,
+                         encryption=job.encryption)
+
+
+def finish(args: argparse.Namespace, job: Job, summary: dict, statuses: status.Writer, status_uri: Optional[str]) -> int:
+    """After the last task: the summary lines, the report, athena.sql and the Glue partition of a complete run,
+    and the failed shards with the command that reruns them.  Returns the exit code."""
+    run_id, endpoint = job.run_id, job.endpoint
     failed = summary["shards_failed"]
     print(f"{PROG}: {statuses.shards - statuses.failed_count}/{statuses.shards} shards ok "
           f"({summary['shards_written']} written, {summary['shards_already_done']} already done), "
           f"{summary['images_written']} images written ({summary['image_errors']} image errors) "
           f"in {summary['elapsed_s']:.1f}s = {summary['images_per_s']} images/s", flush=True)
     print(f"{PROG}: output {summary['output']}", flush=True)
-    if manifest.num_shards > REPORT_AUTO_MAX_SHARDS:  # the report reads every status: ~210 B per shard
+    if job.manifest.num_shards > REPORT_AUTO_MAX_SHARDS:  # the report reads every status: ~210 B per shard
         print(f"{PROG}: no automatic report for a manifest of over {REPORT_AUTO_MAX_SHARDS} shards; make it with "
               f"python -m infer.report --output {args.output} --run-id {run_id}", flush=True)
     else:
@@ -319,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: report {report.write_report(args.output, run_id, endpoint)}", flush=True)
         except Exception as e:  # noqa: BLE001 - a report problem never fails the run
             print(f"{PROG}: warning: no run report: {first_line(e)}", file=sys.stderr, flush=True)
-    complete = not failed and runrecord.write_athena_sql(args, run_id, manifest, endpoint)
+    complete = not failed and runrecord.write_athena_sql(args, run_id, job.manifest, endpoint)
     if args.glue_table:
         where = f"Glue table {args.glue_database}.{args.glue_table}"
         if complete:
@@ -328,15 +349,48 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: {where}: partition run_id={run_id} {done}", flush=True)
         else:
             print(f"{PROG}: {where}: partition run_id={run_id} not registered: the run is not complete", flush=True)
-    if failed:
-        for sid in failed[:20]:
-            print(f"{PROG}: shard {sid} failed: {summary['errors'][str(sid)]}", file=sys.stderr)
-        count = summary["shards_failed_count"]
-        more = f" ... ({count} in all)" if count > len(failed) else ""
-        print(f"{PROG}: FAILED shards: {','.join(map(str, failed))}{more} (statuses in {status_uri}); "
-              f"rerun them with:\n  {summary['rerun_failed']}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    if not failed:
+        return 0
+    for sid in failed[:20]:
+        print(f"{PROG}: shard {sid} failed: {summary['errors'][str(sid)]}", file=sys.stderr)
+    count = summary["shards_failed_count"]
+    more = f" ... ({count} in all)" if count > len(failed) else ""
+    print(f"{PROG}: FAILED shards: {','.join(map(str, failed))}{more} (statuses in {status_uri}); "
+          f"rerun them with:\n  {summary['rerun_failed']}", file=sys.stderr, flush=True)
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run infer for parsed arguments; returns the exit code."""
+    started = time.time()
+    job = resolve(args)
+    m = job.manifest
+    if job.selected == 0:
+        print(f"{PROG}: manifest {m.manifest_id}: run_id={job.run_id}; running 0 shards: nothing to do", flush=True)
+        return 0
+    if args.dry_run:
+        print_dry_run(args, job)
+        return 0
+    sc = spark_context(f"shardinfer-infer-{job.run_id}")
+    spec = prepare_work(sc, args, job)
+    plan = plan_mod.make_plan(m, job.ranges, args.shards_per_task, sc.defaultParallelism, args.precision)
+    images = m.num_images if plan.selected == m.num_shards else min(m.num_images, plan.selected * m.batch_size)
+    print(f"{PROG}: manifest {m.manifest_id}: {m.num_shards} shards, {m.num_images} images; run_id={job.run_id}; "
+          f"model {job.model_id}; running {plan.selected} shards in {plan.groups} tasks of up to {plan.per_task}",
+          flush=True)
+    settings = task_settings(sc, args, job, spec)
+    statuses = status.Writer(args.output, job.run_id, started, settings.invocation, job.endpoint)
+    with Progress(sc, PROG, plan.selected, images) as progress:
+        run_waves(sc, plan, settings, progress.counter, statuses.add)
+    status_uri = statuses.close()
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    submit = submit_options(sc, os.path.join(os.path.dirname(here), "spark-defaults.conf"))
+    summary = runrecord.summarise(statuses, args, job.run_id, m, job.model_id, time.time() - started, plan.groups,
+                                  plan.per_task, submit, os.path.join(here, "main.py"))
+    storage.write_bytes(storage.join(run_dir(args.output, job.run_id), "summary.json"),
+                        json.dumps(summary, indent=1).encode(), job.endpoint, "application/json")
+    return finish(args, job, summary, statuses, status_uri)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

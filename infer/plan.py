@@ -156,7 +156,7 @@ class Plan:
     @property
     def selected(self) -> int:
         """Shards selected."""
-        return int((self.ranges[:, 1] - self.ranges[:, 0]).sum()) if len(self.ranges) else 0
+        return count(self.ranges)
 
     def group_span(self, g: int) -> tuple[int, int]:
         """Selected positions ``[p0, p1)`` of group ``g``: sizes within one of each other, larger first."""
@@ -174,10 +174,15 @@ class Plan:
         return (self.ranges[r, 0] + pos - (ends[r] - lengths[r])).tolist()
 
 
+def count(ranges: np.ndarray) -> int:
+    """How many shard ids the ``[start, end)`` rows of ``ranges`` hold."""
+    return int((ranges[:, 1] - ranges[:, 0]).sum()) if len(ranges) else 0
+
+
 def make_plan(manifest: Manifest, ranges: np.ndarray, requested: Optional[int], cores: int,
               precision: str = "fp32") -> Plan:
     """Group the selected ranges for ``cores`` task slots."""
-    selected = int((ranges[:, 1] - ranges[:, 0]).sum()) if len(ranges) else 0
+    selected = count(ranges)
     per_task = shards_per_task(requested, selected, cores, precision)
     return Plan(manifest, ranges, group_count(selected, per_task, cores), per_task)
 

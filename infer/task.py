@@ -42,6 +42,7 @@ from common.model import ModelError, ModelSpec, get_predictor, task_device, top_
 from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, PARQUET_CONTENT_TYPE, STATUS_OK,
                            ConflictError, ImageResult, input_digest, part_key, predictions_table, table_to_parquet)
 from common.shard import ShardError, ShardFormatError, fetch_shard
+from common.status import ShardStatus
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,12 @@ def _existing(key: str, digest: str, settings: InferSettings) -> Optional[dict]:
     )
 
 
-def _already_done(status: dict, key: str, meta: dict, settings: InferSettings) -> dict:
+def _already_done(status: ShardStatus, key: str, meta: dict, settings: InferSettings) -> ShardStatus:
     """Status for a shard whose part file is there: written by this invocation (an earlier try whose
     reply was lost) or by an earlier one."""
-    ours = bool(settings.invocation) and meta.get(META_INVOCATION) == settings.invocation
-    status.update(status="ok", outcome="written" if ours else "already present", part=key,
-                  rows=int(meta.get(META_ROWS, 0)) if ours else 0,
-                  rows_error=int(meta.get(META_ROWS_ERROR, 0)) if ours else 0, t_end=time.time())
-    return status
+    if not (settings.invocation and meta.get(META_INVOCATION) == settings.invocation):
+        return status.done("already present", key, 0)
+    return status.done("written", key, int(meta.get(META_ROWS, 0)), int(meta.get(META_ROWS_ERROR, 0)))
 
 
 def predict_batch(batch: np.ndarray, predictor, k: int) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -136,12 +135,12 @@ class _Prepared:
     """A shard after the prefetch stage: decoded input, or already done, or an error to handle."""
 
     entry: ShardEntry
-    status: dict
+    status: ShardStatus
     key: str
     digest: str
     batch: Optional[np.ndarray] = None
     errors: dict = field(default_factory=dict)
-    done: Optional[dict] = None
+    done: Optional[ShardStatus] = None
     error: Optional[BaseException] = None
     embeddings: Optional[np.ndarray] = None
 
@@ -168,7 +167,7 @@ class _Buffers:
 def _prepare(entry: ShardEntry, settings: InferSettings, buffers: _Buffers) -> _Prepared:
     """Prefetch stage: is the work already there?  If not, fetch, check and decode the shard."""
     t0 = time.time()
-    prep = _Prepared(entry, {"shard_id": entry.shard_id, "uri": entry.uri, "t_start": t0},
+    prep = _Prepared(entry, ShardStatus(entry.shard_id, entry.uri, t_start=t0),
                      part_key(settings.output_prefix, settings.run_id, entry.shard_id), shard_digest(entry, settings))
     try:
         if not settings.force:
@@ -177,10 +176,10 @@ def _prepare(entry: ShardEntry, settings: InferSettings, buffers: _Buffers) -> _
                 prep.done = _already_done(prep.status, prep.key, meta, settings)
                 return prep
         payloads = fetch_shard(entry, settings.endpoint_url)
-        prep.status["t_fetched"] = time.time()
+        prep.status.t_fetched = time.time()
         prep.batch = buffers.take(len(payloads))
         prep.errors = decode_into(payloads, entry.keys, prep.batch, settings.prep)
-        prep.status["t_decoded"] = time.time()
+        prep.status.t_decoded = time.time()
     except Exception as e:  # noqa: BLE001 - handed to the task thread, which applies the retry policy
         prep.error = e
     return prep
@@ -189,15 +188,16 @@ def _prepare(entry: ShardEntry, settings: InferSettings, buffers: _Buffers) -> _
 def _forward(prep: _Prepared, settings: InferSettings) -> list[ImageResult]:
     """Model stage (the task's own thread)."""
     predictor, loaded = get_predictor(settings.model)
-    prep.status.update(model_loaded=loaded, model_load_s=round(predictor.load_seconds, 3) if loaded else 0.0,
-                       model=predictor.model_id, t_forward_start=time.time())
+    s = prep.status
+    s.model_loaded, s.model_load_s = loaded, round(predictor.load_seconds, 3) if loaded else 0.0
+    s.model, s.t_forward_start = predictor.model_id, time.time()
     ids, probs, prep.embeddings = predict_batch(prep.batch, predictor, settings.top_k)
-    prep.status["t_forwarded"] = time.time()
+    s.t_forwarded = time.time()
     prep.batch = None  # the buffer is the prefetch stage's again
     return image_results(prep.entry.keys, prep.errors, ids, probs)
 
 
-def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) -> dict:
+def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) -> ShardStatus:
     """Writer stage: Parquet in memory, checked, then one (conditional) PUT."""
     status, key, digest = prep.status, prep.key, prep.digest
     predictor, _ = get_predictor(settings.model)
@@ -215,19 +215,16 @@ def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings)
         if existing is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
             raise storage.StorageError(f"{key}: conditional PUT refused but no object is there yet")
         return _already_done(status, key, existing, settings)
-    status.update(status="ok", outcome="written", part=key, rows=len(results), rows_ok=len(results) - rows_error,
-                  rows_error=rows_error, bytes=len(data), t_end=time.time())
-    return status
+    return status.done("written", key, len(results), rows_error, len(data))
 
 
-def failed_status(entry: ShardEntry, e: BaseException) -> dict:
+def failed_status(entry: ShardEntry, e: BaseException) -> ShardStatus:
     """The status of a shard that failed for good: the error's first line, and its traceback."""
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if not isinstance(e, PERMANENT + (storage.StorageError,)):
         message = f"{type(e).__name__}: {message}"
-    return {"shard_id": entry.shard_id, "uri": entry.uri, "status": "failed", "outcome": "failed", "error": message,
-            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=8)), "rows": 0,
-            "t_end": time.time()}
+    return ShardStatus(entry.shard_id, entry.uri, error=message, t_end=time.time(),
+                       traceback="".join(traceback.format_exception(type(e), e, e.__traceback__, limit=8)))
 
 
 class _Group:
@@ -235,35 +232,33 @@ class _Group:
 
     def __init__(self, settings: InferSettings, attempt: int, counter, task: int = 0) -> None:
         self.settings, self.attempt, self.counter = settings, attempt, counter
-        self.host = {"host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt, "task": task,
-                     "invocation": settings.invocation}
+        self.task = task
         self.t_task = time.time()
-        self.statuses: list[dict] = []
+        self.statuses: list[ShardStatus] = []
         self.retry: Optional[BaseException] = None  # the first error another try may fix
 
-    def failed(self, entry: ShardEntry, e: BaseException) -> Optional[dict]:
+    def failed(self, entry: ShardEntry, e: BaseException) -> Optional[ShardStatus]:
         """A failure is recorded on the last try or when permanent; otherwise the group is retried later."""
         if self.attempt + 1 < self.settings.attempts and not isinstance(e, PERMANENT):
             self.retry = self.retry or e
             return None
         return failed_status(entry, e)
 
-    def record(self, status: dict) -> dict:
+    def record(self, status: ShardStatus) -> ShardStatus:
         """Stamp and keep one shard's final status (called on the writer thread)."""
-        status.update(self.host)
-        status["t_task_start"] = self.t_task
-        status["t_task_end"] = time.time()
+        status.host, status.pid, status.attempt, status.task = socket.gethostname(), os.getpid(), self.attempt, self.task
+        status.invocation, status.t_task_start, status.t_task_end = self.settings.invocation, self.t_task, time.time()
         self.statuses.append(status)
         return status
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[ShardStatus]:
         """The statuses by shard id, or raise so that Spark tries the group again (done shards are then skipped)."""
         if self.retry is not None:
             raise self.retry
         if self.counter is not None:  # the driver's live progress (an accumulator: merged as the task ends)
-            self.counter.add((len(self.statuses), sum(s.get("rows", 0) for s in self.statuses),
-                              sum(s["status"] != "ok" for s in self.statuses)))
-        return sorted(self.statuses, key=lambda s: s["shard_id"])
+            self.counter.add((len(self.statuses), sum(s.rows for s in self.statuses),
+                              sum(s.status != "ok" for s in self.statuses)))
+        return sorted(self.statuses, key=lambda s: s.shard_id)
 
 
 def run_group(group: int, plan, settings: InferSettings, counter=None) -> bytes:
@@ -278,7 +273,8 @@ def run_group(group: int, plan, settings: InferSettings, counter=None) -> bytes:
     return status_file.pack(run_entries(entries, settings, counter, group))
 
 
-def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=None, task: int = 0) -> list[dict]:
+def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=None,
+                task: int = 0) -> list[ShardStatus]:
     """The shards of one group in order, pipelined, and the retry policy.
 
     A shard whose failure another try may fix makes the whole task fail *after* the other

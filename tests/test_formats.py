@@ -15,6 +15,7 @@ import pytest
 
 from common import manifest as manifest_mod
 from common import status, storage
+from common.status import ShardStatus
 from common.manifest import (FORMAT_VERSION, ManifestError, ShardEntry, iter_shards, manifest_from_bytes, read_shards,
                              write_manifest)
 from common.model import ModelSpec
@@ -151,10 +152,11 @@ def test_status_files_latest_per_shard_whole_or_ranged(tmp_path):
     out = f"{tmp_path}/pred/"
 
     def rows(ids, status, t):
-        return [{"shard_id": i, "status": status, "outcome": "written" if status == "ok" else "failed",
-                 "error": None if status == "ok" else f"boom {i}", "rows": 64, "t_start": t, "t_end": t + 1,
-                 "t_task_start": t, "t_task_end": t + 2, "host": "h", "pid": 1, "attempt": 0, "task": i // 2,
-                 "invocation": f"inv{int(t)}"} for i in ids]
+        return [ShardStatus(shard_id=i, uri=f"s3://b/s/{i}.rec", status=status,
+                            outcome="written" if status == "ok" else "failed",
+                            error=None if status == "ok" else f"boom {i}", rows=64, t_start=t, t_end=t + 1,
+                            t_task_start=t, t_task_end=t + 2, host="h", pid=1, attempt=0, task=i // 2,
+                            invocation=f"inv{int(t)}") for i in ids]
 
     for t, ok, bad in ((1000.0, range(0, 6), range(6, 10)), (2000.0, range(6, 8), range(8, 10))):
         w = status.Writer(out, "r", t, f"inv{int(t)}")

@@ -24,12 +24,13 @@ import json
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import pyarrow.parquet as pq
 
 from common import storage
 from common.cli import UsageError
+from common.images import skip_reason_for_key
 
 FANOUT_TARGET = 64
 FANOUT_DEPTH = 3
@@ -44,6 +45,26 @@ class Listed(NamedTuple):
     size: int
     etag: str
     outside: bool = False
+
+
+class Classified(NamedTuple):
+    """A listed object as prepare's driver stages see it: a candidate image (``reason`` None) or skipped
+    by its name or size (``reason`` says why)."""
+
+    key: str
+    etag: str
+    reason: Optional[str]
+    outside: bool
+
+    @property
+    def candidate(self) -> bool:
+        return self.reason is None and not self.outside
+
+
+def classify(item: Listed, formats: Sequence[str]) -> Classified:
+    """Judge one listed object by its key and size (content is checked later, when its part is packed)."""
+    size = item.size if item.size >= 0 else 1  # unknown (a key list without sizes): judged by content later
+    return Classified(item.key, item.etag, skip_reason_for_key(item.key, size, formats), item.outside)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script by spark-submit: make the project importable
@@ -32,13 +33,13 @@ from common.cli import (UsageError, add_common_arguments, encryption_from, endpo
                         run_cli)
 from common.spark import spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
-from common.images import FORMATS, MAX_PIXELS, parse_formats, skip_reason_for_key  # noqa: E402
+from common.images import FORMATS, MAX_PIXELS, parse_formats  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
-                             compute_manifest_id, index_to_bytes)
+                             PartEntry, compute_manifest_id, index_to_bytes)
 from common.output import PARQUET_CONTENT_TYPE  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from prepare import listing  # noqa: E402
-from prepare.tasks import Candidate, PrepareSettings, write_part  # noqa: E402
+from prepare.tasks import Candidate, PartOutcome, PrepareSettings, write_part  # noqa: E402
 
 PROG = "prepare"
 # 64 images per shard: exactly one model batch in infer.
@@ -69,12 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(p)
     return p
 
-
-
-def _classify(item: listing.Listed, formats):
-    """``(key, etag, reason, outside)``: reason None for a candidate."""
-    size = item.size if item.size >= 0 else 1  # unknown (a key list without sizes): judged by content later
-    return item.key, item.etag, skip_reason_for_key(item.key, size, formats), item.outside
 
 
 def _dedupe_sorted(items):
@@ -109,10 +104,12 @@ def write_skipped(rows, uri: str, endpoint_url, encryption: storage.Encryption) 
     return [count]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run prepare for parsed arguments; returns the exit code."""
-    from pyspark import StorageLevel
+def settings_from(args: argparse.Namespace) -> PrepareSettings:
+    """What every task needs, from the flags.
 
+    Raises:
+        UsageError: a bad --batch, --shards-per-part or --formats (named).
+    """
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     if args.shards_per_part is not None and args.shards_per_part < 1:
@@ -121,18 +118,25 @@ def run(args: argparse.Namespace) -> int:
         formats = parse_formats(args.formats)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    settings = PrepareSettings(storage.as_folder(args.input), storage.as_folder(args.output), args.batch, endpoint_from(args), formats,
-                               encryption_from(args))
-    endpoint = settings.endpoint_url
-    started = time.time()
-    # seconds, not a minute of retries, for a typo in a bucket or endpoint
-    storage.check_buckets([u for u in (settings.input_uri, settings.output_uri, args.input_list) if u], endpoint)
-    manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
-    if storage.exists(manifest_uri, endpoint):  # the old index must not outlive the parts rewritten under it
-        print(f"{PROG}: replacing the manifest at {manifest_uri}", flush=True)
-        storage.delete(manifest_uri, endpoint)
+    return PrepareSettings(storage.as_folder(args.input), storage.as_folder(args.output), args.batch,
+                           endpoint_from(args), formats, encryption_from(args))
 
-    # 1. listing: the driver plans sources (one level of the prefix, or the list's files); tasks list them
+
+@dataclass
+class Listing:
+    """Stage 1's result: every listed object classified (an RDD of :class:`prepare.listing.Classified`, kept)."""
+
+    rows: object
+    listed: int
+    candidates: int
+
+
+def list_stage(sc, args: argparse.Namespace, settings: PrepareSettings) -> Listing:
+    """The driver plans sources (one level of the prefix, or the list's files); tasks list them and classify
+    every key by its name and size."""
+    from pyspark import StorageLevel
+
+    endpoint, formats = settings.endpoint_url, settings.formats
     if args.input_list:
         sources, direct = listing.plan_list(args.input_list, settings.input_uri, endpoint), []
         how = f"{len(sources)} list file(s) from {args.input_list}"
@@ -142,92 +146,140 @@ def run(args: argparse.Namespace) -> int:
         except storage.NotFound as e:
             raise UsageError(f"{settings.input_uri}: {e}") from e
         how = f"{len(sources)} sub-prefixes listed by tasks, {len(direct)} objects listed by the driver"
-    sc = spark_context("shardinfer-prepare")
-    parts_listed = [sc.parallelize(sources, len(sources)).flatMap(
+    rdds = [sc.parallelize(sources, len(sources)).flatMap(
         lambda src: listing.read_source(src, settings.input_uri, endpoint))] if sources else []
     if direct:
-        parts_listed.append(sc.parallelize(direct, max(1, min(len(direct) // 100_000, 64))))
-    if not parts_listed:
+        rdds.append(sc.parallelize(direct, max(1, min(len(direct) // 100_000, 64))))
+    if not rdds:
         raise UsageError(f"{settings.input_uri}: no objects found")
-    listed = (sc.union(parts_listed) if len(parts_listed) > 1 else parts_listed[0]).map(
-        lambda item: _classify(item, formats))
-    listed.persist(StorageLevel.MEMORY_AND_DISK)
-    n_listed, n_candidates, outside = listed.map(
-        lambda r: (1, int(r[2] is None and not r[3]), [r[0]] if r[3] else [])).reduce(
+    rows = (sc.union(rdds) if len(rdds) > 1 else rdds[0]).map(lambda item: listing.classify(item, formats))
+    rows.persist(StorageLevel.MEMORY_AND_DISK)
+    n_listed, n_candidates, outside = rows.map(
+        lambda r: (1, int(r.candidate), [r.key] if r.outside else [])).reduce(
         lambda a, b: (a[0] + b[0], a[1] + b[1], (a[2] + b[2])[:5]))
     if outside:
         raise UsageError(f"--input-list {args.input_list}: keys outside --input {settings.input_uri}, e.g. "
                          f"{', '.join(outside[:3])}")
     print(f"{PROG}: listed {n_listed} objects under {settings.input_uri} ({how}): {n_candidates} candidates "
-          f"({','.join(settings.formats)})",
-          flush=True)
+          f"({','.join(formats)})", flush=True)
     if not n_candidates:
-        raise UsageError(f"{settings.input_uri}: no {'/'.join(settings.formats)} images found ({n_listed} objects "
-                         f"listed; --formats {','.join(settings.formats)}: add the formats you have, or all)")
+        raise UsageError(f"{settings.input_uri}: no {'/'.join(formats)} images found ({n_listed} objects "
+                         f"listed; --formats {','.join(formats)}: add the formats you have, or all)")
+    return Listing(rows, n_listed, n_candidates)
 
-    # 2. one global order: sorted keys, duplicates dropped, numbered
+
+@dataclass
+class Numbered:
+    """Stage 2's result: the candidates in one global order, numbered and keyed by manifest part."""
+
+    keys: object  # RDD of (key, etag), sorted, repeats dropped (kept)
+    by_part: object  # RDD of (part_id, (image number, Candidate))
+    unique: int
+    parts: int
+
+
+def number_stage(sc, args: argparse.Namespace, found: Listing) -> Numbered:
+    """Sorted keys, repeats dropped, numbered (``zipWithIndex``): the same objects always give the same shards."""
+    from pyspark import StorageLevel
+
     spp = args.shards_per_part or min(SHARDS_PER_PART, max(1, math.ceil(
-        n_candidates / args.batch / (2 * sc.defaultParallelism))))
+        found.candidates / args.batch / (2 * sc.defaultParallelism))))
     per_part = args.batch * spp
-    sorted_keys = (listed.filter(lambda r: r[2] is None).map(lambda r: (r[0], r[1]))
-                   .sortByKey(numPartitions=max(1, min(math.ceil(n_candidates / per_part), 10_000)))
-                   .mapPartitions(_dedupe_sorted))
-    sorted_keys.persist(StorageLevel.MEMORY_AND_DISK)
-    n_unique = sorted_keys.count()
-    if n_unique < n_candidates:
-        print(f"{PROG}: {n_candidates - n_unique} repeated keys in the listing counted once", flush=True)
-    n_parts = math.ceil(n_unique / per_part)
-    by_part = (sorted_keys.zipWithIndex()
+    keys = (found.rows.filter(lambda r: r.candidate).map(lambda r: (r.key, r.etag))
+            .sortByKey(numPartitions=max(1, min(math.ceil(found.candidates / per_part), 10_000)))
+            .mapPartitions(_dedupe_sorted))
+    keys.persist(StorageLevel.MEMORY_AND_DISK)
+    unique = keys.count()
+    if unique < found.candidates:
+        print(f"{PROG}: {found.candidates - unique} repeated keys in the listing counted once", flush=True)
+    parts = math.ceil(unique / per_part)
+    by_part = (keys.zipWithIndex()
                .map(lambda x: (x[1] // per_part, (x[1], Candidate(x[0][0], x[0][1]))))
-               .partitionBy(n_parts, lambda part: part))
+               .partitionBy(parts, lambda part: part))
+    return Numbered(keys, by_part, unique, parts)
 
-    # 3. one task per part: shards + the manifest part
+
+def pack_stage(sc, numbered: Numbered, settings: PrepareSettings) -> list[PartOutcome]:
+    """One task per manifest part: its shards and its manifest part file.  Returns the outcomes by part id."""
+    batch = settings.batch_size
+
     def pack(part_id, items):
         items = sorted((i for _, i in items), key=lambda t: t[0])
         if not items:
             return
-        outcome = write_part(part_id, items[0][0] // args.batch, [c for _, c in items], settings)
+        outcome = write_part(part_id, items[0][0] // batch, [c for _, c in items], settings)
         counter.add((outcome.part.num_shards, outcome.part.num_images, 0))
         yield outcome
 
-    with Progress(sc, PROG, math.ceil(n_unique / args.batch), n_unique) as progress:
+    with Progress(sc, PROG, math.ceil(numbered.unique / batch), numbered.unique) as progress:
         counter = progress.counter
-        outcomes = sorted(by_part.mapPartitionsWithIndex(pack).collect(), key=lambda o: o.part.part_id)
-    if [o.part.part_id for o in outcomes] != list(range(n_parts)):
-        raise RuntimeError(f"prepare: parts {[o.part.part_id for o in outcomes][:10]}... do not cover 0..{n_parts - 1}")
+        outcomes = sorted(numbered.by_part.mapPartitionsWithIndex(pack).collect(), key=lambda o: o.part.part_id)
+    if [o.part.part_id for o in outcomes] != list(range(numbered.parts)):
+        raise RuntimeError(f"prepare: parts {[o.part.part_id for o in outcomes][:10]}... do not cover "
+                           f"0..{numbered.parts - 1}")
+    return outcomes
 
-    # 4. skipped.parquet: every listed object that is in no shard, with its reason
+
+def skipped_stage(sc, found: Listing, outcomes: Sequence[PartOutcome], settings: PrepareSettings) -> int:
+    """``skipped.parquet``: every listed object that is in no shard, with its reason, written by one task.
+    Returns how many."""
     bad = [row for o in outcomes for row in o.bad]
-    skipped_uri = storage.join(settings.output_uri, SKIPPED_NAME)
-    skipped_rdd = listed.filter(lambda r: r[2] is not None).map(lambda r: (r[0], r[2]))
+    uri = storage.join(settings.output_uri, SKIPPED_NAME)
+    rows = found.rows.filter(lambda r: not r.candidate).map(lambda r: (r.key, r.reason))
     if bad:
-        skipped_rdd = skipped_rdd.union(sc.parallelize(bad, 1))
-    n_skipped = sum(skipped_rdd.sortByKey(numPartitions=1).mapPartitions(
-        lambda rows: write_skipped(rows, skipped_uri, endpoint, settings.encryption)).collect())
-    listed.unpersist()
-    sorted_keys.unpersist()
+        rows = rows.union(sc.parallelize(bad, 1))
+    endpoint, encryption = settings.endpoint_url, settings.encryption
+    return sum(rows.sortByKey(numPartitions=1).mapPartitions(
+        lambda part: write_skipped(part, uri, endpoint, encryption)).collect())
 
-    parts = [o.part for o in outcomes]
-    manifest_id = compute_manifest_id([o.digest for o in outcomes])
-    good = sum(p.num_images for p in parts)
-    shards = sum(p.num_shards for p in parts)
-    if good + n_skipped != n_unique + (n_listed - n_candidates):
-        raise RuntimeError(f"prepare: {good} images in shards + {n_skipped} skipped != {n_listed} listed "
-                           f"- {n_candidates - n_unique} repeats")
+
+def publish(settings: PrepareSettings, parts: Sequence[PartEntry], manifest_id: str, skipped: int) -> str:
+    """Remove stale parts of an earlier prepare into this output, then write the index (last: the manifest
+    now exists) and the skipped table's symlink.  Returns the manifest's URI."""
+    endpoint = settings.endpoint_url
     parts_dir = storage.join(settings.output_uri, PARTS_DIR) + "/"
     wanted = {p.uri for p in parts}
-    stale = [storage.object_uri(parts_dir, o.key) for o in storage.list_objects(parts_dir, endpoint)
-             if storage.object_uri(parts_dir, o.key) not in wanted]
-    for uri in stale:  # parts of an earlier prepare into this output with more parts: not this manifest's
-        storage.delete(uri, endpoint)
-    storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, args.batch, n_skipped),
-                        endpoint, PARQUET_CONTENT_TYPE)  # last: the manifest now exists
+    for o in storage.list_objects(parts_dir, endpoint):
+        if storage.object_uri(parts_dir, o.key) not in wanted:  # an earlier manifest's, with more parts
+            storage.delete(storage.object_uri(parts_dir, o.key), endpoint)
+    manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
+    storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, settings.batch_size,
+                                                     skipped), endpoint, PARQUET_CONTENT_TYPE)
     # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds
     # the shards). See `python -m infer.athena --manifest-output`.
     storage.write_bytes(storage.join(symlink_location(settings.output_uri, "skipped"), "symlink.txt"),
-                        (skipped_uri + "\n").encode(), endpoint, "text/plain")
-    print(f"{PROG}: wrote {shards} shards in {len(parts)} manifest parts with {good} images, {n_skipped} skipped, "
-          f"in {time.time() - started:.1f}s", flush=True)
+                        (storage.join(settings.output_uri, SKIPPED_NAME) + "\n").encode(), endpoint, "text/plain")
+    return manifest_uri
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run prepare for parsed arguments; returns the exit code."""
+    settings = settings_from(args)
+    endpoint = settings.endpoint_url
+    started = time.time()
+    # seconds, not a minute of retries, for a typo in a bucket or endpoint
+    storage.check_buckets([u for u in (settings.input_uri, settings.output_uri, args.input_list) if u], endpoint)
+    manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
+    if storage.exists(manifest_uri, endpoint):  # the old index must not outlive the parts rewritten under it
+        print(f"{PROG}: replacing the manifest at {manifest_uri}", flush=True)
+        storage.delete(manifest_uri, endpoint)
+    sc = spark_context("shardinfer-prepare")
+    found = list_stage(sc, args, settings)
+    numbered = number_stage(sc, args, found)
+    outcomes = pack_stage(sc, numbered, settings)
+    skipped = skipped_stage(sc, found, outcomes, settings)
+    found.rows.unpersist()
+    numbered.keys.unpersist()
+
+    parts = [o.part for o in outcomes]
+    good = sum(p.num_images for p in parts)
+    if good + skipped != numbered.unique + (found.listed - found.candidates):
+        raise RuntimeError(f"prepare: {good} images in shards + {skipped} skipped != {found.listed} listed "
+                           f"- {found.candidates - numbered.unique} repeats")
+    manifest_id = compute_manifest_id([o.digest for o in outcomes])
+    publish(settings, parts, manifest_id, skipped)
+    print(f"{PROG}: wrote {sum(p.num_shards for p in parts)} shards in {len(parts)} manifest parts with {good} "
+          f"images, {skipped} skipped, in {time.time() - started:.1f}s", flush=True)
     print(f"{PROG}: manifest {manifest_uri} (manifest_id {manifest_id})", flush=True)
     return 0
 

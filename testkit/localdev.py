@@ -80,6 +80,13 @@ def upload_cifar_like(prefix_uri: str, count: int, seed: int = 0, endpoint_url: 
         return sorted(pool.map(put, range(count)))
 
 
+def make_dist(out: str) -> str:
+    """``make dist`` into ``out`` (``scripts/dist.py``, run as the Makefile runs it); returns ``out``."""
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "dist.py"), str(out)], cwd=ROOT, check=True,
+                   capture_output=True, text=True)
+    return str(out)
+
+
 def free_port() -> int:
     """A port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as s:

@@ -170,7 +170,7 @@ def test_driver_killed_then_only_missing_finishes(s3, eight_shards, model_uris):
 
 def test_worker_killed_mid_run_on_standalone_cluster(s3, eight_shards, model_uris, tmp_path):
     """Master + 2 workers on 127.0.0.1; one worker (and its executor) dies mid-run; the job completes."""
-    from tests.cluster import StandaloneCluster
+    from testkit.standalone import StandaloneCluster
 
     out = f"{eight_shards['root']}cluster/"
     args = infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "c")

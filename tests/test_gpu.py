@@ -76,7 +76,7 @@ def test_tasks_get_the_addresses_of_a_discovery_script_on_a_standalone_cluster(s
     """The shipped discovery script, over a fake nvidia-smi, gives the worker GPUs "3" and "7"; two tasks run at
     once on its executor.
     Every shard's error names the GPU its task was given: 3 or 7, never the 0 that every task bound before."""
-    from tests.cluster import StandaloneCluster
+    from testkit.standalone import StandaloneCluster
 
     out = "s3://hostile/gpu-standalone/"
     with StandaloneCluster(str(tmp_path), workers=1, cores=2, memory="3g", env={**s3.env, "PATH": fake_nvidia_smi},

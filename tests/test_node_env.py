@@ -33,11 +33,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from common import storage
-from scripts.dist import build as build_dist
 from testkit import zoo_builder
 from testkit.chaos import Chaos
 from testkit.faultproxy import FaultProxy
-from testkit.localdev import upload_cifar_like
+from testkit.localdev import make_dist, upload_cifar_like
 from testkit.nodeenv import build, run_entry_point, shipped_modules, write_inputs
 from testkit.nodeenv.entry_points import STEPS
 from tests.helpers import statuses
@@ -57,7 +56,7 @@ def node():
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("dist")
-    build_dist(out)
+    make_dist(out)
     return out
 
 

@@ -59,7 +59,7 @@ def test_rerun_command_keeps_local_master_and_explicit_conf(s3, four_shards, mod
 
 
 def test_rerun_command_keeps_a_standalone_master(s3, four_shards, model_uris, tmp_path):
-    from tests.cluster import StandaloneCluster
+    from testkit.standalone import StandaloneCluster
 
     with StandaloneCluster(str(tmp_path), workers=1, cores=1, memory="2g", env=s3.env) as cluster:
         argv = _fail_then_rerun(four_shards, model_uris, f"s3://{BUCKET}/standalone/", s3.env,

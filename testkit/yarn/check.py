@@ -37,9 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from common import storage  # noqa: E402
 from common.spark import read_properties  # noqa: E402
-from scripts.dist import build as build_dist  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
-from testkit.localdev import LocalS3, upload_cifar_like, venv_bin  # noqa: E402
+from testkit.localdev import LocalS3, make_dist, upload_cifar_like, venv_bin  # noqa: E402
 from testkit.nodeenv import NodeEnv  # noqa: E402
 from testkit.yarn import YarnCluster  # noqa: E402
 
@@ -223,10 +222,9 @@ def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 
     scheduler = {} if memory_only_scheduler else emr_classification("capacity-scheduler")
     os.makedirs(workdir, exist_ok=True)
     dist = pathlib.Path(workdir) / "dist"
-    build_dist(dist)
+    make_dist(dist)
     runs = []
     with LocalS3() as s3:
-        os.environ.update(s3.env)
         s3.create_bucket(BUCKET)
         upload_cifar_like(f"s3://{BUCKET}/images/", images, endpoint_url=s3.endpoint_url)
         model = zoo_builder.write_model(f"s3://{BUCKET}/models/resnet-18/", endpoint_url=s3.endpoint_url)
@@ -252,7 +250,8 @@ def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 
         for r in runs:
             if r["name"] in ("infer-trap", "infer-emr-configurations"):
                 run_id = "yarn-trap" if r["name"] == "infer-trap" else "yarn-emr"
-                summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/predictions/_runs/{run_id}/summary.json"))
+                summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/predictions/_runs/{run_id}/summary.json",
+                                                         s3.endpoint_url))
                 r["images"], r["shards_failed"] = summary.get("images_written"), summary.get("shards_failed")
                 r["model_loads"] = summary.get("model_loads")
                 r["images_per_s"] = summary.get("images_per_s")

@@ -38,18 +38,19 @@ $(STAMP35): setup.cfg pyproject.toml
 node-env: setup
 	$(PY) -m testkit.nodeenv
 
-# The whole suite on Spark 4.0 and then on Spark 3.5, then the shipped code in a node's environment
-# (fresh interpreters, and the documented steps on the local YARN: tests/test_node_env.py).
+# The whole suite on Spark 4.0; on Spark 3.5 (EMR 7's) the tests that run Spark (marker `spark`; YARN on
+# 3.5 is test-node's); then the shipped code in a node's environment (fresh interpreters, and the
+# documented steps on the local YARN: tests/test_node_env.py). Each line ends with its slowest tests.
 test: test-spark4 test-spark35 test-node
 
 test-spark4: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-spark35: setup-spark35
-	$(PY35) -m pytest -p no:cacheprovider
+	$(PY35) -m pytest -p no:cacheprovider -m "spark and not node and not yarn" --durations=10
 
 test-node: node-env
-	$(PY) -m pytest -p no:cacheprovider -m node
+	$(PY) -m pytest -p no:cacheprovider -m node --durations=5
 
 demo: setup
 	$(PY) scripts/demo.py --images $(N)

@@ -99,8 +99,13 @@ def venv_bin(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
 
+# How many spark-submit commands this process has built (tests/conftest.py checks the `spark` marker by it).
+SPARK_SUBMITS = [0]
+
+
 def spark_submit_command(script: str, args: Sequence[str], extra_conf: Sequence[str] = ()) -> list[str]:
     """``spark-submit --properties-file spark-defaults.conf <script> <args>`` as the README documents it."""
+    SPARK_SUBMITS[0] += 1
     cmd = [venv_bin("spark-submit"), "--properties-file", os.path.join(ROOT, "spark-defaults.conf")]
     for c in extra_conf:
         cmd += ["--conf", c]

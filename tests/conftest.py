@@ -16,11 +16,38 @@ from PIL import Image
 
 from common import storage
 
-from testkit import zoo_builder
+from testkit import localdev, zoo_builder
 from testkit.localdev import LocalS3, upload_cifar_like
 from testkit.testdata import cifar_like_image, cifar_like_png
 
 MODEL_BUCKET = "models"
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the session's SparkContext (directly or through a fixture) is a `spark` test: the
+    Spark 3.5 line (make test-spark35) runs those only."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()) and item.get_closest_marker("spark") is None:
+            item.add_marker(pytest.mark.spark)
+
+
+def _spark_active() -> bool:
+    if "pyspark" not in sys.modules:
+        return False
+    from pyspark import SparkContext
+
+    return SparkContext._active_spark_context is not None
+
+
+@pytest.fixture(autouse=True)
+def _spark_marker_is_honest(request):
+    """A test that starts Spark (in process or by spark-submit) without the `spark` marker would silently be
+    left out of the Spark 3.5 line: fail it instead."""
+    submits, active = localdev.SPARK_SUBMITS[0], _spark_active()
+    yield
+    if request.node.get_closest_marker("spark") is None:
+        started = localdev.SPARK_SUBMITS[0] != submits or (not active and _spark_active())
+        assert not started, f"{request.node.nodeid} starts Spark: mark it @pytest.mark.spark"
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,7 @@ def test_aes256_and_bad_sse_flags(s3, spark, model_uris, capsys):
     assert "--sse-kms-key-id needs --sse aws:kms" in capsys.readouterr().err
 
 
+@pytest.mark.spark
 def test_a_bucket_policy_refusing_unencrypted_writes_gives_one_clear_line(s3, model_uris):
     """moto enforces a bucket policy's Deny but ignores its Condition: every PUT to this bucket is refused,
     so only the half 'no --sse, a clear error' can be shown here."""
@@ -159,6 +160,7 @@ def test_a_bucket_policy_refusing_unencrypted_writes_gives_one_clear_line(s3, mo
     assert errors[0].endswith("pass --sse AES256 or --sse aws:kms")
 
 
+@pytest.mark.spark
 def test_the_demo_leaves_predictions_you_can_query(tmp_path):
     env = spark_env({"AWS_ENDPOINT_URL": ""})
     env.pop("AWS_ENDPOINT_URL")

@@ -13,7 +13,7 @@ from common import storage
 from testkit import zoo_builder
 from testkit.localdev import ROOT, run_spark_submit
 from testkit.localdev import free_port
-from tests.helpers import infer_args, run_python
+from tests.helpers import infer_args, run_main, run_python
 
 EXAMPLES = os.path.join(ROOT, "manifests", "examples")
 
@@ -42,30 +42,30 @@ def _one_line_error(proc, prog: str, expected: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_bucket(s3):
-    p = run_python("prepare/main.py", ["--input", "s3://no-such-bucket-1/in/", "--output", "s3://errs/o/"], s3.env)
+def test_missing_bucket(s3, capsys):
+    p = run_main("prepare/main.py", ["--input", "s3://no-such-bucket-1/in/", "--output", "s3://errs/o/"], capsys)
     _one_line_error(p, "prepare", "s3://no-such-bucket-1/in/: bucket does not exist")
 
 
-def test_missing_manifest(s3, errs):
-    p = run_python("infer/main.py", infer_args("s3://errs/none/manifest.parquet", errs["model"], "s3://errs/p/"), s3.env)
+def test_missing_manifest(s3, errs, capsys):
+    p = run_main("infer/main.py", infer_args("s3://errs/none/manifest.parquet", errs["model"], "s3://errs/p/"), capsys)
     _one_line_error(p, "infer", "s3://errs/none/manifest.parquet: no such object")
 
 
-def test_manifest_of_unknown_version(s3, errs):
-    p = run_python("infer/main.py", infer_args("s3://errs/v999/manifest.parquet", errs["model"], "s3://errs/p/"), s3.env)
+def test_manifest_of_unknown_version(s3, errs, capsys):
+    p = run_main("infer/main.py", infer_args("s3://errs/v999/manifest.parquet", errs["model"], "s3://errs/p/"), capsys)
     _one_line_error(p, "infer", "manifest format version '999' is not supported")
 
 
-def test_model_url_that_404s(s3, errs):
+def test_model_url_that_404s(s3, errs, capsys):
     model = {**errs["model"], "sym": "s3://models/resnet-18/nope-symbol.json"}
-    p = run_python("infer/main.py", infer_args(errs["manifest"], model, "s3://errs/p/"), s3.env)
+    p = run_main("infer/main.py", infer_args(errs["manifest"], model, "s3://errs/p/"), capsys)
     _one_line_error(p, "infer", "cannot read model symbol: s3://models/resnet-18/nope-symbol.json: no such object")
 
 
-def test_params_that_do_not_match_the_symbol(s3, errs):
+def test_params_that_do_not_match_the_symbol(s3, errs, capsys):
     model = {**errs["model"], "params": "s3://errs/bad/resnet-18-0000.params"}
-    p = run_python("infer/main.py", infer_args(errs["manifest"], model, "s3://errs/p/"), s3.env)
+    p = run_main("infer/main.py", infer_args(errs["manifest"], model, "s3://errs/p/"), capsys)
     _one_line_error(p, "infer", "parameter 'fc1_weight' has shape (10, 512), symbol")
 
 
@@ -88,12 +88,13 @@ def test_no_credentials(s3, errs, tmp_path):
     _one_line_error(p, "infer", "no usable AWS credentials found")
 
 
-def test_verbose_shows_the_traceback(s3):
-    p = run_python("prepare/main.py", ["--input", "s3://no-such-bucket-1/in/", "--output", "s3://errs/o/",
-                                       "--verbose"], s3.env)
+def test_verbose_shows_the_traceback(s3, capsys):
+    p = run_main("prepare/main.py", ["--input", "s3://no-such-bucket-1/in/", "--output", "s3://errs/o/",
+                                       "--verbose"], capsys)
     assert p.returncode == 2 and "Traceback" in p.stderr and "bucket does not exist" in p.stderr
 
 
+@pytest.mark.spark
 def test_error_through_spark_submit(s3):
     p = run_spark_submit("prepare/main.py", ["--input", "s3://no-such-bucket-2/in/", "--output", "s3://errs/o/"], s3.env)
     both = p.stdout + p.stderr  # spark-submit relays the Python driver's stderr on its stdout
@@ -102,6 +103,7 @@ def test_error_through_spark_submit(s3):
     assert "Traceback" not in both
 
 
+@pytest.mark.spark
 def test_secret_key_is_never_written(s3, model_uris, tmp_path):
     """Credentials in the environment: nothing the run writes (logs, records, event log, output) holds the secret."""
     from testkit.localdev import upload_cifar_like

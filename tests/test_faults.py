@@ -13,8 +13,10 @@ import pytest
 from common import storage
 from testkit.faultproxy import FaultProxy
 from testkit.localdev import run_spark_submit, spark_submit_command, spark_env, upload_cifar_like
-from tests.helpers import (assert_exactly_once, infer_args, last_modified, part_objects, read_manifest, run_id_from,
-                           statuses, submit)
+from tests.helpers import (assert_exactly_once, infer_args, part_objects, part_versions, read_manifest, run_id_from,
+                           statuses)
+
+pytestmark = pytest.mark.spark  # every test here runs the jobs
 
 
 def _bucket_with_images(s3, bucket: str, count: int, seed: int) -> str:
@@ -23,22 +25,24 @@ def _bucket_with_images(s3, bucket: str, count: int, seed: int) -> str:
     return f"s3://{bucket}/"
 
 
-def test_s3_faults_are_retried_and_output_is_exact(s3, model_uris):
+def test_s3_faults_are_retried_and_output_is_exact(s3, spark, model_uris, capsys):
     """503 SlowDown, 500, resets before and after the request, and jitter on ~10 % of requests."""
+    from infer.main import main as infer
+    from prepare.main import main as prepare
+
     root = _bucket_with_images(s3, "faulty", 150, seed=31)
     with FaultProxy(s3.endpoint_url, fault_rate=0.1, jitter_s=0.02, seed=7) as proxy:
-        env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url}
-        p = submit("prepare/main.py", ["--input", f"{root}in/", "--output", f"{root}shards/", "--batch", "32"], env)
-        assert p.returncode == 0, p.stderr[-4000:]
-        i = submit("infer/main.py", infer_args(f"{root}shards/manifest.parquet", model_uris, f"{root}pred/"), env)
-        assert i.returncode == 0, i.stderr[-4000:]
+        via = ["--s3-endpoint-url", proxy.endpoint_url]
+        assert prepare(["--input", f"{root}in/", "--output", f"{root}shards/", "--batch", "32", *via]) == 0
+        assert infer(infer_args(f"{root}shards/manifest.parquet", model_uris, f"{root}pred/", *via)) == 0
+    printed = capsys.readouterr().out
     for fault in ("503", "500", "reset", "reset_after"):
         assert proxy.counts[fault] > 0, proxy.counts
     manifest = read_manifest(f"{root}shards/manifest.parquet")
     assert manifest.num_images == 150 and len(manifest.entries) == 5
-    assert_exactly_once(manifest, f"{root}pred/", run_id_from(i.stdout))
+    assert_exactly_once(manifest, f"{root}pred/", run_id_from(printed))
     # a try whose PUT succeeded but whose reply was lost still counts its shard as written now
-    assert "5/5 shards ok (5 written, 0 already done), 150 images written" in i.stdout
+    assert "5/5 shards ok (5 written, 0 already done), 150 images written" in printed
 
 
 def test_lost_reply_to_a_part_put_is_retried_and_counted_once(s3, spark, model_uris, eight_shards):
@@ -86,12 +90,11 @@ def test_damaged_then_deleted_shard_and_only_failed_rerun(spark, eight_shards, m
     assert all(st[i]["status"] == "ok" for i in (0, 1, 2, 4, 6, 7))
     assert len(part_objects(out, "dmg")) == 6
 
-    before = last_modified(out, "dmg")
+    before = part_versions(out, "dmg")
     storage.write_bytes(shard3, saved3)
     storage.write_bytes(shard5, saved5)
-    time.sleep(1.1)  # S3 LastModified has one-second resolution
     assert main(args + ["--only-failed"]) == 0
-    after = last_modified(out, "dmg")
+    after = part_versions(out, "dmg")
     assert {k: v for k, v in after.items() if k in before} == before, "a shard that was fine got rewritten"
     assert_exactly_once(read_manifest(eight_shards["manifest"]), out, "dmg")
     # and once everything is there, --only-failed finds nothing to do
@@ -105,13 +108,12 @@ def test_rerun_with_same_run_id_skips_done_work_and_conflicts_are_reported(spark
     out = f"{eight_shards['root']}rerun/"
     args = infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "again", "--shards", "0-3")
     assert main(args) == 0
-    before = last_modified(out, "again")
-    time.sleep(1.1)
+    before = part_versions(out, "again")
     full = infer_args(eight_shards["manifest"], model_uris, out, "--run-id", "again")
     assert main(full) == 0
     printed = capsys.readouterr().out
     assert "4 written, 4 already done" in printed
-    after = last_modified(out, "again")
+    after = part_versions(out, "again")
     assert {k: after[k] for k in before} == before
     # a different --top-k under the same run id is refused before Spark starts...
     assert main(full + ["--top-k", "3"]) == 2
@@ -158,12 +160,11 @@ def test_driver_killed_then_only_missing_finishes(s3, eight_shards, model_uris):
         proc.wait()
     done = len(part_objects(out, "k"))
     assert done < 8, "the job finished before it was killed"
-    before = last_modified(out, "k")
-    time.sleep(1.1)
+    before = part_versions(out, "k")
     again = run_spark_submit("infer/main.py", args + ["--only-missing"], s3.env, ["spark.master=local[2]"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"running {8 - done} shards" in again.stdout
-    after = last_modified(out, "k")
+    after = part_versions(out, "k")
     assert {k: after[k] for k in before} == before
     assert_exactly_once(read_manifest(eight_shards["manifest"]), out, "k")
 

@@ -20,6 +20,8 @@ from testkit import zoo_builder
 from testkit.localdev import run_spark_submit
 from tests.helpers import read_manifest, statuses as read_statuses
 
+pytestmark = pytest.mark.spark  # every test here runs the jobs
+
 OUTPUT = "s3://hostile/predictions/"
 
 

@@ -23,6 +23,7 @@ from testkit.localdev import run_spark_submit
 from testkit.photos import photo_archive
 from tests.helpers import assert_exactly_once, output_rows, read_manifest, run_id_from, run_python
 
+
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 GLUON = "gluon-net"
 BUCKET = "photos"
@@ -193,6 +194,7 @@ def _rows(run_id: str) -> dict[str, dict]:
     return {r["key"]: r for r in output_rows(f"s3://{BUCKET}/pred/", run_id)}
 
 
+@pytest.mark.spark
 def test_every_listed_object_is_accounted_for_exactly_once(photo_runs):
     m = read_manifest(photo_runs["manifest"])
     in_shards = [k for e in m.entries for k in e.keys]
@@ -214,6 +216,7 @@ def test_every_listed_object_is_accounted_for_exactly_once(photo_runs):
     assert unpack_shard(storage.read_bytes(e.uri), e.uri) == [photo_runs["archive"][k].data for k in e.keys]
 
 
+@pytest.mark.spark
 def test_gluon_model_with_mean_std_matches_the_plain_model_and_rotations_match_upright(photo_runs):
     plain, gluon = _rows(photo_runs["runs"]["plain"]), _rows(photo_runs["runs"]["gluon"])
     assert set(plain) == set(gluon) and all(r["status"] == "ok" for r in plain.values())
@@ -228,6 +231,7 @@ def test_gluon_model_with_mean_std_matches_the_plain_model_and_rotations_match_u
             assert plain[key]["top_k"] == plain[p.same_as]["top_k"], key
 
 
+@pytest.mark.spark
 def test_run_records_say_how_probabilities_were_made_and_which_preprocessing(photo_runs):
     def record(name):
         return json.loads(storage.read_bytes(f"s3://{BUCKET}/pred/_runs/{photo_runs['runs'][name]}/run.json"))
@@ -240,6 +244,7 @@ def test_run_records_say_how_probabilities_were_made_and_which_preprocessing(pho
     assert re.search(r"-v[0-9a-f]{8}$", photo_runs["runs"]["gluon"])  # other preprocessing: another default run
 
 
+@pytest.mark.spark
 def test_embeddings_equal_an_independent_forward_pass_of_that_layer(photo_runs, gluon_files):
     rows = _rows(photo_runs["runs"]["gluon"])
     keys = sorted(rows)[:6]
@@ -258,6 +263,7 @@ def test_embeddings_equal_an_independent_forward_pass_of_that_layer(photo_runs, 
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.spark
 def test_embeddings_only_run_needs_no_labels(photo_runs, spark, capsys):
     from infer.main import main
 
@@ -276,6 +282,7 @@ def test_embeddings_only_run_needs_no_labels(photo_runs, spark, capsys):
     assert "--label-url is required" in capsys.readouterr().err
 
 
+@pytest.mark.spark
 def test_bad_preprocessing_flags_fail_before_spark(photo_runs, model_uris, s3):
     base = ["--manifest", photo_runs["manifest"], "--sym-url", model_uris["sym"], "--param-url", model_uris["params"],
             "--label-url", model_uris["labels"], "--output", f"s3://{BUCKET}/x/"]
@@ -289,6 +296,7 @@ def test_bad_preprocessing_flags_fail_before_spark(photo_runs, model_uris, s3):
     assert p.returncode == 2 and "unknown format heic" in p.stderr
 
 
+@pytest.mark.spark
 def test_other_preprocessing_is_never_mistaken_for_the_same_work(photo_runs, model_uris, spark, capsys):
     from infer.main import main
 

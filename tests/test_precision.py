@@ -56,7 +56,7 @@ def test_reduced_precision_keeps_the_answers(digits, capsys):
     from infer.main import main
 
     out = "s3://digits/pred/"
-    args = infer_args(digits["manifest"], digits["model"], out, "--calibration-images", "256")
+    args = infer_args(digits["manifest"], digits["model"], out, "--calibration-images", "256", image_size=None)
     assert main(args) == 0
     fp32 = _top1(out, re.search(r"run_id=(\S+);", capsys.readouterr().out).group(1))
     labels = {f"in/{k.rsplit('/', 1)[-1]}": v for k, v in digits["labels"].items()}
@@ -105,7 +105,8 @@ def test_rerun_reuses_the_stored_model(digits, capsys):
     from infer.main import main
 
     out = "s3://digits/pred/"
-    args = infer_args(digits["manifest"], digits["model"], out, "--calibration-images", "256", "--precision", "int8")
+    args = infer_args(digits["manifest"], digits["model"], out, "--calibration-images", "256", "--precision", "int8",
+                      image_size=None)
     assert main(args) == 0
     run_id = re.search(r"run_id=(\S+);", capsys.readouterr().out).group(1)
     params = f"{out}_runs/{run_id}/model/digits-0000.params"
@@ -123,7 +124,7 @@ def test_refused_below_min_agreement(prepared, model_uris, capsys):
 
     out = f"s3://{prepared['bucket']}/pred-int8/"
     rc = main(infer_args(prepared["manifest"], model_uris, out, "--precision", "int8", "--calibration-images", "64",
-                         "--min-agreement", "0.999"))
+                         "--min-agreement", "0.999", image_size=None))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert re.match(r"infer: error: --precision int8: top-1 agreement with fp32 0\.\d{4} on 64 images \(minimum 0\.999\): "

@@ -10,6 +10,8 @@ from common import storage
 from testkit.localdev import run_spark_submit, upload_cifar_like
 from tests.helpers import infer_args, statuses
 
+pytestmark = pytest.mark.spark  # every test here runs the jobs
+
 
 @pytest.fixture(scope="module")
 def watched_run(s3, model_uris, tmp_path_factory):

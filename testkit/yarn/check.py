@@ -209,7 +209,7 @@ def _driver_lines(workdir: str, stderr: str) -> dict[str, str]:
 
 
 def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 16384, node_vcores: int = 5,
-        memory_only_scheduler: bool = False) -> dict:
+        memory_only_scheduler: bool = False, infer_extra: tuple[str, ...] = ()) -> dict:
     """Start S3 + YARN, run prepare, infer (trap) and infer (fix); the figures.
 
     The nodes have more memory than vcores for 4-core executors of 5 GiB (16 GiB, 5 vcores,
@@ -217,6 +217,7 @@ def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 
     EMR's default calculator) would run 3 such executors per node, 12 tasks on 5 vcores.
     configurations.json's capacity-scheduler classification (the dominant-resource
     calculator) is given to this cluster as EMR would, so executors stop at the vcores.
+    ``infer_extra``: more infer flags (the test passes ``--image-size 64``: it checks executors, not the model).
     """
     emr_defaults = emr_classification("spark-defaults")
     scheduler = {} if memory_only_scheduler else emr_classification("capacity-scheduler")
@@ -236,7 +237,7 @@ def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 
                                s3.env, dist))
             infer_args = ["--manifest", f"s3://{BUCKET}/shards/manifest.parquet", "--sym-url", model["sym"],
                           "--param-url", model["params"], "--label-url", model["labels"],
-                          "--output", f"s3://{BUCKET}/predictions/", "--shards-per-task", "1"]
+                          "--output", f"s3://{BUCKET}/predictions/", "--shards-per-task", "1", *infer_extra]
             trap = {**repo_defaults, "spark.dynamicAllocation.enabled": "false"}
             runs.append(submit(cluster, trap, workdir, "infer-trap", "infer/main.py",
                                infer_args + ["--run-id", "yarn-trap"], s3.env, dist))

@@ -19,9 +19,8 @@ from common.images import (Preprocessing, check_image, decode_rgb, parse_formats
                            skip_reason_for_key)
 from common.model import HEAD_APPLIED, HEAD_SOFTMAX, ModelError, ModelFiles, ModelSpec, Predictor, check_model_head, read_labels
 from testkit import zoo_builder
-from testkit.localdev import run_spark_submit
 from testkit.photos import photo_archive
-from tests.helpers import assert_exactly_once, output_rows, read_manifest, run_id_from, run_python
+from tests.helpers import assert_exactly_once, output_rows, read_manifest, run_main
 
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
@@ -154,13 +153,17 @@ def test_a_wrong_output_layer_lists_the_outputs_there_are(model_files):
         check_model_head(_files(model_files, "resnet-18"), spec)
 
 
-# ----------------------------------------------------------------------------- end to end, spark-submit
+# ----------------------------------------------------------------------------- end to end
 
 
 @pytest.fixture(scope="module")
-def photo_runs(s3, model_uris, gluon_files):
-    """The archive through the two documented spark-submit lines: prepare --formats all, then infer with the
-    zoo model, and with the Gluon-style model (--mean/--std) writing embeddings (--output-layer)."""
+def photo_runs(s3, spark, model_uris, gluon_files):
+    """The archive through the two jobs (in process, on the session's Spark; the spark-submit lines
+    themselves are test_infer's and test_node_env's): prepare --formats all, then infer with the zoo
+    model, and with the Gluon-style model (--mean/--std) writing embeddings (--output-layer)."""
+    from infer.main import main as infer
+    from prepare.main import main as prepare
+
     s3.create_bucket(BUCKET)
     archive = photo_archive()
     for key, p in archive.items():
@@ -169,10 +172,8 @@ def photo_runs(s3, model_uris, gluon_files):
     for name, data in gluon_files.items():
         gluon[name] = f"s3://{BUCKET}/models/{name}"
         storage.write_bytes(gluon[name], data)
-    p = run_spark_submit("prepare/main.py", ["--input", f"s3://{BUCKET}/photos/", "--output",
-                                             f"s3://{BUCKET}/shards/", "--formats", "all", "--batch", "8"],
-                         s3.env, extra_conf=["spark.master=local[2]"])
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    assert prepare(["--input", f"s3://{BUCKET}/photos/", "--output", f"s3://{BUCKET}/shards/", "--formats", "all",
+                    "--batch", "8"]) == 0
     manifest = f"s3://{BUCKET}/shards/manifest.parquet"
     runs = {}
     for name, extra, model in (
@@ -181,13 +182,14 @@ def photo_runs(s3, model_uris, gluon_files):
                        "--output-layer", "flatten0_output"],
              {"sym": gluon[f"{GLUON}-symbol.json"], "params": gluon[f"{GLUON}-0000.params"],
               "labels": gluon["synset.txt"]})):
-        i = run_spark_submit("infer/main.py", ["--manifest", manifest, "--sym-url", model["sym"], "--param-url",
-                                               model["params"], "--label-url", model["labels"], "--output",
-                                               f"s3://{BUCKET}/pred/", *extra],
-                             s3.env, extra_conf=["spark.master=local[2]"])
-        assert i.returncode == 0, i.stdout[-2000:] + i.stderr[-4000:]
-        runs[name] = run_id_from(i.stdout)
+        assert infer(["--manifest", manifest, "--sym-url", model["sym"], "--param-url", model["params"],
+                      "--label-url", model["labels"], "--output", f"s3://{BUCKET}/pred/", *extra]) == 0
+        [runs[name]] = _run_ids() - set(runs.values())  # the default run id infer chose
     return {"archive": archive, "manifest": manifest, "runs": runs, "gluon": gluon}
+
+
+def _run_ids() -> set[str]:
+    return {o.key.split("/")[-2] for o in storage.list_objects(f"s3://{BUCKET}/pred/_runs/") if o.key.endswith("/run.json")}
 
 
 def _rows(run_id: str) -> dict[str, dict]:
@@ -283,16 +285,16 @@ def test_embeddings_only_run_needs_no_labels(photo_runs, spark, capsys):
 
 
 @pytest.mark.spark
-def test_bad_preprocessing_flags_fail_before_spark(photo_runs, model_uris, s3):
+def test_bad_preprocessing_flags_fail_before_spark(photo_runs, model_uris, s3, capsys):
     base = ["--manifest", photo_runs["manifest"], "--sym-url", model_uris["sym"], "--param-url", model_uris["params"],
             "--label-url", model_uris["labels"], "--output", f"s3://{BUCKET}/x/"]
     for extra, message in ((["--std", "1,0,1"], "--std must be positive"), (["--mean", "1,2"], "expected 1 or 3"),
                            (["--image-size", "2"], "--image-size must be at least 8"),
                            (["--output-layer", "flatten0_output", "--precision", "int8"], "--output-layer with")):
-        p = run_python("infer/main.py", base + extra, s3.env)
+        p = run_main("infer/main.py", base + extra, capsys)
         assert p.returncode == 2 and message in p.stderr, (extra, p.stderr[-500:])
-    p = run_python("prepare/main.py", ["--input", f"s3://{BUCKET}/photos/", "--output", f"s3://{BUCKET}/y/",
-                                       "--formats", "png,heic"], s3.env)
+    p = run_main("prepare/main.py", ["--input", f"s3://{BUCKET}/photos/", "--output", f"s3://{BUCKET}/y/",
+                                     "--formats", "png,heic"], capsys)
     assert p.returncode == 2 and "unknown format heic" in p.stderr
 
 

@@ -14,10 +14,11 @@ same run reuses it instead of converting again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -114,6 +115,19 @@ def labels_text(files: ModelFiles) -> bytes:
     return ("\n".join(files.labels) + "\n").encode()
 
 
+@contextlib.contextmanager
+def _cannot_run(precision: str, sym_url: str, size: int) -> Iterator[None]:
+    """MXNet's failure to convert or bind the model at ``precision`` as one line naming it (its errors run to
+    pages): e.g. oneDNN's int8 pooling keeps ResNet's fixed 7x7 window, which a 64x64 input's 2x2 map cannot hold."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        detail = next((ln for ln in reversed(lines) if "Check failed" in ln), lines[-1])
+        raise ModelError(f"--precision {precision}: {sym_url} cannot run converted at {size}x{size} input ({detail}); "
+                         "use fp32 or the model's own input size") from e
+
+
 def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: Manifest,
                   calibration_images: int, min_agreement: float, model_dir: str, log=print,
                   prep: Preprocessing = DEFAULT_PREPROCESSING) -> Converted:
@@ -142,10 +156,12 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: 
     agree = load_sample(entries, agree_items, spec.endpoint_url, prep)
     sym, arg, aux = check_model(files, spec)
     t_convert = time.time()
-    csym, carg, caux = convert(sym, arg, aux, precision, cal, spec.batch_size)
+    with _cannot_run(precision, spec.sym_url, prep.size):
+        csym, carg, caux = convert(sym, arg, aux, precision, cal, spec.batch_size)
     t_agree = time.time()
     reference = top1(sym, arg, aux, agree.batches(spec.batch_size), spec.batch_size, prep.size)
-    converted = top1(csym, carg, caux, agree.batches(spec.batch_size), spec.batch_size, prep.size)
+    with _cannot_run(precision, spec.sym_url, prep.size):
+        converted = top1(csym, carg, caux, agree.batches(spec.batch_size), spec.batch_size, prep.size)
     agreement = float((reference == converted).mean())
     seconds = {"sample_s": round(t_convert - started, 3), "convert_s": round(t_agree - t_convert, 3),
                "agreement_s": round(time.time() - t_agree, 3)}

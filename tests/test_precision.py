@@ -130,3 +130,16 @@ def test_refused_below_min_agreement(prepared, model_uris, capsys):
     assert re.match(r"infer: error: --precision int8: top-1 agreement with fp32 0\.\d{4} on 64 images \(minimum 0\.999\): "
                     r"refused", err[-1]), err
     assert list(storage.list_objects(out)) == [], "a refused run writes nothing"
+
+
+def test_a_precision_the_model_cannot_run_at_this_size_is_one_line(prepared, model_uris, capsys):
+    """oneDNN's int8 pooling keeps ResNet's fixed 7x7 window: at 64x64 input (a 2x2 map) it cannot bind."""
+    from infer.main import main
+
+    out = f"s3://{prepared['bucket']}/pred-int8-64/"
+    rc = main(infer_args(prepared["manifest"], model_uris, out, "--precision", "int8", "--calibration-images", "64",
+                         image_size=64))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("infer: error: --precision int8: ") and "cannot run converted at 64x64 input" in err[0], err
+    assert list(storage.list_objects(out)) == [], "a refused run writes nothing"

@@ -233,23 +233,22 @@ def skipped_stage(sc, found: Listing, outcomes: Sequence[PartOutcome], settings:
         lambda part: write_skipped(part, uri, endpoint, encryption)).collect())
 
 
-def publish(settings: PrepareSettings, parts: Sequence[PartEntry], manifest_id: str, skipped: int) -> str:
-    """Remove stale parts of an earlier prepare into this output, then write the index (last: the manifest
-    now exists) and the skipped table's symlink.  Returns the manifest's URI."""
+def publish(settings: PrepareSettings, manifest_uri: str, parts: Sequence[PartEntry], manifest_id: str,
+            skipped: int) -> None:
+    """Remove stale parts of an earlier prepare into this output, then write the index at ``manifest_uri``
+    (last: the manifest now exists) and the skipped table's symlink."""
     endpoint = settings.endpoint_url
     parts_dir = storage.join(settings.output_uri, PARTS_DIR) + "/"
     wanted = {p.uri for p in parts}
     for o in storage.list_objects(parts_dir, endpoint):
         if storage.object_uri(parts_dir, o.key) not in wanted:  # an earlier manifest's, with more parts
             storage.delete(storage.object_uri(parts_dir, o.key), endpoint)
-    manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
     storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, settings.batch_size,
                                                      skipped), endpoint, PARQUET_CONTENT_TYPE)
     # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds
     # the shards). See `python -m infer.athena --manifest-output`.
     storage.write_bytes(storage.join(symlink_location(settings.output_uri, "skipped"), "symlink.txt"),
                         (storage.join(settings.output_uri, SKIPPED_NAME) + "\n").encode(), endpoint, "text/plain")
-    return manifest_uri
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"prepare: {good} images in shards + {skipped} skipped != {found.listed} listed "
                            f"- {found.candidates - numbered.unique} repeats")
     manifest_id = compute_manifest_id([o.digest for o in outcomes])
-    publish(settings, parts, manifest_id, skipped)
+    publish(settings, manifest_uri, parts, manifest_id, skipped)
     print(f"{PROG}: wrote {sum(p.num_shards for p in parts)} shards in {len(parts)} manifest parts with {good} "
           f"images, {skipped} skipped, in {time.time() - started:.1f}s", flush=True)
     print(f"{PROG}: manifest {manifest_uri} (manifest_id {manifest_id})", flush=True)

@@ -113,8 +113,9 @@ def join(prefix: str, *parts: str) -> str:
 
 
 def as_folder(uri: str) -> str:
-    """``uri`` with exactly one trailing ``/``: a prefix that holds objects (a "folder")."""
-    return uri.rstrip("/") + "/"
+    """``uri`` ending in ``/``: a prefix that holds objects (a "folder"); one already ending in ``/`` is kept as
+    it is (S3 keys may hold ``//``)."""
+    return uri if uri.endswith("/") else uri + "/"
 
 
 def parent(uri: str) -> str:

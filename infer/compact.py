@@ -37,7 +37,7 @@ from common.spark import spark_context  # noqa: E402
 from common.manifest import read_manifest  # noqa: E402
 from common.status import failed_ids  # noqa: E402
 from common.output import (PARQUET_CONTENT_TYPE, PREDICTION_SCHEMA, check_run_id, part_key, partition_dir,  # noqa: E402
-                           run_record_key, table_to_parquet)  # noqa: E402
+                           run_record_key, table_to_parquet)
 from infer.plan import present_mask  # noqa: E402
 
 PROG = "compact"

@@ -10,7 +10,7 @@ STAMP35 := $(VENV35)/.shardinfer-installed
 N      ?= 1000
 BENCH_N ?= 1280
 
-.PHONY: setup setup-spark35 node-env check-java check-python test test-spark4 test-spark35 test-node demo bench scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars node-env check-java check-python test test-spark4 test-spark35 test-node demo bench scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -28,7 +28,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup-spark35: check-python check-java $(STAMP35)
 
-$(STAMP35): setup.cfg pyproject.toml
+$(STAMP35): setup.cfg pyproject.toml $(STAMP)
 	@test -x $(PY35) || $(PYTHON) -m venv $(VENV35)
 	$(PY35) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,import,spark35]'
 	@touch $(STAMP35)
@@ -41,15 +41,23 @@ node-env: setup
 # The whole suite on Spark 4.0; on Spark 3.5 (EMR 7's) the tests that run Spark (marker `spark`; YARN on
 # 3.5 is test-node's); then the shipped code in a node's environment (fresh interpreters, and the
 # documented steps on the local YARN: tests/test_node_env.py). Each line ends with its slowest tests.
-test: test-spark4 test-spark35 test-node
+# The three lines run side by side: each leaves about half of a 2-core machine idle (JVM start-up, waits on
+# subprocesses); -Otarget prints each line's output whole when it ends. Hadoop's jars are fetched first, once.
+test:
+	@$(MAKE) --no-print-directory -j3 -Otarget test-spark4 test-spark35 test-node
 
-test-spark4: setup
+# Hadoop's test-cluster jars (Maven Central, pinned in testkit/yarn/pom.xml), before the lines that start YARN;
+# without Maven the YARN tests say why they skip.
+yarn-jars: setup
+	@$(PY) -m testkit.yarn
+
+test-spark4: setup yarn-jars
 	$(PY) -m pytest --durations=15
 
 test-spark35: setup-spark35
 	$(PY35) -m pytest -p no:cacheprovider -m "spark and not node and not yarn" --durations=10
 
-test-node: node-env
+test-node: node-env yarn-jars
 	$(PY) -m pytest -p no:cacheprovider -m node --durations=5
 
 demo: setup

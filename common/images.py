@@ -9,6 +9,14 @@ Preprocessing (:class:`Preprocessing`) is exactly: Pillow decode -> ``ImageOps.e
 ``round(S * 256 / 224)``, then the S x S crop at ``((w - S) // 2, (h - S) // 2)``), LANCZOS ->
 CHW float32 in 0..255 -> ``(x - mean) / std`` per channel.  The defaults (224, stretch, mean
 0, std 1) are the model-zoo ResNet-18's: it normalises with its first layer, ``bn_data``.
+
+Decode (``--decode``): ``exact`` decodes every pixel.  ``fast`` (the default) decodes a JPEG at
+the smallest DCT scale (1/2, 1/4, 1/8: Pillow's ``draft``) whose shorter side still reaches
+what the resize needs (S for ``stretch``, ``round(S * 256 / 224)`` for ``shorter-side-crop``),
+and shrinks any other large image by an integer box reduction down to no less than
+:data:`REDUCING_GAP` times the target before the same LANCZOS resize.  Images no larger than
+the target decode identically either way.  The agreement of the two is measured by
+``bench/decode.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -43,6 +51,12 @@ FORMATS = {
 DEFAULT_FORMATS = ("png",)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RESIZE_MODES = ("stretch", "shorter-side-crop")
+DECODES = ("fast", "exact")
+DEFAULT_DECODE = "fast"
+# fast decode, formats without DCT scaling: box-reduce by an integer factor while the image stays at least
+# this many times the resize target, then LANCZOS (Pillow's resize(reducing_gap=...)).
+REDUCING_GAP = 3.0
+_DCT_SCALED = ("JPEG", "MPO")
 
 
 
@@ -128,11 +142,13 @@ def _message(e: Exception) -> str:
     return re.sub(r"<[^>]* at 0x[0-9a-f]+>", "<bytes>", str(e)) or type(e).__name__
 
 
-def decode_rgb(data: bytes, key: str, formats: Optional[Sequence[str]] = None) -> Image.Image:
-    """Decode an image fully, upright (EXIF orientation applied) and as RGB.
+def decode_rgb(data: bytes, key: str, formats: Optional[Sequence[str]] = None, min_side: Optional[int] = None
+               ) -> Image.Image:
+    """Decode an image, upright (EXIF orientation applied) and as RGB.
 
     CMYK, 16-bit, palette, grayscale and alpha images are converted; an animated image gives
-    its first frame.
+    its first frame.  With ``min_side``, a JPEG is decoded at the smallest DCT scale whose
+    both sides are still at least ``min_side`` (the whole image otherwise).
 
     Raises:
         BadImageError: see :func:`open_image`; or Pillow cannot decode it (truncated, corrupt).
@@ -140,6 +156,8 @@ def decode_rgb(data: bytes, key: str, formats: Optional[Sequence[str]] = None) -
     img = open_image(data, key, formats)
     fmt = img.format
     try:
+        if min_side and fmt in _DCT_SCALED and min(img.size) > 2 * min_side:
+            img.draft(img.mode, (min_side, min_side))
         img.load()  # Pillow decodes lazily; force it so truncation shows here
         img = ImageOps.exif_transpose(img)
         if img.mode.startswith("I"):  # 16/32-bit gray: scale to 8 bits (convert() would clip at 255)
@@ -153,13 +171,60 @@ def decode_rgb(data: bytes, key: str, formats: Optional[Sequence[str]] = None) -
 
 def check_image(data: bytes, key: str, formats: Sequence[str] = DEFAULT_FORMATS) -> Optional[str]:
     """``None`` if ``data`` decodes as one of ``formats``, else the reason it is skipped."""
+    return admit(data, key, formats).reason
+
+
+# prepare --max-side: a downscaled JPEG is stored as JPEG at this quality (chroma kept at full resolution);
+# every other format as PNG (lossless).
+PACK_JPEG_QUALITY = 95
+MIN_MAX_SIDE = 8  # the smallest --image-size infer takes
+
+
+@dataclass(frozen=True)
+class Original:
+    """What the manifest keeps of an image that prepare stored downscaled (its header's size)."""
+
+    width: int
+    height: int
+    num_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """prepare's verdict on one object: skipped (``reason``), or the bytes its shard stores.
+
+    ``original`` is None when ``data`` is the object's own bytes, unchanged.
+    """
+
+    reason: Optional[str]
+    data: bytes = b""
+    original: Optional[Original] = None
+
+
+def admit(data: bytes, key: str, formats: Sequence[str] = DEFAULT_FORMATS, max_side: Optional[int] = None) -> Admitted:
+    """Decode an object as prepare does; with ``max_side``, an image whose shorter side exceeds it is
+    stored upright (EXIF orientation applied), as RGB, with its shorter side ``max_side`` (LANCZOS):
+    a JPEG as JPEG (quality :data:`PACK_JPEG_QUALITY`, 4:4:4), anything else as PNG.  Never upscales."""
     if not data:
-        return "empty object"
+        return Admitted("empty object")
     try:
-        decode_rgb(data, key, formats)
+        img = decode_rgb(data, key, formats)
     except BadImageError as e:
-        return str(e).split(": ", 1)[1]
-    return None
+        return Admitted(str(e).split(": ", 1)[1])
+    if max_side is None or min(img.size) <= max_side:
+        return Admitted(None, data)
+    header = Image.open(io.BytesIO(data))
+    w, h = img.size
+    size = (max_side, round(h * max_side / w)) if w <= h else (round(w * max_side / h), max_side)
+    small = img.resize(size, Image.LANCZOS)
+    buf = io.BytesIO()
+    if header.format in FORMATS["jpeg"][1]:
+        small.save(buf, format="JPEG", quality=PACK_JPEG_QUALITY, subsampling=0)
+    else:
+        small.save(buf, format="PNG")
+    return Admitted(None, buf.getvalue(), Original(header.size[0], header.size[1], len(data),
+                                                   hashlib.sha256(data).hexdigest()))
 
 
 def _triple(values: Sequence[float], what: str) -> tuple[float, float, float]:
@@ -187,6 +252,7 @@ class Preprocessing:
     resize: str = "stretch"
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    decode: str = DEFAULT_DECODE
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -195,19 +261,30 @@ class Preprocessing:
             raise ValueError(f"--resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"--std must be positive, got {','.join(f'{s:g}' for s in self.std)}")
+        if self.decode not in DECODES:
+            raise ValueError(f"--decode {self.decode!r}: expected one of {', '.join(DECODES)}")
 
     @property
     def is_default(self) -> bool:
-        """The zoo ResNet-18's preprocessing."""
-        return self == Preprocessing()
+        """The zoo ResNet-18's size, resize and normalisation (whatever the decode)."""
+        return self == Preprocessing(decode=self.decode)
+
+    @property
+    def min_side(self) -> int:
+        """The shorter side the resize needs from the decoded image."""
+        return self.size if self.resize == "stretch" else round(self.size * 256 / 224)
 
     def record(self) -> dict:
         """What run.json says (EXIF orientation is always applied)."""
         return {"image_size": self.size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
-                "exif_orientation": "applied", "interpolation": "LANCZOS", "color": "RGB"}
+                "exif_orientation": "applied", "interpolation": "LANCZOS", "color": "RGB", "decode": self.decode}
+
+    def decode_image(self, data: bytes, key: str) -> Image.Image:
+        """Decode ``data`` as this preprocessing's decode says (:func:`decode_rgb`)."""
+        return decode_rgb(data, key, min_side=self.min_side if self.decode == "fast" else None)
 
     def describe(self) -> str:
-        """A stable text of the settings (for digests and run ids)."""
+        """A stable text of size, resize and normalisation (for digests and run ids; the decode is apart)."""
         return (f"size={self.size};resize={self.resize};mean={','.join(f'{v:g}' for v in self.mean)};"
                 f"std={','.join(f'{v:g}' for v in self.std)}")
 
@@ -218,15 +295,16 @@ class Preprocessing:
     def resized(self, img: Image.Image) -> Image.Image:
         """The S x S image the model sees (before normalisation)."""
         s = self.size
+        gap = REDUCING_GAP if self.decode == "fast" else None
         if self.resize == "stretch":
-            return img.resize((s, s), Image.LANCZOS)
+            return img.resize((s, s), Image.LANCZOS, reducing_gap=gap)
         w, h = img.size
-        short = round(s * 256 / 224)
+        short = self.min_side
         if w <= h:
             nw, nh = short, max(short, round(h * short / w))
         else:
             nw, nh = max(short, round(w * short / h)), short
-        img = img.resize((nw, nh), Image.LANCZOS)
+        img = img.resize((nw, nh), Image.LANCZOS, reducing_gap=gap)
         left, top = (nw - s) // 2, (nh - s) // 2
         return img.crop((left, top, left + s, top + s))
 
@@ -245,7 +323,7 @@ DEFAULT_PREPROCESSING = Preprocessing()
 def preprocess(data: bytes, key: str, prep: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
     """One image's model input: a 3 x S x S float32 array."""
     out = np.empty((3, prep.size, prep.size), dtype=np.float32)
-    prep.into(decode_rgb(data, key), out)
+    prep.into(prep.decode_image(data, key), out)
     return out
 
 
@@ -259,7 +337,7 @@ def decode_into(payloads: Sequence[bytes], keys: Sequence[str], out: np.ndarray,
     errors: dict[int, str] = {}
     for i, data in enumerate(payloads):
         try:
-            prep.into(decode_rgb(data, keys[i]), out[i])
+            prep.into(prep.decode_image(data, keys[i]), out[i])
         except BadImageError as e:
             errors[i] = f"error: {e}"
             out[i] = 0.0

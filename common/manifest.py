@@ -1,8 +1,11 @@
-"""The manifest contract, format 2: shard rows in ``manifest/part-*.parquet``, a small index
+"""The manifest contract, format 3: shard rows in ``manifest/part-*.parquet``, a small index
 ``manifest.parquet`` (one row per part, written last), and ``skipped.parquet``.
 
-Documented for users in ``manifests/README.md``.  Version-1 manifests (one ``manifest.parquet``
-holding every shard row) stay readable: they are read as an index of one part, the file itself.
+Documented for users in ``manifests/README.md``.  Format 3 adds the shard rows' ``originals``
+column (``prepare --max-side``: the size and sha256 of each image stored downscaled) and the
+index's ``max_side`` metadata.  Version-2 manifests (no ``originals``) and version-1 manifests
+(one ``manifest.parquet`` holding every shard row, read as an index of one part: the file
+itself) stay readable.
 Bump :data:`FORMAT_VERSION` whenever a column or metadata key changes meaning, so an older reader
 refuses a newer file clearly.
 
@@ -13,6 +16,7 @@ row groups of the one part that hold its shards (:func:`read_shards`), in two ra
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import io
 import threading
@@ -27,9 +31,10 @@ import pyarrow.parquet as pq
 
 from common import storage
 from common.errors import ManifestError  # noqa: F401 - raised here, defined with the other user errors
+from common.images import Original
 
-FORMAT_VERSION = "2"
-READABLE_VERSIONS = ("1", "2")
+FORMAT_VERSION = "3"
+READABLE_VERSIONS = ("1", "2", "3")
 MANIFEST_NAME = "manifest.parquet"
 PARTS_DIR = "manifest"
 SKIPPED_NAME = "skipped.parquet"
@@ -51,7 +56,14 @@ SHARD_SCHEMA = pa.schema(
         pa.field("keys", pa.list_(pa.string()), nullable=False),
     ]
 )
-MANIFEST_SCHEMA = SHARD_SCHEMA  # the shard rows' schema (Athena's manifest table), in both versions
+# Format 3: per key (record order), null when the shard stores the object's own bytes, else the original's
+# size (as its header gives it), bytes and sha256; the whole list is null for a shard with nothing downscaled.
+ORIGINAL_TYPE = pa.struct([pa.field("width", pa.int32()), pa.field("height", pa.int32()),
+                           pa.field("num_bytes", pa.int64()), pa.field("sha256", pa.string())])
+ORIGINALS = pa.field("originals", pa.list_(ORIGINAL_TYPE), nullable=True)
+V2_SHARD_SCHEMA = SHARD_SCHEMA
+SHARD_SCHEMA = SHARD_SCHEMA.append(ORIGINALS)
+MANIFEST_SCHEMA = SHARD_SCHEMA  # the shard rows' schema (Athena's manifest table; older parts lack originals)
 INDEX_SCHEMA = pa.schema(
     [
         pa.field("part_id", pa.int32(), nullable=False),
@@ -74,6 +86,7 @@ META_VERSION = b"shardinfer.format_version"
 META_NUM_IMAGES = b"shardinfer.num_images"
 META_NUM_SKIPPED = b"shardinfer.num_skipped"
 META_NUM_SHARDS = b"shardinfer.num_shards"
+META_MAX_SIDE = b"shardinfer.max_side"  # format 3: prepare's --max-side ("" when off)
 
 
 
@@ -87,6 +100,8 @@ class ShardEntry:
     num_bytes: int
     sha256: str
     keys: tuple[str, ...]
+    # prepare --max-side: per key, None or the original of an image stored downscaled (None: none was)
+    originals: Optional[tuple[Optional[Original], ...]] = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ class Manifest:
     version: str
     parts: tuple[PartEntry, ...]
     num_skipped: int = 0
+    max_side: Optional[int] = None
 
     @property
     def num_shards(self) -> int:
@@ -160,6 +176,8 @@ def shard_table(entries: Sequence[ShardEntry]) -> pa.Table:
             "num_bytes": [e.num_bytes for e in entries],
             "sha256": [e.sha256 for e in entries],
             "keys": [list(e.keys) for e in entries],
+            "originals": [None if e.originals is None or not any(e.originals) else
+                          [None if o is None else dataclasses.asdict(o) for o in e.originals] for e in entries],
         },
         schema=SHARD_SCHEMA,
     )
@@ -224,7 +242,7 @@ def compute_manifest_id(part_digests: Sequence[str]) -> str:
 
 
 def index_to_bytes(parts: Sequence[PartEntry], manifest_id: str, input_uri: str, batch_size: int, num_skipped: int,
-                   created_at: Optional[datetime] = None) -> bytes:
+                   created_at: Optional[datetime] = None, max_side: Optional[int] = None) -> bytes:
     """Serialise the index (``manifest.parquet``) with its metadata.
 
     Raises:
@@ -248,6 +266,7 @@ def index_to_bytes(parts: Sequence[PartEntry], manifest_id: str, input_uri: str,
         META_NUM_IMAGES: str(sum(p.num_images for p in parts)),
         META_NUM_SHARDS: str(expect),
         META_NUM_SKIPPED: str(num_skipped),
+        META_MAX_SIDE: str(max_side or ""),
     })
     return _to_parquet(table)
 
@@ -255,7 +274,7 @@ def index_to_bytes(parts: Sequence[PartEntry], manifest_id: str, input_uri: str,
 def write_manifest(entries: Sequence[ShardEntry], output_uri: str, input_uri: str, batch_size: int,
                    num_skipped: int = 0, endpoint_url: Optional[str] = None,
                    shards_per_part: int = SHARDS_PER_PART, created_at: Optional[datetime] = None) -> Manifest:
-    """Write a complete format-2 manifest (parts, then the index) for shard rows held in memory.
+    """Write a complete manifest (parts, then the index) for shard rows held in memory.
 
     prepare writes its parts from its tasks instead; this serves small manifests (examples, tools).
     """
@@ -313,7 +332,7 @@ def manifest_from_bytes(data: bytes, uri: str) -> Manifest:
     for k in (META_MANIFEST_ID, META_INPUT, META_BATCH, META_CREATED):
         if k not in meta:
             raise ManifestError(f"{uri}: manifest metadata lacks {k.decode()!r}")
-    schema = SHARD_SCHEMA if version == "1" else INDEX_SCHEMA
+    schema = V2_SHARD_SCHEMA if version == "1" else INDEX_SCHEMA
     missing = [n for n in schema.names if n not in pf.schema_arrow.names]
     if missing:
         raise ManifestError(f"{uri}: manifest lacks columns {missing}")
@@ -342,7 +361,8 @@ def manifest_from_bytes(data: bytes, uri: str) -> Manifest:
             expect += p.num_shards
     return Manifest(uri=uri, manifest_id=meta[META_MANIFEST_ID].decode(), input_uri=meta[META_INPUT].decode(),
                     batch_size=int(meta[META_BATCH]), created_at=meta[META_CREATED].decode(), version=version,
-                    parts=parts, num_skipped=int(meta.get(META_NUM_SKIPPED, b"0")))
+                    parts=parts, num_skipped=int(meta.get(META_NUM_SKIPPED, b"0")),
+                    max_side=int(meta[META_MAX_SIDE]) if meta.get(META_MAX_SIDE) else None)
 
 
 def read_manifest(uri: str, endpoint_url: Optional[str] = None) -> Manifest:
@@ -376,7 +396,8 @@ def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[s
         raise ManifestError(f"{part.uri}: {md.num_rows} shard rows, the index says {part.num_shards}")
     starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
     groups = sorted({int(np.searchsorted(starts, o, side="right") - 1) for o in offsets})
-    return f.read(groups, columns=SHARD_SCHEMA.names)  # one GET for every needed column chunk
+    # one GET for every needed column chunk (what a task runs needs no originals)
+    return f.read(groups, columns=V2_SHARD_SCHEMA.names)
 
 
 def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Optional[str] = None) -> list[ShardEntry]:

@@ -48,7 +48,7 @@ from common.cli import (UsageError, add_common_arguments, encryption_from, endpo
                         first_line, run_cli)
 from common.spark import spark_context, submit_options, task_attempts  # noqa: E402
 from common.manifest import Manifest, check_parts_listed, read_manifest  # noqa: E402
-from common.images import INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
+from common.images import DECODES, DEFAULT_DECODE, INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
 from common.model import ModelFiles, ModelSpec, check_model_head, fetch_model  # noqa: E402
 from common.output import check_run_id, default_run_id, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "0,0,0; a Gluon model zoo export wants 123.675,116.28,103.53)")
     p.add_argument("--std", default="1,1,1", help="per-channel divisor R,G,B after the mean (default 1,1,1; Gluon: "
                    "58.395,57.12,57.375)")
+    p.add_argument("--decode", choices=DECODES, default=DEFAULT_DECODE, help="fast (default): decode a large JPEG at "
+                   "the smallest DCT scale (1/2-1/8) that still covers the resize, and box-reduce other large images "
+                   "before it (docs/reference.md: measured agreement); exact: decode every pixel")
     p.add_argument("--output-layer", default=None, help="also write this internal output's values per image (e.g. "
                    "flatten0_output) in the embedding column; a wrong name lists the outputs there are")
     sel = p.add_mutually_exclusive_group()
@@ -160,15 +163,18 @@ def preprocessing(args: argparse.Namespace) -> Preprocessing:
     """
     try:
         return Preprocessing(args.image_size, args.resize, parse_triple(args.mean, "--mean"),
-                             parse_triple(args.std, "--std"))
+                             parse_triple(args.std, "--std"), getattr(args, "decode", DEFAULT_DECODE))
     except ValueError as e:
         raise UsageError(str(e)) from e
 
 
 def run_variant(args: argparse.Namespace, prep: Preprocessing) -> str:
-    """What besides model, precision and --top-k shapes the output ("" for the zoo defaults): it goes into
-    the default run id and every part file's input digest."""
+    """What besides model, precision and --top-k shapes the output ("" for the zoo defaults with --decode exact,
+    the contract of the runs made before --decode): it goes into the default run id and every part file's input
+    digest."""
     parts = [] if prep.is_default else [prep.describe()]
+    if prep.decode != "exact":
+        parts.append(f"decode={prep.decode}")
     if args.output_layer:
         parts.append(f"layer={args.output_layer}")
     return ";".join(parts)
@@ -267,6 +273,10 @@ def resolve(args: argparse.Namespace) -> Job:
     storage.check_buckets([u for u in (args.manifest, args.output, args.sym_url, args.param_url, args.label_url) if u],
                           endpoint)
     manifest = read_manifest(args.manifest, endpoint)  # the index: a few bytes per part, never the keys
+    if manifest.max_side and manifest.max_side < prep.min_side:
+        print(f"{PROG}: warning: {args.manifest} was packed with --max-side {manifest.max_side}, below the "
+              f"{prep.min_side} pixels this run's resize needs: its larger images reach the model enlarged",
+              file=sys.stderr, flush=True)
     check_parts_listed(manifest, endpoint)  # every part there, at its size: one LIST per 1,000 parts
     spec = ModelSpec(args.sym_url, args.param_url, args.label_url or "", MODEL_BATCH, endpoint, device=args.device,
                      image_size=prep.size, output_layer=args.output_layer, classify=args.top_k > 0)

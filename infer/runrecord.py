@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from common import athena, status, storage
 from common.cli import UsageError
-from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE
+from common.images import DEFAULT_DECODE, DEFAULT_PREPROCESSING, INPUT_SIZE
 from common.manifest import Manifest
 from common.output import partition_dir, run_dir, run_record_key
 
@@ -54,12 +54,16 @@ def check_run_record(record: Optional[dict], args: argparse.Namespace, run_id: s
         raise UsageError(f"--run-id {run_id} was made with --top-k {record.get('top_k')}, not {args.top_k}")
     same_shape = True
     for key in ("preprocessing", "output_layer"):  # runs from before these settings had the defaults
-        was = record.get(key, DEFAULT_PREPROCESSING.record() if key == "preprocessing" else None)
+        was = record.get(key)
+        if key == "preprocessing":  # runs from before it was recorded had the defaults; from before --decode, exact
+            was = {**DEFAULT_PREPROCESSING.record(), "decode": "exact", **(was or {})}
         now = (model_info or {}).get(key, DEFAULT_PREPROCESSING.record() if key == "preprocessing" else None)
         if was != now:
             same_shape = False
             if not args.force:
-                raise UsageError(f"--run-id {run_id} was made with {key} {was}, not {now}; use another --run-id "
+                hint = (f" (--decode {was['decode']} continues it)" if key == "preprocessing" and isinstance(now, dict)
+                        and {**was, "decode": now.get("decode")} == now else "")
+                raise UsageError(f"--run-id {run_id} was made with {key} {was}, not {now}{hint}; use another --run-id "
                                  "(or --force to replace its files)")
     return record.get("model") == model_id and record.get("top_k") == args.top_k and same_shape
 
@@ -87,7 +91,8 @@ def rerun_command(args: argparse.Namespace, run_id: str, submit: Optional[list[s
     cmd += ["--output", args.output, "--run-id", run_id]
     for flag, value, default in (("--image-size", args.image_size, INPUT_SIZE), ("--resize", args.resize, "stretch"),
                                  ("--mean", args.mean, "0,0,0"), ("--std", args.std, "1,1,1"),
-                                 ("--output-layer", args.output_layer, None)):
+                                 ("--output-layer", args.output_layer, None),
+                                 ("--decode", getattr(args, "decode", DEFAULT_DECODE), DEFAULT_DECODE)):
         if value != default:
             cmd += [flag, str(value)]
     if args.top_k != 5:

@@ -58,6 +58,7 @@ def part_table(first_shard: int, num_shards: int, images: int, batch: int, outpu
         pa.array((counts.astype(np.int64) * (SHARD_BYTES // 64))),
         _padded(shard_ids, 64),
         pa.ListArray.from_arrays(offsets, keys),
+        pa.nulls(num_shards, SHARD_SCHEMA.field("originals").type),
     ], schema=SHARD_SCHEMA)
 
 

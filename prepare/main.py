@@ -1,9 +1,9 @@
 """prepare: list images under an S3 prefix (or read a list of them) and pack them into RecordIO
-shards plus a format-2 manifest.
+shards plus a format-3 manifest.
 
     spark-submit --properties-file spark-defaults.conf prepare/main.py \\
         --input s3://BUCKET/cifar10/test/ [--input-list URI] --output s3://BUCKET/shards/cifar10-test/ \\
-        [--batch 64] [--formats png] [--sse AES256|aws:kms [--sse-kms-key-id KEY]]
+        [--batch 64] [--formats png] [--max-side N] [--sse AES256|aws:kms [--sse-kms-key-id KEY]]
 
 Stages, all Spark: (1) listing tasks, one per sub-prefix or list file (prepare/listing.py);
 (2) a global sort of the candidate keys and their numbering (``zipWithIndex``), so the same
@@ -33,7 +33,7 @@ from common.cli import (UsageError, add_common_arguments, encryption_from, endpo
                         run_cli)
 from common.spark import spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
-from common.images import FORMATS, MAX_PIXELS, parse_formats  # noqa: E402
+from common.images import FORMATS, MAX_PIXELS, MIN_MAX_SIDE, parse_formats  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
                              PartEntry, compute_manifest_id, index_to_bytes)
 from common.output import PARQUET_CONTENT_TYPE  # noqa: E402
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         FORMATS)) + " (default png), or all. A key is a candidate by its extension (.png; .jpg/.jpeg; .webp; "
         ".gif; .bmp; .tif/.tiff) and is accepted only if its content decodes as an allowed format; the original "
         f"bytes go into the shard; images over {MAX_PIXELS // 1_000_000} megapixels are skipped unread")
+    p.add_argument("--max-side", type=int, default=None, help="store images whose shorter side exceeds N downscaled "
+                   "to shorter side N (upright, LANCZOS; JPEG as JPEG quality 95, other formats as PNG), their original "
+                   "size and sha256 in the manifest; never upscales (default: off, original bytes). 256 covers infer's "
+                   "default 224 resize: every later infer then decodes small images")
     p.add_argument("--shards-per-part", type=int, default=None,
                    help=f"shards per manifest part, i.e. per packing task (default: {SHARDS_PER_PART}, fewer when "
                    "there are too few shards to give every core two parts; the manifest id does not depend on it)")
@@ -108,10 +112,12 @@ def settings_from(args: argparse.Namespace) -> PrepareSettings:
     """What every task needs, from the flags.
 
     Raises:
-        UsageError: a bad --batch, --shards-per-part or --formats (named).
+        UsageError: a bad --batch, --shards-per-part, --max-side or --formats (named).
     """
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.max_side is not None and args.max_side < MIN_MAX_SIDE:
+        raise UsageError(f"--max-side must be at least {MIN_MAX_SIDE} pixels, got {args.max_side}")
     if args.shards_per_part is not None and args.shards_per_part < 1:
         raise UsageError(f"--shards-per-part must be at least 1, got {args.shards_per_part}")
     try:
@@ -119,7 +125,7 @@ def settings_from(args: argparse.Namespace) -> PrepareSettings:
     except ValueError as e:
         raise UsageError(str(e)) from e
     return PrepareSettings(storage.as_folder(args.input), storage.as_folder(args.output), args.batch,
-                           endpoint_from(args), formats, encryption_from(args))
+                           endpoint_from(args), formats, encryption_from(args), args.max_side)
 
 
 @dataclass
@@ -244,7 +250,7 @@ def publish(settings: PrepareSettings, manifest_uri: str, parts: Sequence[PartEn
         if storage.object_uri(parts_dir, o.key) not in wanted:  # an earlier manifest's, with more parts
             storage.delete(storage.object_uri(parts_dir, o.key), endpoint)
     storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, settings.batch_size,
-                                                     skipped), endpoint, PARQUET_CONTENT_TYPE)
+                                                     skipped, max_side=settings.max_side), endpoint, PARQUET_CONTENT_TYPE)
     # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds
     # the shards). See `python -m infer.athena --manifest-output`.
     storage.write_bytes(storage.join(symlink_location(settings.output_uri, "skipped"), "symlink.txt"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 from common import storage
-from common.images import DEFAULT_FORMATS, check_image
+from common.images import DEFAULT_FORMATS, admit
 from common.manifest import (PartEntry, ShardEntry, describe_part, part_name, part_to_bytes, rows_digest, shard_name,
                              shard_table)
 from common.output import PARQUET_CONTENT_TYPE
@@ -33,6 +33,7 @@ class PrepareSettings:
     endpoint_url: Optional[str] = None
     formats: tuple[str, ...] = DEFAULT_FORMATS
     encryption: storage.Encryption = storage.Encryption()
+    max_side: Optional[int] = None  # --max-side: store larger images downscaled (common.images.admit)
 
 
 @dataclass(frozen=True)
@@ -98,17 +99,19 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     for i, (batch, images) in enumerate(zip(batches, fetch_batches(batches, settings))):
         keep = []
         for c, data in zip(batch, images):
-            reason = GONE if data is None else check_image(data, c.key, settings.formats)
-            if reason:
-                bad.append((c.key, reason))
+            got = admit(data, c.key, settings.formats, settings.max_side) if data is not None else None
+            if got is None or got.reason:
+                bad.append((c.key, GONE if got is None else got.reason))
             else:
-                keep.append((c.key, data))
-        data = pack_shard([d for _, d in keep])
+                keep.append((c.key, got))
+        data = pack_shard([a.data for _, a in keep])
         shard_id = first_shard_id + i
         uri = storage.join(settings.output_uri, shard_name(shard_id))
         storage.write_bytes(uri, data, settings.endpoint_url)
+        originals = tuple(a.original for _, a in keep)
         entries.append(ShardEntry(shard_id=shard_id, uri=uri, num_records=len(keep), num_bytes=len(data),
-                                  sha256=hashlib.sha256(data).hexdigest(), keys=tuple(k for k, _ in keep)))
+                                  sha256=hashlib.sha256(data).hexdigest(), keys=tuple(k for k, _ in keep),
+                                  originals=originals if any(originals) else None))
     table = shard_table(entries)
     uri = storage.join(settings.output_uri, part_name(part_id))
     data = part_to_bytes(table, uri)

@@ -97,3 +97,50 @@ def photo_archive(seed: int = 0, upright: int = 24) -> dict[str, Photo]:
     out["photos/bad/notes.txt"] = Photo(b"notes", reason="key")  # "not a .png/.jpg/... key"
     out["photos/bad/clip.heic"] = Photo(b"\x00\x00\x00\x18ftypheic", reason="key")
     return out
+
+
+# Camera and phone sizes for the photo benchmark (bench/photos.py) and the decode tests: width x height.
+PHOTO_SIZES = {"0.3MP": (640, 480), "2MP": (1920, 1080), "12MP": (4032, 3024)}
+
+
+def photo_like(index: int, size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """A photo-like RGB picture: a smooth scene (a CIFAR-like picture enlarged) plus per-pixel sensor grain,
+    so that it compresses like a camera JPEG (quality 90: ~0.9 bytes per pixel), not like a flat render."""
+    w, h = size
+    scene = cifar_like_image(index, seed, size=64).resize((w, h), Image.BICUBIC)
+    rng = np.random.default_rng([seed, index, 1])
+    tile = rng.normal(0.0, 6.0, (min(h, 509), min(w, 509), 1)).astype(np.float32)  # odd size: no visible period
+    grain = np.tile(tile, (-(-h // tile.shape[0]), -(-w // tile.shape[1]), 1))[:h, :w]
+    return Image.fromarray(np.clip(np.asarray(scene, np.float32) + grain, 0, 255).astype(np.uint8), "RGB")
+
+
+def photo_jpeg(index: int, size: tuple[int, int], seed: int = 0, quality: int = 90) -> bytes:
+    """JPEG bytes of :func:`photo_like` (what a phone writes: quality 90, 4:2:0)."""
+    return encode(photo_like(index, size, seed), "JPEG", quality=quality)
+
+
+def screenshot_png(index: int, size: tuple[int, int] = (1920, 1080), seed: int = 0) -> bytes:
+    """A screenshot-like PNG: flat panels, hard edges, rows of text-like strokes and a photo in a ninth of it."""
+    w, h = size
+    rng = np.random.default_rng([seed, index, 2])
+    arr = np.empty((h, w, 3), np.uint8)
+    arr[...] = rng.integers(200, 256, 3)
+    for _ in range(6):  # panels
+        x0, y0 = int(rng.integers(0, w - 64)), int(rng.integers(0, h - 64))
+        arr[y0 : y0 + int(rng.integers(64, h // 2)), x0 : x0 + int(rng.integers(64, w // 2))] = rng.integers(0, 256, 3)
+    strokes = rng.random((h // 4, w // 3)) < 0.18  # "text": 3x2-pixel glyph strokes on every other text row
+    strokes[1::2] = False
+    arr[np.kron(strokes, np.ones((4, 3), bool))[:h, :w]] = 30
+    arr[h // 2 : h // 2 + h // 3, w // 2 : w // 2 + w // 3] = photo_like(index, (w // 3, h // 3), seed)  # a picture
+    return encode(Image.fromarray(arr, "RGB"), "PNG")
+
+
+def digit_photo(png: bytes, size: tuple[int, int], index: int) -> bytes:
+    """A "photo" of a small image (one of testkit.digits_model's 8x8 digits): enlarged to ``size`` (bicubic),
+    with sensor grain, as a quality-90 JPEG."""
+    rng = np.random.default_rng([index, 3])
+    w, h = size
+    big = np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize((w, h), Image.BICUBIC), np.float32)
+    tile = rng.normal(0.0, 6.0, (min(h, 509), min(w, 509), 1)).astype(np.float32)
+    big += np.tile(tile, (-(-h // tile.shape[0]), -(-w // tile.shape[1]), 1))[:h, :w]
+    return encode(Image.fromarray(np.clip(big, 0, 255).astype(np.uint8), "RGB"), "JPEG", quality=90)

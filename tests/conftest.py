@@ -73,6 +73,14 @@ def model_files() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="session")
+def digits_files() -> dict[str, bytes]:
+    """The trained digits classifier's three files (testkit/digits_model.py, ~15 s), once per test session."""
+    from testkit import digits_model
+
+    return digits_model.train()
+
+
+@pytest.fixture(scope="session")
 def model_uris(s3, model_files) -> dict[str, str]:
     """``{"sym", "params", "labels"}`` URIs of the test model in the local S3."""
     uris = {}

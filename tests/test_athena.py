@@ -109,13 +109,16 @@ def test_manifest_tables_parse():
         tree = _parse(athena.create_manifest_table("s3://b/shards/x/", skipped=skipped))
         cols = _columns(tree)
         assert list(cols) == (["key", "reason"] if skipped else
-                              ["shard_id", "uri", "num_records", "num_bytes", "sha256", "keys"])
+                              ["shard_id", "uri", "num_records", "num_bytes", "sha256", "keys", "originals"])
+        if not skipped:  # format 3's originals; a format-2 part has no such column, and Athena reads it as null
+            assert cols["originals"].replace(" ", "") == (
+                "array<struct<width:int,height:int,num_bytes:bigint,sha256:string>>"), cols["originals"]
         fmt = next(p for p in tree.args["properties"].expressions if isinstance(p, exp.FileFormatProperty))
         loc = next(p for p in tree.args["properties"].expressions if isinstance(p, exp.LocationProperty))
         if skipped:  # beside the shards: read through a symlink file naming exactly skipped.parquet
             assert fmt.this.args["input_format"].name == "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
             assert loc.this.name == "s3://b/shards/x/_athena/skipped/"
-        else:  # format 2: the part files have a folder of their own
+        else:  # formats 2 and 3: the part files have a folder of their own
             assert fmt.this.name.upper() == "PARQUET" and loc.this.name == "s3://b/shards/x/manifest/"
 
 

@@ -78,7 +78,7 @@ def test_example_manifest_reads_as_documented():
     m = manifest_from_bytes(open(os.path.join(EXAMPLES, "manifest.parquet"), "rb").read(),
                             os.path.join(EXAMPLES, "manifest.parquet"))
     entries = list(iter_shards(m))
-    assert m.version == "2" and [e.num_records for e in entries] == [64, 64, 2]
+    assert m.version == "3" and m.max_side == 256 and [e.num_records for e in entries] == [64, 64, 2]
     assert entries[1].keys[0] == "cifar10/test/00064.png"
     t = pq.read_table(os.path.join(EXAMPLES, "manifest.parquet"))
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
@@ -88,6 +88,12 @@ def test_example_manifest_reads_as_documented():
     rows = duckdb.sql(f"SELECT shard_id, unnest(keys) AS key, generate_subscripts(keys, 1) - 1 AS record "
                       f"FROM '{path}' ORDER BY shard_id, record").fetchall()
     assert len(rows) == 130 and rows[64] == (1, "cifar10/test/00064.png", 0)
+    # originals: one per key of a shard with a downscaled image (null where the shard holds the object's bytes)
+    big = duckdb.sql(f"SELECT k.key, o.original.width, o.original.height FROM (SELECT shard_id, unnest(keys) AS key, "
+                     f"generate_subscripts(keys, 1) AS i FROM '{path}') k JOIN (SELECT shard_id, unnest(originals) AS "
+                     f"original, generate_subscripts(originals, 1) AS i FROM '{path}') o USING (shard_id, i) "
+                     "WHERE o.original IS NOT NULL ORDER BY k.key").fetchall()
+    assert len(big) == 22 and big[0] == ("cifar10/test/00000.png", 4032, 3024)
     index = os.path.join(EXAMPLES, "manifest.parquet")
     kv = dict(duckdb.sql(f"SELECT decode(key), decode(value) FROM parquet_kv_metadata('{index}')").fetchall())
     assert kv["shardinfer.manifest_id"] == m.manifest_id
@@ -95,15 +101,22 @@ def test_example_manifest_reads_as_documented():
     assert skipped.schema.names == ["key", "reason"] and skipped.num_rows == 2
 
 
-def test_version_1_manifest_still_reads():
+def test_version_1_and_2_manifests_still_read():
+    """Files as older shardinfer versions wrote them (kept, not regenerated)."""
     path = os.path.join(EXAMPLES, "v1", "manifest.parquet")
     v1 = manifest_from_bytes(open(path, "rb").read(), path)
-    v2 = manifest_from_bytes(open(os.path.join(EXAMPLES, "manifest.parquet"), "rb").read(),
-                             os.path.join(EXAMPLES, "manifest.parquet"))
+    v2_path = os.path.join(EXAMPLES, "v2", "manifest.parquet")
+    v2 = manifest_from_bytes(open(v2_path, "rb").read(), v2_path)
+    v3_path = os.path.join(EXAMPLES, "manifest.parquet")
+    v3 = manifest_from_bytes(open(v3_path, "rb").read(), v3_path)
     assert v1.version == "1" and len(v1.parts) == 1 and v1.parts[0].uri == path
+    assert v2.version == "2" and v2.max_side is None and v2.parts[0].uri == os.path.join(EXAMPLES, "v2", "manifest",
+                                                                                         "part-00000.parquet")
     assert (v1.manifest_id, v1.num_shards, v1.num_images) == (v2.manifest_id, 3, 130)
     assert list(iter_shards(v1)) == list(iter_shards(v2))
-    assert read_shards(v1, [2])[0].keys == ("cifar10/test/00128.png", "cifar10/test/00129.png")
+    assert [(e.shard_id, e.keys) for e in iter_shards(v2)] == [(e.shard_id, e.keys) for e in iter_shards(v3)]
+    assert read_shards(v1, [2])[0].keys == read_shards(v2, [2])[0].keys == ("cifar10/test/00128.png",
+                                                                            "cifar10/test/00129.png")
 
 
 def test_unknown_version_is_refused_by_name():

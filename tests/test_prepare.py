@@ -87,7 +87,7 @@ def test_shard_reads_with_mxrecordio(prepared, manifest, tmp_path):
 def test_manifest_metadata(prepared, manifest):
     t = pq.read_table(io.BytesIO(storage.read_bytes(prepared["manifest"])))
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
-    assert FORMAT_VERSION == "2" and meta["shardinfer.format_version"] == FORMAT_VERSION
+    assert FORMAT_VERSION == "3" and meta["shardinfer.format_version"] == FORMAT_VERSION
     assert meta["shardinfer.input"] == prepared["prefix"]
     assert meta["shardinfer.batch_size"] == "64"
     assert meta["shardinfer.manifest_id"] == manifest.manifest_id

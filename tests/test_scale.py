@@ -62,7 +62,7 @@ def test_prefix_listing_fans_out_over_sub_prefixes(archive):
         mine = [ln for ln in lists if f"prefix=in/c{c}/" in ln]
         assert sorted("delimiter" in ln for ln in mine) == [False, True], mine
     m = archive["index"]
-    assert m.version == "2" and m.num_images == SUBS * PER_SUB + 2 and m.num_skipped == 1
+    assert m.version == "3" and m.num_images == SUBS * PER_SUB + 2 and m.num_skipped == 1
     entries = read_manifest(archive["manifest"]).entries
     keys = [k for e in entries for k in e.keys]
     assert keys == sorted(o.key for o in archive["objects"] if o.key.endswith(".png"))
@@ -229,7 +229,7 @@ def test_synthetic_manifest_and_dry_run(tmp_path, model_uris, capsys):
                         str(tmp_path / "m")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     m = read_index(str(tmp_path / "m" / "manifest.parquet"))
-    assert (m.version, m.num_images, m.num_shards, len(m.parts)) == ("2", 1000003, 15626, 16)
+    assert (m.version, m.num_images, m.num_shards, len(m.parts)) == ("3", 1000003, 15626, 16)
     first, last = read_shards(m, [0, 15625])
     assert first.num_records == 64 and last.num_records == 1000003 - 15625 * 64
     assert list(first.keys) == sorted(first.keys) and first.keys[-1] < read_shards(m, [1])[0].keys[0]

@@ -9,8 +9,9 @@ PY35    := $(VENV35)/bin/python
 STAMP35 := $(VENV35)/.shardinfer-installed
 N      ?= 1000
 BENCH_N ?= 1280
+BENCH_PHOTOS ?= 512
 
-.PHONY: setup setup-spark35 yarn-jars node-env check-java check-python test test-spark4 test-spark35 test-node demo bench scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars node-env check-java check-python test test-spark4 test-spark35 test-node demo bench bench-photos bench-decode scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -70,9 +71,19 @@ history: setup
 	@echo "Spark history server on http://localhost:18080 (event logs: $(SPARK_EVENTS)); Ctrl-C stops it"
 	SPARK_HISTORY_OPTS="-Dspark.history.fs.logDirectory=file://$(SPARK_EVENTS)" $(VENV)/bin/spark-class org.apache.spark.deploy.history.HistoryServer
 
-# The speed benchmark (docs/benchmarks.md): make bench BENCH_N=10000
+# The speed benchmark (docs/benchmarks.md): make bench BENCH_N=10000. Then its photo mode: photo-like JPEGs
+# of 0.3, 2 and 12 MP and 2 MP screenshot PNGs, per precision, decoded exactly, fast, and from shards packed
+# with prepare --max-side 256 (make bench-photos alone).
 bench: setup
 	$(PY) bench/run.py --images $(BENCH_N)
+	$(PY) bench/photos.py --images $(BENCH_PHOTOS)
+
+bench-photos: setup
+	$(PY) bench/photos.py --images $(BENCH_PHOTOS)
+
+# --decode fast against exact (docs/benchmarks.md): top-1 agreement over 1,797 digit photos, pixels, time.
+bench-decode: setup
+	$(PY) bench/decode.py --out docs/decode-figures.json
 
 # The driver's plan at scale (docs/scale.md): synthetic manifests of 10 M and 100 M images,
 # infer --dry-run over each through spark-submit (wall time, peak RSS of the process tree).

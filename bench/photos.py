@@ -9,8 +9,8 @@ twice (as they are, and with ``--max-side 256``), then one Spark application (sp
 spark-defaults.conf, like the jobs) runs infer for every precision and decode, one after the other.
 Model-only is bench/modelonly.py with infer's process layout.
 
-Steady state: the images of every shard but each task's first (which pays the model load and the
-pipeline fill), over the time from the end of those first shards to the last shard's end.  Decode
+Steady state: the images of every shard but each Python worker's first (which pays the model load),
+over the time from the end of those first shards to the last shard's end.  Decode
 share: time in fetch-and-decode over time in decode and forward, summed over shards (both stages
 run at once in each task and share the cores).  Ratios within this one run are what to compare.
 """
@@ -78,12 +78,13 @@ def inner(kinds: Sequence[str], precisions: Sequence[str], model: dict[str, str]
 
 
 def steady(records: list[dict]) -> dict:
-    """Steady-state images/s (every task's first shard left out) and the decode share of stage time."""
-    by_task: dict = {}
+    """Steady-state images/s (each Python worker's first shard, which loads the model, left out) and the decode
+    share of stage time."""
+    by_process: dict = {}
     for r in records:
-        by_task.setdefault((r["pid"], r["task"], r["t_task_start"]), []).append(r)
+        by_process.setdefault((r["host"], r["pid"]), []).append(r)
     images, start, end = 0, [], []
-    for shards in by_task.values():
+    for shards in by_process.values():
         shards.sort(key=lambda r: r["t_end"])
         if len(shards) > 1:
             images += sum(r["rows"] for r in shards[1:])
@@ -94,7 +95,7 @@ def steady(records: list[dict]) -> dict:
     window = max(end) - min(start) if start else float("nan")
     return {"steady_images_per_s": round(images / window, 2) if start else None, "steady_images": images,
             "decode_share": round(decode / (decode + forward), 3), "decode_ms_per_image": round(
-                1000 * decode / sum(r["rows"] for r in records), 1), "tasks": len(by_task)}
+                1000 * decode / sum(r["rows"] for r in records), 1), "processes": len(by_process)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -152,7 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for mode in MODES:
                     rid = run_id(kind, pr, mode)
                     f = steady(status.records(status.read_latest(f"s3://{BUCKET}/pred/", rid)))
-                    f["ratio_to_model_only"] = round(f["steady_images_per_s"] / results["model_only"][pr]["images_per_s"], 3)
+                    f["ratio_to_model_only"] = (round(f["steady_images_per_s"] / results["model_only"][pr]["images_per_s"],
+                                                      3) if f["steady_images_per_s"] else None)
                     results["runs"][rid] = {"kind": kind, "precision": pr, "mode": mode, **f}
     with open(out_json, "w") as fh:
         json.dump(results, fh, indent=1)

@@ -428,6 +428,18 @@ def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Opti
     return out
 
 
+def part_keys(part: PartEntry, endpoint_url: Optional[str] = None) -> list[str]:
+    """Every key of one part (one GET of the part, its ``keys`` column decoded): prepare's
+    ``--exclude-manifest`` reads each excluded part in a task of its own."""
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(part.uri, endpoint_url)), columns=["keys"])
+    except storage.StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types
+        raise ManifestError(f"{part.uri}: not a readable manifest part: {e}") from e
+    return table.column("keys").combine_chunks().flatten().to_pylist()
+
+
 def iter_shards(manifest: Manifest, endpoint_url: Optional[str] = None) -> Iterator[ShardEntry]:
     """Every shard row, part by part (one part's rows in memory at a time): for tests and small tools."""
     for part in manifest.parts:

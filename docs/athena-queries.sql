@@ -67,3 +67,14 @@ FROM (SELECT shard_id, status, error, host AS executor_host, t_end FROM shardinf
 GROUP BY shard_id
 HAVING max_by(status, t_end) <> 'ok'
 ORDER BY shard_id;
+
+-- name: latest_per_key
+-- Daily increments (one manifest per day packed with prepare --exclude-manifest, one run per manifest,
+-- or a new model's run over old images): each image's latest prediction across every run. Athena:
+-- CREATE OR REPLACE VIEW latest_predictions AS <this query>, then query latest_predictions.
+SELECT key, max_by(run_id, inferred_at) AS run_id, max_by(top1_label, inferred_at) AS top1_label,
+       max_by(top1_prob, inferred_at) AS top1_prob, max(inferred_at) AS inferred_at
+FROM predictions
+WHERE status = 'ok'
+GROUP BY key
+ORDER BY key;

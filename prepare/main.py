@@ -3,7 +3,8 @@ shards plus a format-3 manifest.
 
     spark-submit --properties-file spark-defaults.conf prepare/main.py \\
         --input s3://BUCKET/cifar10/test/ [--input-list URI] --output s3://BUCKET/shards/cifar10-test/ \\
-        [--batch 64] [--formats png] [--max-side N] [--sse AES256|aws:kms [--sse-kms-key-id KEY]]
+        [--batch 64] [--formats png] [--max-side N] [--exclude-manifest URI ...] [--max-skipped-fraction 0.5] \\
+        [--sse AES256|aws:kms [--sse-kms-key-id KEY]]
 
 Stages, all Spark: (1) listing tasks, one per sub-prefix or list file (prepare/listing.py);
 (2) a global sort of the candidate keys and their numbering (``zipWithIndex``), so the same
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections import Counter
 import os
 import sys
 import tempfile
@@ -35,10 +37,10 @@ from common.spark import spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
 from common.images import FORMATS, MAX_PIXELS, MIN_MAX_SIDE, parse_formats  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
-                             PartEntry, compute_manifest_id, index_to_bytes)
+                             PartEntry, compute_manifest_id, index_to_bytes, part_keys, read_manifest)
 from common.output import PARQUET_CONTENT_TYPE  # noqa: E402
 from common.progress import Progress  # noqa: E402
-from prepare import listing  # noqa: E402
+from prepare import guard, listing  # noqa: E402
 from prepare.tasks import Candidate, PartOutcome, PrepareSettings, write_part  # noqa: E402
 
 PROG = "prepare"
@@ -68,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "to shorter side N (upright, LANCZOS; JPEG as JPEG quality 95, other formats as PNG), their original "
                    "size and sha256 in the manifest; never upscales (default: off, original bytes). 256 covers infer's "
                    "default 224 resize: every later infer then decodes small images")
+    p.add_argument("--exclude-manifest", action="append", default=[], metavar="URI",
+                   help="leave out the keys already packed in this manifest (its manifest.parquet; repeatable): a "
+                   "daily run packs only what is new. Nothing new gives an empty manifest and exit 0")
+    p.add_argument("--max-skipped-fraction", type=float, default=guard.DEFAULT_MAX_SKIPPED_FRACTION,
+                   help="when more than this share of the listed objects (folder markers aside) is skipped, write "
+                   "skipped.parquet but no manifest and exit 1 naming the commonest reasons (default "
+                   f"{guard.DEFAULT_MAX_SKIPPED_FRACTION:g}: more is a wrong --formats or prefix more often than an "
+                   "archive; 1 accepts anything)")
     p.add_argument("--shards-per-part", type=int, default=None,
                    help=f"shards per manifest part, i.e. per packing task (default: {SHARDS_PER_PART}, fewer when "
                    "there are too few shards to give every core two parts; the manifest id does not depend on it)")
@@ -116,6 +126,8 @@ def settings_from(args: argparse.Namespace) -> PrepareSettings:
     """
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if not 0 <= args.max_skipped_fraction <= 1:
+        raise UsageError(f"--max-skipped-fraction must be between 0 and 1, got {args.max_skipped_fraction:g}")
     if args.max_side is not None and args.max_side < MIN_MAX_SIDE:
         raise UsageError(f"--max-side must be at least {MIN_MAX_SIDE} pixels, got {args.max_side}")
     if args.shards_per_part is not None and args.shards_per_part < 1:
@@ -179,35 +191,75 @@ class Numbered:
     """Stage 2's result: the candidates in one global order, numbered and keyed by manifest part."""
 
     keys: object  # RDD of (key, etag), sorted, repeats dropped (kept)
-    by_part: object  # RDD of (part_id, (image number, Candidate))
+    by_part: object  # RDD of (part_id, (image number, Candidate)); None when nothing is left to pack
     unique: int
     parts: int
+    left_out: int = 0  # candidates already in an --exclude-manifest manifest
 
 
-def number_stage(sc, args: argparse.Namespace, found: Listing) -> Numbered:
-    """Sorted keys, repeats dropped, numbered (``zipWithIndex``): the same objects always give the same shards."""
+def excluded_keys(sc, uris: Sequence[str], settings: PrepareSettings):
+    """``--exclude-manifest``: an RDD of ``(key, None)`` for every key of those manifests (one task per part;
+    the driver reads only their indexes), or None.
+
+    Raises:
+        UsageError: a manifest that cannot be read, or one over another bucket (keys are bucket-relative).
+    """
+    if not uris:
+        return None
+    endpoint, parts = settings.endpoint_url, []
+    bucket = storage.parse_s3(settings.input_uri).bucket if storage.is_s3(settings.input_uri) else None
+    for uri in uris:
+        try:
+            m = read_manifest(uri, endpoint)
+        except storage.NotFound as e:
+            raise UsageError(f"--exclude-manifest {uri}: {e}") from e
+        theirs = storage.parse_s3(m.input_uri).bucket if storage.is_s3(m.input_uri) else None
+        if theirs != bucket:
+            raise UsageError(f"--exclude-manifest {uri}: its images are in {m.input_uri}, not in the bucket of --input "
+                             f"{settings.input_uri} (keys are bucket-relative)")
+        print(f"{PROG}: leaving out the {m.num_images} keys of manifest {m.manifest_id} ({uri})", flush=True)
+        parts += m.parts
+    if not parts:
+        return None
+    return sc.parallelize(parts, min(len(parts), 10_000)).flatMap(
+        lambda part: ((k, None) for k in part_keys(part, endpoint)))
+
+
+def number_stage(sc, args: argparse.Namespace, found: Listing, settings: PrepareSettings) -> Numbered:
+    """Sorted keys, repeats and ``--exclude-manifest`` keys dropped, numbered (``zipWithIndex``): the same
+    objects always give the same shards."""
     from pyspark import StorageLevel
 
     spp = args.shards_per_part or min(SHARDS_PER_PART, max(1, math.ceil(
         found.candidates / args.batch / (2 * sc.defaultParallelism))))
     per_part = args.batch * spp
-    keys = (found.rows.filter(lambda r: r.candidate).map(lambda r: (r.key, r.etag))
-            .sortByKey(numPartitions=max(1, min(math.ceil(found.candidates / per_part), 10_000)))
+    candidates = found.rows.filter(lambda r: r.candidate).map(lambda r: (r.key, r.etag))
+    excluded = excluded_keys(sc, args.exclude_manifest, settings)
+    if excluded is not None:  # an anti-join in Spark: neither side is ever on the driver
+        candidates = candidates.subtractByKey(excluded).persist(StorageLevel.MEMORY_AND_DISK)
+    keys = (candidates.sortByKey(numPartitions=max(1, min(math.ceil(found.candidates / per_part), 10_000)))
             .mapPartitions(_dedupe_sorted))
     keys.persist(StorageLevel.MEMORY_AND_DISK)
     unique = keys.count()
-    if unique < found.candidates:
-        print(f"{PROG}: {found.candidates - unique} repeated keys in the listing counted once", flush=True)
+    left_out = found.candidates - candidates.count() if excluded is not None else 0
+    if excluded is not None:
+        candidates.unpersist()
+    if left_out:
+        print(f"{PROG}: {left_out} keys already in the excluded manifests left out", flush=True)
+    if unique < found.candidates - left_out:
+        print(f"{PROG}: {found.candidates - left_out - unique} repeated keys in the listing counted once", flush=True)
     parts = math.ceil(unique / per_part)
     by_part = (keys.zipWithIndex()
                .map(lambda x: (x[1] // per_part, (x[1], Candidate(x[0][0], x[0][1]))))
-               .partitionBy(parts, lambda part: part))
-    return Numbered(keys, by_part, unique, parts)
+               .partitionBy(parts, lambda part: part)) if parts else None
+    return Numbered(keys, by_part, unique, parts, left_out)
 
 
 def pack_stage(sc, numbered: Numbered, settings: PrepareSettings) -> list[PartOutcome]:
     """One task per manifest part: its shards and its manifest part file.  Returns the outcomes by part id."""
     batch = settings.batch_size
+    if not numbered.parts:
+        return []
 
     def pack(part_id, items):
         items = sorted((i for _, i in items), key=lambda t: t[0])
@@ -257,6 +309,12 @@ def publish(settings: PrepareSettings, manifest_uri: str, parts: Sequence[PartEn
                         (storage.join(settings.output_uri, SKIPPED_NAME) + "\n").encode(), endpoint, "text/plain")
 
 
+def refuse(line: str) -> int:
+    """prepare's exit 1 for junk input (:mod:`prepare.guard`): one line, no manifest index."""
+    print(f"{PROG}: error: {line}", file=sys.stderr, flush=True)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Run prepare for parsed arguments; returns the exit code."""
     settings = settings_from(args)
@@ -270,11 +328,23 @@ def run(args: argparse.Namespace) -> int:
         storage.delete(manifest_uri, endpoint)
     sc = spark_context("shardinfer-prepare")
     found = list_stage(sc, args, settings)
-    numbered = number_stage(sc, args, found)
+    # the guard, by names alone first: a wrong --formats costs a listing, not a packing
+    by_name = found.rows.filter(lambda r: not r.candidate).map(lambda r: (r.key, r.reason)).mapPartitions(
+        lambda rows: [guard.summarise(rows)]).fold((Counter(), Counter(), 0), guard.merge)
+    junk = guard.verdict(found.listed - by_name[2], by_name[0], by_name[1], args.max_skipped_fraction, settings.formats)
+    if junk:
+        skipped_stage(sc, found, [], settings)
+        return refuse(junk)
+    numbered = number_stage(sc, args, found, settings)
     outcomes = pack_stage(sc, numbered, settings)
     skipped = skipped_stage(sc, found, outcomes, settings)
     found.rows.unpersist()
     numbered.keys.unpersist()
+    undecodable = guard.summarise(row for o in outcomes for row in o.bad)
+    junk = guard.verdict(found.listed - by_name[2] - numbered.left_out, by_name[0] + undecodable[0], by_name[1],
+                         args.max_skipped_fraction, settings.formats)
+    if junk:
+        return refuse(junk)
 
     parts = [o.part for o in outcomes]
     good = sum(p.num_images for p in parts)
@@ -282,6 +352,8 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"prepare: {good} images in shards + {skipped} skipped != {found.listed} listed "
                            f"- {found.candidates - numbered.unique} repeats")
     manifest_id = compute_manifest_id([o.digest for o in outcomes])
+    if not parts:
+        print(f"{PROG}: nothing new: an empty manifest (infer over it has nothing to do)", flush=True)
     publish(settings, manifest_uri, parts, manifest_id, skipped)
     print(f"{PROG}: wrote {sum(p.num_shards for p in parts)} shards in {len(parts)} manifest parts with {good} "
           f"images, {skipped} skipped, in {time.time() - started:.1f}s", flush=True)

@@ -255,7 +255,7 @@ def _run(con, name: str, **runs: str) -> list[tuple]:
 
 def test_example_queries_are_all_checked():
     assert set(_queries()) == {"label_counts", "low_confidence", "error_rows", "compare_runs", "agreement",
-                               "unnest_top_k", "run_overview", "failed_shards"}
+                               "unnest_top_k", "run_overview", "failed_shards", "latest_per_key"}
     for sql in _queries().values():
         _parse(sql)  # valid Athena syntax
 
@@ -310,6 +310,19 @@ def test_query_run_overview(duck, two_runs):
     rows = _run(con, "run_overview")
     assert [(r[0], r[3], r[4]) for r in rows] == [("ra", two_runs["images"], 1), ("rb", two_runs["images"], 1)]
     assert rows[0][1] != rows[1][1]  # two models
+
+
+def test_query_latest_per_key(duck, two_runs):
+    con, table = duck
+    rows = _run(con, "latest_per_key")
+    latest: dict = {}  # the same, computed with pyarrow's rows in Python
+    for r in table.to_pylist():
+        if r["status"] == "ok" and (r["key"] not in latest or r["inferred_at"] > latest[r["key"]]["inferred_at"]):
+            latest[r["key"]] = r
+    assert [r[0] for r in rows] == sorted(latest) and len(rows) == two_runs["images"] - 1  # one undecodable
+    for key, run_id, label, prob, _ in rows:
+        assert (run_id, label, prob) == (latest[key]["run_id"], latest[key]["top1_label"], latest[key]["top1_prob"])
+    assert {r[1] for r in rows} == {"rb"}  # the later run
 
 
 def _rows_multiset(rows: list[dict]) -> Counter:

@@ -151,3 +151,96 @@ def test_bad_image_leaves_its_shard_one_short_and_moves_no_other(s3, spark):
         assert unpack_shard(storage.read_bytes(e.uri), "s") == [storage.read_bytes(f"s3://stale/{k}") for k in e.keys]
     skipped = pq.read_table(io.BytesIO(storage.read_bytes("s3://stale/out/skipped.parquet"))).to_pylist()
     assert [r["key"] for r in skipped] == ["in/00010_bad.png"]
+
+
+# ----------------------------------------------------------------------------- the guard against junk
+
+
+def test_guard_verdict_names_the_fraction_the_reasons_and_the_flag():
+    from collections import Counter
+
+    from prepare.guard import summarise, verdict
+
+    rows = [(f"a/{i}.JPG", "not a .png key") for i in range(9)] + [("a/", "folder marker"),
+                                                                   ("a/b.png", "undecodable PNG: truncated")]
+    reasons, exts, markers = summarise(rows)
+    assert markers == 1 and reasons == Counter({"not a .png key": 9, "undecodable PNG": 1}) and exts == {".jpg": 9}
+    line = verdict(11, reasons, exts, 0.5, ("png",))
+    assert line.startswith("91% of the 11 listed objects were skipped, more than --max-skipped-fraction 0.5 "
+                           "(commonest: 9 'not a .png key', 1 'undecodable PNG')")
+    assert "pass --formats jpeg,png (or all)" in line and line.endswith("no manifest was written")
+    assert verdict(20, reasons, exts, 0.5, ("png",)) is None  # exactly half: an image and a sidecar each
+    assert verdict(11, reasons, exts, 1.0, ("png",)) is None
+    assert "--formats" not in verdict(11, Counter({"undecodable PNG": 9}), Counter(), 0.5, ("png",))
+
+
+@pytest.mark.spark
+def test_mostly_junk_writes_skipped_but_no_manifest_and_exits_1(s3, spark, capsys):
+    from prepare.main import main
+
+    s3.create_bucket("junk")
+    for i in range(9):  # a photo archive prepared with the default --formats png
+        storage.write_bytes(f"s3://junk/in/photo-{i}.jpg", b"jpeg bytes")
+    good = storage.read_bytes(upload_one("s3://junk/in/"))
+    storage.write_bytes("s3://junk/bad/ok.png", good)
+    for i in range(3):
+        storage.write_bytes(f"s3://junk/bad/broken-{i}.png", good[: len(good) // 3])
+    cases = (("in", [], "90% of the 10 listed objects", "pass --formats jpeg,png"),
+             ("bad", [], "75% of the 4 listed objects", "3 'undecodable PNG'"))  # found only when packing
+    for name, extra, fraction, said in cases:
+        out = f"s3://junk/out-{name}/"
+        assert main(["--input", f"s3://junk/{name}/", "--output", out, *extra]) == 1
+        err = capsys.readouterr().err
+        assert f"prepare: error: {fraction} were skipped" in err and said in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert not storage.exists(out + "manifest.parquet")
+        skipped = pq.read_table(io.BytesIO(storage.read_bytes(out + "skipped.parquet"))).column("key").to_pylist()
+        assert len(skipped) == (9 if name == "in" else 3)
+    assert main(["--input", "s3://junk/bad/", "--output", "s3://junk/out-ok/", "--max-skipped-fraction", "1"]) == 0
+    assert read_manifest("s3://junk/out-ok/manifest.parquet").num_images == 1
+    assert main(["--input", "s3://junk/bad/", "--output", "s3://junk/x/", "--max-skipped-fraction", "1.5"]) == 2
+    assert "--max-skipped-fraction must be between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
+def upload_one(prefix: str) -> str:
+    """One generated PNG under ``prefix``; returns its URI."""
+    from testkit.localdev import upload_cifar_like
+
+    [uri] = upload_cifar_like(prefix, 1, seed=9)
+    return uri
+
+
+# ----------------------------------------------------------------------------- daily increments
+
+
+@pytest.mark.spark
+def test_exclude_manifest_packs_only_the_new_keys_and_nothing_new_is_an_empty_manifest(s3, spark, model_uris, capsys):
+    from infer.main import main as infer
+    from prepare.main import main
+    from testkit.localdev import upload_cifar_like
+
+    s3.create_bucket("daily")
+    day1 = {storage.parse_s3(u).key for u in upload_cifar_like("s3://daily/in/", 6, seed=21)}
+    assert main(["--input", "s3://daily/in/", "--output", "s3://daily/m1/", "--batch", "4"]) == 0
+    new = {storage.parse_s3(u).key for u in upload_cifar_like("s3://daily/in/day2-", 3, seed=22)}
+    assert main(["--input", "s3://daily/in/", "--output", "s3://daily/m2/", "--batch", "4",
+                 "--exclude-manifest", "s3://daily/m1/manifest.parquet"]) == 0
+    assert "6 keys already in the excluded manifests left out" in capsys.readouterr().out
+    m1, m2 = read_manifest("s3://daily/m1/manifest.parquet"), read_manifest("s3://daily/m2/manifest.parquet")
+    assert {k for e in m1.entries for k in e.keys} == day1
+    assert sorted(k for e in m2.entries for k in e.keys) == sorted(new) and m2.manifest_id != m1.manifest_id
+    # nothing new: an empty manifest, exit 0; infer over it has nothing to do, exit 0
+    assert main(["--input", "s3://daily/in/", "--output", "s3://daily/m3/", "--exclude-manifest",
+                 "s3://daily/m1/manifest.parquet", "--exclude-manifest", "s3://daily/m2/manifest.parquet"]) == 0
+    assert "nothing new: an empty manifest" in capsys.readouterr().out
+    m3 = read_manifest("s3://daily/m3/manifest.parquet")
+    assert (m3.num_shards, m3.num_images, len(m3.parts)) == (0, 0, 0)
+    assert infer(["--manifest", "s3://daily/m3/manifest.parquet", "--sym-url", model_uris["sym"], "--param-url",
+                  model_uris["params"], "--label-url", model_uris["labels"], "--output", "s3://daily/pred/"]) == 0
+    assert "running 0 shards: nothing to do" in capsys.readouterr().out
+    # a manifest of another bucket's images: its keys mean other objects
+    s3.create_bucket("daily-other")
+    upload_cifar_like("s3://daily-other/in/", 2, seed=23)
+    assert main(["--input", "s3://daily-other/in/", "--output", "s3://daily-other/m/",
+                 "--exclude-manifest", "s3://daily/m1/manifest.parquet"]) == 2
+    assert "its images are in s3://daily/in/, not in the bucket of --input" in capsys.readouterr().err

@@ -102,6 +102,8 @@ def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_ur
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog=PROG, allow_abbrev=False,
+                                usage="%(prog)s --input URI --run-id ID --output URI [--target-size 128MiB] "
+                                "[--table NAME] [--glue-database DB --glue-table TABLE] [--sse ...] [options]",
                                 description="Rewrite one finished infer run's per-shard Parquet files (under "
                                 "--input) into files of about --target-size under <output>/run_id=<id>/, with "
                                 "the same rows and schema, and print the Athena DDL for the compacted table.")

@@ -6,13 +6,16 @@ shards plus a format-3 manifest.
         [--batch 64] [--formats png] [--max-side N] [--exclude-manifest URI ...] [--max-skipped-fraction 0.5] \\
         [--sse AES256|aws:kms [--sse-kms-key-id KEY]]
 
-Stages, all Spark: (1) listing tasks, one per sub-prefix or list file (prepare/listing.py);
-(2) a global sort of the candidate keys and their numbering (``zipWithIndex``), so the same
-set of objects always gives the same shards; (3) one task per manifest part (1,024 shards)
-fetches its images, checks that each decodes, writes its shards and its
-``manifest/part-NNNNN.parquet`` (prepare/tasks.py); (4) one task writes ``skipped.parquet``.
-The driver holds the index rows and counts, never the keys, and writes ``manifest.parquet``
-(the index) last: its presence means the whole manifest is there.
+Stages, all Spark: (1) listing tasks, one per sub-prefix or list file (prepare/listing.py),
+then the guard against junk by names (prepare/guard.py); (2) ``--exclude-manifest``'s anti-join,
+a global sort of the candidate keys and their numbering (``zipWithIndex``), so the same set of
+objects always gives the same shards; (3) one task per manifest part (1,024 shards) fetches its
+images, checks that each decodes (``--max-side``: stores the large ones downscaled), writes its
+shards and its ``manifest/part-NNNNN.parquet`` (prepare/tasks.py); (4) one task writes
+``skipped.parquet``. The driver holds the index rows and counts and, from the packing tasks, the
+(key, reason) pairs of the images that did not decode (on its way into ``skipped.parquet`` —
+as many as the archive has undecodable images); never the listed keys. It writes
+``manifest.parquet`` (the index) last: its presence means the whole manifest is there.
 """
 
 from __future__ import annotations

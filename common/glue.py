@@ -137,3 +137,23 @@ def move_partition(database: str, table: str, run_id: str, new_location: str) ->
     glue.update_partition(DatabaseName=database, TableName=table, PartitionValueList=[run_id],
                           PartitionInput={"Values": [run_id], "StorageDescriptor": _storage(new_location)})
     return storage.as_folder(new_location)
+
+
+def partition_location(database: str, table: str, run_id: str) -> Optional[str]:
+    """Where the partition ``run_id`` points, or None when it is not registered."""
+    glue = _client()
+    try:
+        part = glue.get_partition(DatabaseName=database, TableName=table, PartitionValues=[run_id])["Partition"]
+    except glue.exceptions.EntityNotFoundException:
+        return None
+    return part.get("StorageDescriptor", {}).get("Location", "")
+
+
+def delete_partition(database: str, table: str, run_id: str) -> bool:
+    """Remove the partition ``run_id`` (the table stays); False when it was not there."""
+    glue = _client()
+    try:
+        glue.delete_partition(DatabaseName=database, TableName=table, PartitionValues=[run_id])
+    except glue.exceptions.EntityNotFoundException:
+        return False
+    return True

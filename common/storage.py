@@ -577,6 +577,33 @@ def exists(uri: str, endpoint_url: Optional[str] = None) -> bool:
     return read_metadata(uri, endpoint_url) is not None
 
 
+def delete_objects(uris: Sequence[str], endpoint_url: Optional[str] = None) -> int:
+    """Delete many objects or files (absent ones are fine): on S3 one DeleteObjects request per 1,000 keys of a
+    bucket.  Returns how many were asked for.
+
+    Raises:
+        StorageError: a request failed, or S3 refused some keys (the first is named).
+    """
+    by_bucket: dict[str, list[str]] = {}
+    for uri in uris:
+        if is_s3(uri):
+            p = parse_s3(uri)
+            by_bucket.setdefault(p.bucket, []).append(p.key)
+        else:
+            delete(uri)
+    for bucket, keys in by_bucket.items():
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            with _errors(f"s3://{bucket}/{chunk[0]}"):
+                reply = s3_client(endpoint_url).delete_objects(
+                    Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            if reply.get("Errors"):
+                e = reply["Errors"][0]
+                raise StorageError(f"s3://{bucket}/{e.get('Key')}: not deleted: {e.get('Code')}: {e.get('Message')} "
+                                   f"({len(reply['Errors'])} keys refused)")
+    return len(uris)
+
+
 def delete(uri: str, endpoint_url: Optional[str] = None) -> None:
     """Delete one object or file (absent is fine)."""
     if is_s3(uri):

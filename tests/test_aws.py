@@ -61,6 +61,41 @@ def test_glue_table_and_partition_are_created_once(stack, model_uris, capsys):
         f"s3://{BUCKET}/compacted/run_id=g1/"]
 
 
+def test_delete_a_run_dry_run_first_then_files_record_and_partition_go(stack, model_uris, capsys):
+    from infer.delete import main as delete
+    from infer.main import main
+
+    out = f"s3://{BUCKET}/del/"
+
+    def keys(prefix):
+        return sorted(o.key for o in storage.list_objects(f"{out}{prefix}"))
+
+    args = infer_args(stack["manifest"], model_uris, out, "--glue-database", "analytics", "--glue-table", "deltable")
+    for run_id in ("keep", "gone"):
+        assert main(args + ["--run-id", run_id]) == 0
+    before = {p: keys(p) for p in ("run_id=keep/", "_runs/keep/", "run_id=gone/", "_runs/gone/")}
+    assert all(before.values())
+    base = ["--output", out, "--run-id", "gone", "--glue-database", "analytics", "--glue-table", "deltable"]
+    capsys.readouterr()
+    assert delete(base) == 0  # a dry run: lists, deletes nothing
+    text = capsys.readouterr().out
+    assert f"would delete {len(before['run_id=gone/'])} objects under {out}run_id=gone/" in text
+    assert f"would delete {len(before['_runs/gone/'])} objects under {out}_runs/gone/" in text
+    assert f"would delete the partition run_id=gone of analytics.deltable (at {out}run_id=gone/)" in text
+    assert "dry run: nothing deleted" in text
+    assert {p: keys(p) for p in before} == before
+    assert delete(base + ["--yes"]) == 0
+    assert keys("run_id=gone/") == keys("_runs/gone/") == []
+    assert keys("run_id=keep/") == before["run_id=keep/"] and keys("_runs/keep/") == before["_runs/keep/"]
+    assert [p["Values"] for p in _partitions("analytics", "deltable")] == [["keep"]]
+    assert delete(base + ["--yes"]) == 0 and "nothing to delete" in capsys.readouterr().out
+    # redo: the same infer command runs the work again, and registers the partition again
+    assert main(args + ["--run-id", "gone"]) == 0
+    assert keys("run_id=gone/") == before["run_id=gone/"]
+    assert sorted(p["Values"][0] for p in _partitions("analytics", "deltable")) == ["gone", "keep"]
+    assert delete(["--output", out]) == 2 and "--run-id are both required" in capsys.readouterr().err
+
+
 def test_a_partial_run_registers_nothing(stack, model_uris, capsys):
     from infer.main import main
 

@@ -12,9 +12,10 @@ from testkit.localdev import ROOT
 # listings need ListBucket; the managed upload may create and abort a multipart upload)
 S3_ACTIONS = {"get_object": {"s3:GetObject"}, "head_object": {"s3:GetObject"}, "put_object": {"s3:PutObject"},
               "upload_file": {"s3:PutObject", "s3:AbortMultipartUpload"}, "delete_object": {"s3:DeleteObject"},
+              "delete_objects": {"s3:DeleteObject"},
               "head_bucket": {"s3:ListBucket"}, "list_objects_v2": {"s3:ListBucket"}}
 GLUE = ("get_database", "create_database", "get_table", "create_table", "get_partition", "create_partition",
-        "update_partition")
+        "update_partition", "delete_partition")
 
 
 def _source() -> str:

@@ -17,7 +17,7 @@ def _loaded(modules: str) -> set[str]:
 
 
 @pytest.mark.parametrize("modules, absent", [
-    ("infer.athena, infer.report, infer.plan, infer.compact, infer.runrecord", {"mxnet", "onnx"}),
+    ("infer.athena, infer.report, infer.plan, infer.compact, infer.runrecord, infer.delete", {"mxnet", "onnx"}),
     ("common.cli, common.progress, common.manifest, common.storage, common.output, common.status", {"mxnet", "pyspark"}),
 ])
 def test_light_commands_do_not_import_mxnet(modules, absent):

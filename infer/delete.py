@@ -1,0 +1,95 @@
+"""Delete (or redo) one run: its part files, its run record and its Glue partition — after showing what goes.
+
+    python -m infer.delete --output s3://BUCKET/predictions/ --run-id ID \\
+        [--glue-database DB --glue-table TABLE]            # a dry run: lists what would be deleted
+    python -m infer.delete ... --yes                          # deletes it
+
+What goes: every object under ``<output>/run_id=<ID>/`` (the run's partition of the predictions
+table), every object under ``<output>/_runs/<ID>/`` (run.json, summary, status files, report,
+athena.sql, a converted model), and with ``--glue-*`` the table's partition ``run_id=ID`` (the
+table stays). Nothing else is touched: other runs, the manifest and its shards stay. A compacted
+copy is another location: the same command with its ``--output`` removes it. After a delete, the
+same infer command runs the work again from the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import glue, storage  # noqa: E402
+from common.cli import UsageError, add_common_arguments, endpoint_from, exit_process, run_cli  # noqa: E402
+from common.output import check_run_id, partition_dir, run_dir  # noqa: E402
+
+PROG = "delete"
+SHOWN = 5  # keys listed per location in the dry run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m infer.delete", allow_abbrev=False,
+                                usage="%(prog)s --output URI --run-id ID [--glue-database DB --glue-table TABLE] "
+                                "[--yes] [options]",
+                                description="Delete one infer run: its part files, its _runs/<run_id>/ record and "
+                                "its Glue partition. Without --yes, only lists what would go.")
+    p.add_argument("--output", help="infer's --output, e.g. s3://BUCKET/predictions/")
+    p.add_argument("--run-id", help="the run to delete")
+    p.add_argument("--glue-database", default=None, help="with --glue-table: also remove the run's partition")
+    p.add_argument("--glue-table", default=None, help="the Glue table infer registered the run in")
+    p.add_argument("--yes", action="store_true", help="delete (without it: a dry run that lists what would go)")
+    add_common_arguments(p, sse=False)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """List, then (with --yes) delete; returns the exit code."""
+    if not args.output or not args.run_id:
+        raise UsageError("--output (infer's --output) and --run-id are both required")
+    run_id = check_run_id(args.run_id)
+    if bool(args.glue_database) != bool(args.glue_table):
+        raise UsageError("--glue-database and --glue-table go together")
+    endpoint = endpoint_from(args)
+    storage.check_buckets([args.output], endpoint)
+    locations = (partition_dir(args.output, run_id), storage.as_folder(run_dir(args.output, run_id)))
+    found = {loc: [storage.object_uri(loc, o.key) for o in storage.list_objects(loc, endpoint)]
+             for loc in locations}
+    partition = None
+    if args.glue_table:
+        partition = glue.catalog(lambda: glue.partition_location(args.glue_database, args.glue_table, run_id))
+    total = sum(len(v) for v in found.values())
+    if not total and partition is None:
+        print(f"{PROG}: run {run_id}: nothing under {args.output} (and no Glue partition): nothing to delete")
+        return 0
+    verb = "deleting" if args.yes else "would delete"
+    for loc, uris in found.items():
+        print(f"{PROG}: {verb} {len(uris)} objects under {loc}"
+              + "".join(f"\n    {u}" for u in uris[:SHOWN]) + (f"\n    … and {len(uris) - SHOWN} more" if
+                                                             len(uris) > SHOWN else ""), flush=True)
+    if args.glue_table:
+        what = (f"the partition run_id={run_id} of {args.glue_database}.{args.glue_table} (at {partition})"
+                if partition is not None else f"no partition run_id={run_id} in {args.glue_database}.{args.glue_table}")
+        print(f"{PROG}: {verb if partition is not None else 'Glue:'} {what}", flush=True)
+    if not args.yes:
+        print(f"{PROG}: dry run: nothing deleted; add --yes to delete", flush=True)
+        return 0
+    if partition is not None:  # the table stops showing the run first, then its files go
+        glue.catalog(lambda: glue.delete_partition(args.glue_database, args.glue_table, run_id))
+    for uris in found.values():
+        storage.delete_objects(uris, endpoint)
+    print(f"{PROG}: run {run_id} deleted ({total} objects{', its Glue partition' if partition is not None else ''})",
+          flush=True)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point."""
+    return run_cli(PROG, run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    exit_process(main())

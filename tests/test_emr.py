@@ -131,6 +131,17 @@ def _readme_emr_block() -> str:
     return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
 
 
+def test_readme_after_the_steps_block_is_valid_bash_on_the_first_blocks_variables():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("### After the steps"):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    assert "aws emr wait step-complete" in block and "aws emr terminate-clusters" in block
+    assert subprocess.run(["bash", "-n", "-c", block]).returncode == 0
+    assert {"CLUSTER_ID", "STEP_ID"} <= set(re.findall(r"^(\w+)=", _readme_emr_block(), re.M))
+    assert "--auto-termination-policy" in _readme_emr_block()
+
+
 def test_readme_emr_commands_run_against_the_local_emr(s3, tmp_path):
     """The README's block, as written (bucket filled in), with the AWS CLI against the local server."""
     bucket = "shardinfer-emr"

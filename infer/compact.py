@@ -164,8 +164,7 @@ def run(args: argparse.Namespace) -> int:
     out_prefix = partition_dir(args.output, run_id)
     stale = [storage.object_uri(out_prefix, o.key) for o in storage.list_objects(out_prefix, endpoint)
              if storage.object_uri(out_prefix, o.key) not in written]
-    for uri in stale:  # leftovers of an earlier compaction with more bins
-        storage.delete(uri, endpoint)
+    storage.delete_objects(stale, endpoint)  # leftovers of an earlier compaction with more bins
     print(f"{PROG}: {len(sizes)} part files, {rows_in} rows -> {len(bins)} files under {out_prefix}"
           f"{f' ({len(stale)} stale files removed)' if stale else ''}", flush=True)
     if args.glue_table:

@@ -163,7 +163,7 @@ def preprocessing(args: argparse.Namespace) -> Preprocessing:
     """
     try:
         return Preprocessing(args.image_size, args.resize, parse_triple(args.mean, "--mean"),
-                             parse_triple(args.std, "--std"), getattr(args, "decode", DEFAULT_DECODE))
+                             parse_triple(args.std, "--std"), args.decode)
     except ValueError as e:
         raise UsageError(str(e)) from e
 

@@ -92,7 +92,7 @@ def rerun_command(args: argparse.Namespace, run_id: str, submit: Optional[list[s
     for flag, value, default in (("--image-size", args.image_size, INPUT_SIZE), ("--resize", args.resize, "stretch"),
                                  ("--mean", args.mean, "0,0,0"), ("--std", args.std, "1,1,1"),
                                  ("--output-layer", args.output_layer, None),
-                                 ("--decode", getattr(args, "decode", DEFAULT_DECODE), DEFAULT_DECODE)):
+                                 ("--decode", args.decode, DEFAULT_DECODE)):
         if value != default:
             cmd += [flag, str(value)]
     if args.top_k != 5:

@@ -301,9 +301,8 @@ def publish(settings: PrepareSettings, manifest_uri: str, parts: Sequence[PartEn
     endpoint = settings.endpoint_url
     parts_dir = storage.join(settings.output_uri, PARTS_DIR) + "/"
     wanted = {p.uri for p in parts}
-    for o in storage.list_objects(parts_dir, endpoint):
-        if storage.object_uri(parts_dir, o.key) not in wanted:  # an earlier manifest's, with more parts
-            storage.delete(storage.object_uri(parts_dir, o.key), endpoint)
+    listed = (storage.object_uri(parts_dir, o.key) for o in storage.list_objects(parts_dir, endpoint))
+    storage.delete_objects([u for u in listed if u not in wanted], endpoint)  # an earlier manifest's, with more parts
     storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, settings.batch_size,
                                                      skipped, max_side=settings.max_side), endpoint, PARQUET_CONTENT_TYPE)
     # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds

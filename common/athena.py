@@ -8,6 +8,7 @@ follow Athena engine v3 (Hive DDL); the tests parse them with sqlglot's Athena d
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
@@ -19,11 +20,6 @@ from common.output import PARTITION_COLUMN, PREDICTION_SCHEMA, partition_dir
 # Where prepare leaves the one-line symlink files that let Athena read exactly one Parquet
 # file (manifest.parquet / skipped.parquet) although the shards sit beside it.
 SYMLINK_DIR = "_athena"
-_SYMLINK_FORMAT = (
-    "ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'\n"
-    "STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'\n"
-    "OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'"
-)
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -63,25 +59,71 @@ def _columns(schema: pa.Schema) -> str:
 
 
 
-def create_predictions_table(location: str, table: str = "predictions", database: Optional[str] = None,
-                             projection: bool = False) -> str:
-    """``CREATE EXTERNAL TABLE`` for prediction files under ``location`` (partitioned by ``run_id``).
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+PARQUET_OUTPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
+SYMLINK_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+
+
+@dataclass(frozen=True)
+class Table:
+    """One external table over shardinfer's files: what its Athena DDL and its Glue ``TableInput``
+    (:func:`common.glue.table_input`) are both made from, so the two cannot describe different tables."""
+
+    name: str
+    database: Optional[str]
+    schema: pa.Schema
+    location: str  # a folder URI ending in "/"
+    partition_keys: tuple[str, ...] = ()  # string-typed partition columns
+    symlink: bool = False  # read through a symlink file (SymlinkTextInputFormat) naming Parquet files
+    properties: tuple[tuple[str, str], ...] = ()  # TBLPROPERTIES (Glue: the table's Parameters)
+
+    @property
+    def input_format(self) -> str:
+        """The Hive input format (Glue's StorageDescriptor.InputFormat)."""
+        return SYMLINK_INPUT if self.symlink else PARQUET_INPUT
+
+    @property
+    def output_format(self) -> str:
+        """The Hive output format (Glue's StorageDescriptor.OutputFormat)."""
+        return SYMLINK_OUTPUT if self.symlink else PARQUET_OUTPUT
+
+    def ddl(self) -> str:
+        """``CREATE EXTERNAL TABLE IF NOT EXISTS …`` (Athena engine v3)."""
+        text = f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(self.name, self.database)} (\n{_columns(self.schema)}\n)\n"
+        if self.partition_keys:
+            text += f"PARTITIONED BY ({', '.join(_ident(k) + ' string' for k in self.partition_keys)})\n"
+        text += (f"ROW FORMAT SERDE '{PARQUET_SERDE}'\nSTORED AS INPUTFORMAT '{SYMLINK_INPUT}'\n"
+                 f"OUTPUTFORMAT '{SYMLINK_OUTPUT}'\n" if self.symlink else "STORED AS PARQUET\n") + f"LOCATION '{self.location}'"
+        if self.properties:
+            text += "\nTBLPROPERTIES (\n  " + ",\n  ".join(f"'{k}' = '{v}'" for k, v in self.properties) + "\n)"
+        return text
+
+
+def _projection(template: str) -> tuple[tuple[str, str], ...]:
+    return (("projection.enabled", "true"), (f"projection.{PARTITION_COLUMN}.type", "injected"),
+            ("storage.location.template", template))
+
+
+def predictions_table(location: str, table: str = "predictions", database: Optional[str] = None,
+                      projection: bool = False) -> Table:
+    """The predictions under ``location`` (partitioned by ``run_id``).
 
     With ``projection=True`` the partitions need no registration: ``projection.run_id.type =
     injected`` takes the run id from each query's ``WHERE run_id = '…'``.
     """
     location = storage.as_folder(location)
-    props = ["'parquet.compression' = 'ZSTD'"]
+    props = (("parquet.compression", "ZSTD"),)
     if projection:
-        props += ["'projection.enabled' = 'true'", f"'projection.{PARTITION_COLUMN}.type' = 'injected'",
-                  f"'storage.location.template' = '{location}{PARTITION_COLUMN}=${{{PARTITION_COLUMN}}}/'"]
-    return (
-        f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(PREDICTION_SCHEMA)}\n)\n"
-        f"PARTITIONED BY ({_ident(PARTITION_COLUMN)} string)\n"
-        f"STORED AS PARQUET\n"
-        f"LOCATION '{location}'\n"
-        f"TBLPROPERTIES (\n  " + ",\n  ".join(props) + "\n)"
-    )
+        props += _projection(f"{location}{PARTITION_COLUMN}=${{{PARTITION_COLUMN}}}/")
+    return Table(table, database, PREDICTION_SCHEMA, location, (PARTITION_COLUMN,), properties=props)
+
+
+def create_predictions_table(location: str, table: str = "predictions", database: Optional[str] = None,
+                             projection: bool = False) -> str:
+    """``CREATE EXTERNAL TABLE`` for :func:`predictions_table`."""
+    return predictions_table(location, table, database, projection).ddl()
 
 
 def add_partition(location: str, run_id: str, table: str = "predictions", database: Optional[str] = None) -> str:
@@ -90,21 +132,20 @@ def add_partition(location: str, run_id: str, table: str = "predictions", databa
             f"PARTITION ({_ident(PARTITION_COLUMN)} = '{run_id}') LOCATION '{partition_dir(location, run_id)}'")
 
 
-def create_status_table(location: str, table: str = "shardinfer_status", database: Optional[str] = None) -> str:
-    """``CREATE EXTERNAL TABLE`` over every run's status files under ``<location>/_runs/``
-    (common/status.py), partitioned by ``run_id`` through an injected projection: each query
-    names its run (``WHERE run_id = '…'``) and nothing needs registering."""
+def status_table(location: str, table: str = "shardinfer_status", database: Optional[str] = None) -> Table:
+    """Every run's status files under ``<location>/_runs/`` (common/status.py), partitioned by ``run_id``
+    through an injected projection: each query names its run (``WHERE run_id = '…'``) and nothing needs
+    registering."""
     from common.status import STATUS_SCHEMA
 
     location = storage.as_folder(location)
-    return (
-        f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(STATUS_SCHEMA)}\n)\n"
-        f"PARTITIONED BY ({_ident(PARTITION_COLUMN)} string)\n"
-        f"STORED AS PARQUET\n"
-        f"LOCATION '{location}_runs/'\n"
-        f"TBLPROPERTIES (\n  'projection.enabled' = 'true',\n  'projection.{PARTITION_COLUMN}.type' = 'injected',\n"
-        f"  'storage.location.template' = '{location}_runs/${{{PARTITION_COLUMN}}}/status/'\n)"
-    )
+    return Table(table, database, STATUS_SCHEMA, f"{location}_runs/", (PARTITION_COLUMN,),
+                 properties=_projection(f"{location}_runs/${{{PARTITION_COLUMN}}}/status/"))
+
+
+def create_status_table(location: str, table: str = "shardinfer_status", database: Optional[str] = None) -> str:
+    """``CREATE EXTERNAL TABLE`` for :func:`status_table`."""
+    return status_table(location, table, database).ddl()
 
 
 def symlink_location(prepare_output: str, name: str) -> str:
@@ -112,19 +153,23 @@ def symlink_location(prepare_output: str, name: str) -> str:
     return storage.join(prepare_output, SYMLINK_DIR, name) + "/"
 
 
-def create_manifest_table(prepare_output: str, table: str = "manifest", database: Optional[str] = None,
-                          skipped: bool = False) -> str:
-    """``CREATE EXTERNAL TABLE`` over one prepare output's shard rows (format 2: the ``manifest/``
-    folder of part files, directly) or its ``skipped.parquet``.
+def manifest_table(prepare_output: str, table: str = "manifest", database: Optional[str] = None,
+                   skipped: bool = False) -> Table:
+    """One prepare output's shard rows (format 2 and 3: the ``manifest/`` folder of part files, directly)
+    or its ``skipped.parquet``.
 
     ``skipped.parquet`` sits beside the shards and the index, so that table reads through a
     symlink file (Athena's ``SymlinkTextInputFormat``) that names exactly the one Parquet file.
     """
-    if not skipped:
-        return (f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(MANIFEST_SCHEMA)}\n)\n"
-                f"STORED AS PARQUET\nLOCATION '{storage.join(prepare_output, PARTS_DIR)}/'")
-    return (f"CREATE EXTERNAL TABLE IF NOT EXISTS {_table(table, database)} (\n{_columns(SKIPPED_SCHEMA)}\n)\n"
-            f"{_SYMLINK_FORMAT}\nLOCATION '{symlink_location(prepare_output, 'skipped')}'")
+    if skipped:
+        return Table(table, database, SKIPPED_SCHEMA, symlink_location(prepare_output, "skipped"), symlink=True)
+    return Table(table, database, MANIFEST_SCHEMA, storage.join(prepare_output, PARTS_DIR) + "/")
+
+
+def create_manifest_table(prepare_output: str, table: str = "manifest", database: Optional[str] = None,
+                          skipped: bool = False) -> str:
+    """``CREATE EXTERNAL TABLE`` for :func:`manifest_table`."""
+    return manifest_table(prepare_output, table, database, skipped).ddl()
 
 
 def run_statements(location: str, run_id: str, table: str = "predictions", database: Optional[str] = None) -> str:

@@ -15,12 +15,8 @@ from __future__ import annotations
 from typing import Optional
 
 from common import storage
-from common.athena import hive_type
-from common.output import PARTITION_COLUMN, PREDICTION_SCHEMA, partition_dir
-
-PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
-PARQUET_INPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
-PARQUET_OUTPUT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+from common.athena import PARQUET_SERDE, Table, hive_type, predictions_table
+from common.output import PREDICTION_SCHEMA, partition_dir
 
 
 class GlueError(ValueError):
@@ -47,15 +43,24 @@ def catalog(action):
 
 
 
-def columns() -> list[dict]:
-    """The table's columns, as Glue wants them."""
-    return [{"Name": f.name, "Type": hive_type(f.type)} for f in PREDICTION_SCHEMA]
+def columns(table: Optional[Table] = None) -> list[dict]:
+    """A table's columns (default: the predictions table's), as Glue wants them."""
+    schema = table.schema if table is not None else PREDICTION_SCHEMA
+    return [{"Name": f.name, "Type": hive_type(f.type)} for f in schema]
 
 
-def _storage(location: str) -> dict:
-    return {"Columns": columns(), "Location": storage.as_folder(location), "InputFormat": PARQUET_INPUT,
-            "OutputFormat": PARQUET_OUTPUT, "Compressed": True,
+def _storage(location: str, table: Optional[Table] = None) -> dict:
+    table = table or predictions_table(location)
+    return {"Columns": columns(table), "Location": storage.as_folder(location), "InputFormat": table.input_format,
+            "OutputFormat": table.output_format, "Compressed": not table.symlink,
             "SerdeInfo": {"SerializationLibrary": PARQUET_SERDE, "Parameters": {"serialization.format": "1"}}}
+
+
+def table_input(table: Table) -> dict:
+    """Glue's ``TableInput`` for ``table``: the table its Athena DDL (``table.ddl()``) creates."""
+    params = {"EXTERNAL": "TRUE", "classification": "parquet", **dict(table.properties)}
+    return {"Name": table.name, "TableType": "EXTERNAL_TABLE", "StorageDescriptor": _storage(table.location, table),
+            "PartitionKeys": [{"Name": k, "Type": "string"} for k in table.partition_keys], "Parameters": params}
 
 
 def _norm(cols: list[dict]) -> list[tuple[str, str]]:
@@ -63,15 +68,25 @@ def _norm(cols: list[dict]) -> list[tuple[str, str]]:
 
 
 def ensure_table(database: str, table: str, location: str) -> str:
-    """Create ``database`` and ``table`` when absent; check an existing table.
+    """Create ``database`` and the predictions table ``table`` at ``location`` when absent; check an existing one.
+
+    Returns and raises as :func:`ensure`.
+    """
+    return ensure(predictions_table(location, table, database), "use another --glue-table")
+
+
+def ensure(table: Table, hint: str = "use another table name") -> str:
+    """Create ``table.database`` and ``table`` when absent; check an existing table.
 
     Returns:
         ``"created"``, ``"database and table created"`` or ``"exists"``.
 
     Raises:
-        GlueError: the table exists with other columns, partition keys or location.
+        GlueError: the table exists with other columns, partition keys or location, or other properties that
+            decide what is read (partition projection); the message ends with ``hint``.
     """
     glue = _client()
+    database, name = table.database, table.name
     made = []
     try:
         glue.get_database(Name=database)
@@ -79,30 +94,32 @@ def ensure_table(database: str, table: str, location: str) -> str:
         glue.create_database(DatabaseInput={"Name": database, "Description": "shardinfer predictions"})
         made.append("database")
     try:
-        existing = glue.get_table(DatabaseName=database, Name=table)["Table"]
+        existing = glue.get_table(DatabaseName=database, Name=name)["Table"]
     except glue.exceptions.EntityNotFoundException:
-        glue.create_table(DatabaseName=database, TableInput={
-            "Name": table, "TableType": "EXTERNAL_TABLE", "StorageDescriptor": _storage(location),
-            "PartitionKeys": [{"Name": PARTITION_COLUMN, "Type": "string"}],
-            "Parameters": {"EXTERNAL": "TRUE", "classification": "parquet", "parquet.compression": "ZSTD"}})
+        glue.create_table(DatabaseName=database, TableInput=table_input(table))
         made.append("table")
         return " and ".join(made) + " created"
     problems = []
-    have, want = _norm(existing.get("StorageDescriptor", {}).get("Columns", [])), _norm(columns())
+    have, want = _norm(existing.get("StorageDescriptor", {}).get("Columns", [])), _norm(columns(table))
     if have != want:
         missing = [f"{n} {t}" for n, t in want if (n, t) not in have]
         extra = [f"{n} {t}" for n, t in have if (n, t) not in want]
         problems.append(f"columns differ (missing or other type: {', '.join(missing) or 'none'}; not in shardinfer's "
                         f"schema: {', '.join(extra) or 'none'}{'; order differs' if not missing and not extra else ''})")
-    keys = _norm(existing.get("PartitionKeys", []))
-    if keys != [(PARTITION_COLUMN, "string")]:
-        problems.append(f"partition keys are {keys or 'none'}, not [('{PARTITION_COLUMN}', 'string')]")
+    keys, want_keys = _norm(existing.get("PartitionKeys", [])), [(k, "string") for k in table.partition_keys]
+    if keys != want_keys:
+        problems.append(f"partition keys are {keys or 'none'}, not {want_keys or 'none'}")
     loc = existing.get("StorageDescriptor", {}).get("Location", "")
-    if storage.as_folder(loc) != storage.as_folder(location):
-        problems.append(f"its location is {loc}, not --output {storage.as_folder(location)}")
+    if storage.as_folder(loc) != table.location:
+        problems.append(f"its location is {loc}, not {table.location}")
+    params = existing.get("Parameters", {})
+    other = [f"{k}={params.get(k)!r} (not {v!r})" for k, v in table.properties
+             if k.startswith(("projection.", "storage.location.")) and params.get(k) != v]
+    if other:
+        problems.append("its properties differ: " + ", ".join(other))
     if problems:
-        raise GlueError(f"Glue table {database}.{table} exists with another shape: {'; '.join(problems)}; "
-                        "use another --glue-table (shardinfer never overwrites a table)")
+        raise GlueError(f"Glue table {database}.{name} exists with another shape: {'; '.join(problems)}; "
+                        f"{hint} (shardinfer never overwrites a table)")
     return "exists"
 
 

@@ -1,7 +1,9 @@
 -- shardinfer: example Athena (engine v3) queries over the predictions table.
--- Replace 'RUN_ID', 'RUN_A', 'RUN_B' with run ids (see _runs/ or SHOW PARTITIONS predictions).
--- Each query below is run by tests/test_athena.py on real infer output in DuckDB
--- (after sqlglot's Athena -> DuckDB translation), and its results are checked.
+-- Replace 'RUN_ID', 'RUN_A', 'RUN_B' with run ids (see _runs/ or SHOW PARTITIONS predictions),
+-- and 'KEY' with an image's key.
+-- Each query below is run by tests/test_trino.py in Trino 476 (Athena engine v3's engine) over the
+-- Glue catalog and S3, and by tests/test_athena.py in DuckDB (after sqlglot's Athena -> DuckDB
+-- translation), on real infer output; both results are checked against pyarrow's rows.
 
 -- name: label_counts
 -- How many images got each top-1 label, per run.
@@ -78,3 +80,17 @@ FROM predictions
 WHERE status = 'ok'
 GROUP BY key
 ORDER BY key;
+
+-- name: similar_images
+-- Similarity search over embeddings (a run made with infer --output-layer, e.g. flatten0_output):
+-- the 10 images nearest to one image by cosine similarity, best first.
+WITH q AS (SELECT embedding AS e FROM predictions WHERE run_id = 'RUN_ID' AND key = 'KEY')
+SELECT p.key, p.top1_label,
+       reduce(zip_with(p.embedding, q.e, (x, y) -> x * y), 0.0E0, (s, v) -> s + v, s -> s)
+       / sqrt(reduce(p.embedding, 0.0E0, (s, v) -> s + v * v, s -> s)
+              * reduce(q.e, 0.0E0, (s, v) -> s + v * v, s -> s)) AS cosine
+FROM predictions AS p
+CROSS JOIN q
+WHERE p.run_id = 'RUN_ID' AND p.status = 'ok' AND p.key <> 'KEY'
+ORDER BY cosine DESC, p.key
+LIMIT 10;

@@ -93,6 +93,22 @@ def model_uris(s3, model_files) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def trino(s3, tmp_path_factory):
+    """One single-node Trino 476 (testkit/trino) with the catalog ``glue`` on the local server's Glue and S3;
+    stopped at the end of the session.  Skips, saying why, without Java 24+ or Maven."""
+    from testkit.trino import TrinoServer, TrinoUnavailable
+
+    server = TrinoServer(str(tmp_path_factory.mktemp("trino")), s3.endpoint_url, s3.env["AWS_ACCESS_KEY_ID"],
+                         s3.env["AWS_SECRET_ACCESS_KEY"], s3.env["AWS_DEFAULT_REGION"])
+    try:
+        server.start()
+    except TrinoUnavailable as e:
+        pytest.skip(f"Trino not available: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def spark(s3):
     """An in-process local[2] SparkContext whose Python workers run this interpreter."""
     os.environ["PYSPARK_PYTHON"] = sys.executable

@@ -42,6 +42,43 @@ def prepared(s3, bucket: str, images: int, seed: int) -> str:
     return f"s3://{bucket}/shards/manifest.parquet"
 
 
+def hand_packed(bucket: str, seed: int = 51) -> dict:
+    """A manifest packed here, not by prepare: 64 + 64 + 21 generated PNGs under ``in/`` of ``bucket`` (which
+    must exist), the sixth of the last shard truncated inside its shard (an image infer cannot decode, which
+    prepare would have skipped).  Returns ``{"manifest", "images", "bad_key"}``."""
+    import hashlib
+
+    from common.manifest import write_manifest
+    from common.shard import pack_shard
+    from testkit.testdata import cifar_like_png
+
+    entries, k = [], 0
+    for shard_id, n in enumerate((64, 64, 21)):
+        keys = tuple(f"in/{k + i:05d}.png" for i in range(n))
+        pngs = [cifar_like_png(k + i, seed=seed) for i in range(n)]
+        if shard_id == 2:
+            pngs[5] = pngs[5][:40]  # truncated inside the shard
+        k += n
+        data = pack_shard(pngs)
+        uri = f"s3://{bucket}/shards/shards/shard-{shard_id:05d}.rec"
+        storage.write_bytes(uri, data)
+        entries.append(ShardEntry(shard_id, uri, n, len(data), hashlib.sha256(data).hexdigest(), keys))
+    write_manifest(entries, f"s3://{bucket}/shards/", f"s3://{bucket}/in/", 64)
+    return {"manifest": f"s3://{bucket}/shards/manifest.parquet", "images": 149, "bad_key": "in/00133.png"}
+
+
+def upload_model(prefix: str, seed: int) -> dict[str, str]:
+    """The test ResNet-18 built with ``seed`` (another seed: another model) under ``prefix``; its model URIs."""
+    from testkit import zoo_builder
+
+    uris = {}
+    for name, data in zoo_builder.build_model(seed=seed).items():
+        uris[name] = storage.join(prefix, name)
+        storage.write_bytes(uris[name], data)
+    return {"sym": uris[zoo_builder.SYMBOL_FILE], "params": uris[zoo_builder.PARAMS_FILE],
+            "labels": uris[zoo_builder.SYNSET_FILE]}
+
+
 def submit(script: str, args: list[str], env: dict, *conf: str) -> subprocess.CompletedProcess:
     """spark-submit on local[2] unless ``conf`` says otherwise."""
     conf = conf or ("spark.master=local[2]",)

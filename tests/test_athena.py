@@ -19,13 +19,12 @@ from sqlglot import exp
 
 from common import athena, storage
 
-from testkit import zoo_builder
 from testkit.localdev import ROOT
 from common.manifest import ShardEntry, write_manifest
 from common.output import PREDICTION_SCHEMA
 from common.shard import pack_shard
 from testkit.testdata import cifar_like_png
-from tests.helpers import infer_args, output_rows
+from tests.helpers import hand_packed, infer_args, output_rows, upload_model
 
 BUCKET = "athena"
 OUT = f"s3://{BUCKET}/pred/"
@@ -38,27 +37,11 @@ def two_runs(s3, spark, model_uris):
     from infer.main import main
 
     s3.create_bucket(BUCKET)
-    entries, k = [], 0
-    for shard_id, n in enumerate((64, 64, 21)):
-        keys = tuple(f"in/{k + i:05d}.png" for i in range(n))
-        pngs = [cifar_like_png(k + i, seed=51) for i in range(n)]
-        if shard_id == 2:
-            pngs[5] = pngs[5][:40]  # truncated inside the shard
-        k += n
-        data = pack_shard(pngs)
-        uri = f"s3://{BUCKET}/shards/shards/shard-{shard_id:05d}.rec"
-        storage.write_bytes(uri, data)
-        entries.append(ShardEntry(shard_id, uri, n, len(data), hashlib.sha256(data).hexdigest(), keys))
-    write_manifest(entries, f"s3://{BUCKET}/shards/", f"s3://{BUCKET}/in/", 64)
-    other = {}
-    for name, data in zoo_builder.build_model(seed=1).items():
-        storage.write_bytes(f"s3://{BUCKET}/model-b/{name}", data)
-        other[name] = f"s3://{BUCKET}/model-b/{name}"
-    model_b = {"sym": other[zoo_builder.SYMBOL_FILE], "params": other[zoo_builder.PARAMS_FILE],
-               "labels": other[zoo_builder.SYNSET_FILE]}
+    packed = hand_packed(BUCKET)
+    model_b = upload_model(f"s3://{BUCKET}/model-b/", seed=1)
     assert main(infer_args(f"s3://{BUCKET}/shards/manifest.parquet", model_uris, OUT, "--run-id", "ra")) == 0
     assert main(infer_args(f"s3://{BUCKET}/shards/manifest.parquet", model_b, OUT, "--run-id", "rb")) == 0
-    return {"images": 149, "bad_key": "in/00133.png"}
+    return packed
 
 
 def _parse(sql: str) -> exp.Expression:
@@ -255,7 +238,7 @@ def _run(con, name: str, **runs: str) -> list[tuple]:
 
 def test_example_queries_are_all_checked():
     assert set(_queries()) == {"label_counts", "low_confidence", "error_rows", "compare_runs", "agreement",
-                               "unnest_top_k", "run_overview", "failed_shards", "latest_per_key"}
+                               "unnest_top_k", "run_overview", "failed_shards", "latest_per_key", "similar_images"}  # the last: Trino only
     for sql in _queries().values():
         _parse(sql)  # valid Athena syntax
 

@@ -79,7 +79,7 @@ def ensure(table: Table, hint: str = "use another table name") -> str:
     """Create ``table.database`` and ``table`` when absent; check an existing table.
 
     Returns:
-        ``"created"``, ``"database and table created"`` or ``"exists"``.
+        ``"table created"``, ``"database and table created"`` or ``"exists"``.
 
     Raises:
         GlueError: the table exists with other columns, partition keys or location, or other properties that

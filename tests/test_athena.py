@@ -8,6 +8,7 @@ import os
 import re
 from collections import Counter
 
+import boto3
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -17,7 +18,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from common import athena, storage
+from common import athena, glue, storage
 
 from testkit.localdev import ROOT
 from common.manifest import ShardEntry, write_manifest
@@ -25,6 +26,8 @@ from common.output import PREDICTION_SCHEMA
 from common.shard import pack_shard
 from testkit.testdata import cifar_like_png
 from tests.helpers import hand_packed, infer_args, output_rows, upload_model
+
+pytestmark = pytest.mark.once  # SQL and DDL over the output files: the same on either Spark line
 
 BUCKET = "athena"
 OUT = f"s3://{BUCKET}/pred/"
@@ -237,8 +240,9 @@ def _run(con, name: str, **runs: str) -> list[tuple]:
 
 
 def test_example_queries_are_all_checked():
+    # similar_images runs in Trino only (tests/test_trino.py): DuckDB has no zip_with
     assert set(_queries()) == {"label_counts", "low_confidence", "error_rows", "compare_runs", "agreement",
-                               "unnest_top_k", "run_overview", "failed_shards", "latest_per_key", "similar_images"}  # the last: Trino only
+                               "unnest_top_k", "run_overview", "failed_shards", "latest_per_key", "similar_images"}
     for sql in _queries().values():
         _parse(sql)  # valid Athena syntax
 
@@ -352,3 +356,38 @@ def test_compaction_refuses_an_unfinished_run(spark, two_runs, capsys):
 def test_unsigned_types_have_no_athena_column_type():
     with pytest.raises(ValueError, match="uint32 has no Athena equivalent"):
         athena.hive_type(pa.uint32())
+
+
+def test_infer_athena_creates_the_tables_in_glue_once_and_refuses_another_shape(s3, capsys):
+    from infer.athena import main
+
+    out, prep = "s3://gluetables/pred/", "s3://gluetables/shards/"
+    args = ["--output", out, "--status", "--manifest-output", prep, "--glue-database", "tables_db"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"athena: Glue table tables_db.predictions ({out}): database and table created",
+                     f"athena: Glue table tables_db.shardinfer_status ({out}_runs/): table created",
+                     f"athena: Glue table tables_db.manifest ({prep}manifest/): table created",
+                     f"athena: Glue table tables_db.skipped ({prep}_athena/skipped/): table created"]
+    assert main(args) == 0  # again: nothing changes
+    assert capsys.readouterr().out.count(": exists") == 4
+    for t in (athena.predictions_table(out, database="tables_db"), athena.status_table(out, database="tables_db"),
+              athena.manifest_table(prep, database="tables_db"),
+              athena.manifest_table(prep, "skipped", "tables_db", skipped=True)):
+        got = boto3.client("glue").get_table(DatabaseName="tables_db", Name=t.name)["Table"]
+        want = glue.table_input(t)
+        assert {k: got[k] for k in ("Name", "TableType", "PartitionKeys", "Parameters")} == {
+            k: want[k] for k in ("Name", "TableType", "PartitionKeys", "Parameters")}
+        sd = got["StorageDescriptor"]
+        assert (sd["Columns"], sd["Location"], sd["InputFormat"], sd["OutputFormat"],
+                sd["SerdeInfo"]["SerializationLibrary"]) == (
+            want["StorageDescriptor"]["Columns"], t.location, t.input_format, t.output_format, athena.PARQUET_SERDE)
+    # the projection variant under the same name would read differently: refused, the table left as it was
+    assert main(["--output", out, "--projection", "--glue-database", "tables_db"]) == 2
+    err = capsys.readouterr().err
+    assert "Glue table tables_db.predictions exists with another shape: its properties differ: " in err
+    assert "projection.enabled=None (not 'true')" in err and "use another --table or --glue-database" in err
+    assert main(["--output", out, "--run-id", "r1", "--glue-database", "tables_db"]) == 2
+    assert "runs are registered by infer --glue-database/--glue-table" in capsys.readouterr().err
+    assert main(["--output", out, "--database", "a", "--glue-database", "b"]) == 2
+    assert "--database and --glue-database name the same database" in capsys.readouterr().err

@@ -18,6 +18,9 @@ from common import glue, storage
 from testkit.localdev import ROOT, spark_env, upload_cifar_like
 from tests.helpers import infer_args, prepared, read_manifest
 
+# the Glue catalog and S3 encryption, called through boto3: the same on either Spark line
+pytestmark = pytest.mark.once
+
 BUCKET = "stack"
 
 

@@ -12,6 +12,8 @@ from manifests.make_examples import v1_manifest_bytes
 from testkit.localdev import upload_cifar_like
 from tests.helpers import infer_args
 
+pytestmark = pytest.mark.once  # the manifest's integrity checks, on the driver: the same on either Spark line
+
 BUCKET = "integrity"
 
 

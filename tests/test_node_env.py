@@ -12,7 +12,7 @@ itself (setup.cfg's install_requires, no test extra) plus the cluster's pyspark 
    from a seed (testkit/chaos.py); the output must equal a fault-free run of the same manifest.
    ``SHARDINFER_CHAOS_SEEDS=1,2,3`` runs more seeds (default: 1).
 
-`make test-node` runs these (marker ``node``: not part of the two Spark-line runs of the suite).
+`make test-systems` runs these (marker ``node``: not part of the Spark lines' runs of the suite).
 """
 
 from __future__ import annotations

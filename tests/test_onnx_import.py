@@ -15,6 +15,9 @@ from common.images import Preprocessing, preprocess
 from testkit import onnx_models, zoo_builder
 from tests.helpers import infer_args, prepared
 
+# imported models' numbers against ONNX Runtime: the same on either Spark line
+pytestmark = [pytest.mark.once, pytest.mark.model]
+
 BUCKET = "onnx"
 IMAGES = 20  # 5 shards of 4
 

@@ -17,6 +17,9 @@ from infer.sample import sample_plan
 from testkit import digits_model
 from tests.helpers import infer_args, output_rows, read_manifest, statuses
 
+# the model's numbers at each precision: the same on either Spark line
+pytestmark = [pytest.mark.once, pytest.mark.model]
+
 
 @pytest.fixture(scope="module")
 def digits(s3, spark, digits_files):

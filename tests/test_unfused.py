@@ -18,6 +18,9 @@ import pytest
 
 from common.model import ModelFiles, ModelSpec, Predictor, params_bytes
 
+# the model's numbers against an unfused forward pass: the same on either Spark line
+pytestmark = [pytest.mark.once, pytest.mark.model]
+
 # The unfused reference: the model's own graph, every layer computed as written (no subgraph backend).
 REFERENCE = r"""
 import json, sys

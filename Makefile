@@ -11,7 +11,7 @@ N      ?= 1000
 BENCH_N ?= 1280
 BENCH_PHOTOS ?= 512
 
-.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python test test-spark4 test-models test-spark35 test-systems demo bench bench-photos bench-decode scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python test test-spark4 test-once test-spark35 test-systems demo bench bench-photos bench-decode scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -39,17 +39,17 @@ $(STAMP35): setup.cfg pyproject.toml $(STAMP)
 node-env: setup
 	$(PY) -m testkit.nodeenv
 
-# Four lines, side by side: the suite on Spark 4.0 (`make test-spark4`), less the tests of the model's numbers
-# and image decoding (marker `model`: `make test-models`, on the same Spark 4 environment, a line of their own
-# to spread the load); on Spark 3.5 (EMR 7's) the tests that run Spark (marker `spark`), less those whose
-# subject does not depend on Spark's version (marker `once`: the model's numbers, image decoding and formats,
-# the SQL over the output, Glue and encryption, the manifest's checks, the demo); and the systems around the
-# jobs (`make test-systems`): the shipped code in a node's environment and the documented steps on a local
-# YARN (tests/test_node_env.py), the YARN trap (tests/test_yarn.py), and Trino over Glue and S3
-# (tests/test_trino.py). Each line ends with its slowest tests; -Otarget prints each line's output whole when
-# it ends. Hadoop's jars and Trino are fetched first, once.
+# Four lines, side by side: on Spark 4.0 (`.venv`), the tests whose subject may depend on Spark's version
+# (`make test-spark4`) and, a line of their own to spread the load, those whose subject does not (marker
+# `once`: the model's numbers, image decoding and formats, the SQL over the output, Glue and encryption, the
+# manifest's checks, the demo: `make test-once`); on Spark 3.5 (EMR 7's) the tests of the first kind that run
+# Spark (`make test-spark35`); and the systems around the jobs (`make test-systems`): the shipped code in a
+# node's environment and the documented steps on a local YARN (tests/test_node_env.py), the YARN trap
+# (tests/test_yarn.py), and Trino over Glue and S3 (tests/test_trino.py). test-spark4 and test-once together
+# are the whole suite on Spark 4 but the systems. Each line ends with its slowest tests; -Otarget prints each
+# line's output whole when it ends. Hadoop's jars and Trino are fetched first, once.
 test:
-	@$(MAKE) --no-print-directory -j4 -Otarget test-spark4 test-models test-spark35 test-systems
+	@$(MAKE) --no-print-directory -j4 -Otarget test-spark4 test-once test-spark35 test-systems
 
 # Hadoop's test-cluster jars (Maven Central, pinned in testkit/yarn/pom.xml), before the lines that start YARN;
 # without Maven the YARN tests say why they skip.
@@ -62,10 +62,10 @@ trino: setup
 	@$(PY) -m testkit.trino
 
 test-spark4: setup
-	$(PY) -m pytest -m "not node and not yarn and not trino and not model" --durations=15
+	$(PY) -m pytest -m "not node and not yarn and not trino and not once" --durations=15
 
-test-models: setup
-	$(PY) -m pytest -p no:cacheprovider -m model --durations=5
+test-once: setup
+	$(PY) -m pytest -p no:cacheprovider -m once --durations=10
 
 test-spark35: setup-spark35
 	$(PY35) -m pytest -p no:cacheprovider -m "spark and not node and not yarn and not trino and not once" --durations=10

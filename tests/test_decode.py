@@ -21,7 +21,7 @@ from testkit.photos import digit_photo, encode, photo_like, with_orientation
 from tests.helpers import assert_exactly_once, infer_args, output_rows, part_objects, read_manifest, run_main
 
 # image decoding and its answers: the same on either Spark line
-pytestmark = [pytest.mark.once, pytest.mark.model]
+pytestmark = pytest.mark.once
 
 BUCKET = "decode"
 # 4 at 12 MP (decoded at 1/8), 8 at 2 MP (1/4), 12 at 0.3 MP (1/2), and two small PNGs (never resized)

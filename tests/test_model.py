@@ -14,7 +14,7 @@ from common.images import preprocess
 from common.model import ModelError, ModelSpec, Predictor, check_model, fetch_model, read_labels, top_k
 from testkit.testdata import cifar_like_png
 
-pytestmark = [pytest.mark.once, pytest.mark.model]  # the model's numbers: the same on either Spark line
+pytestmark = pytest.mark.once  # the model's numbers: the same on either Spark line
 
 ZOO_LAYERS = ["bn_data", "conv0", "bn0", "relu0", "stage1_unit1_bn1", "stage1_unit1_conv1", "stage1_unit1_sc",
               "stage1_unit2_conv2", "stage2_unit1_sc", "stage3_unit1_sc", "stage4_unit1_sc", "stage4_unit2_conv2",

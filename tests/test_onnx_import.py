@@ -16,7 +16,7 @@ from testkit import onnx_models, zoo_builder
 from tests.helpers import infer_args, prepared
 
 # imported models' numbers against ONNX Runtime: the same on either Spark line
-pytestmark = [pytest.mark.once, pytest.mark.model]
+pytestmark = pytest.mark.once
 
 BUCKET = "onnx"
 IMAGES = 20  # 5 shards of 4

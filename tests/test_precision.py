@@ -18,7 +18,7 @@ from testkit import digits_model
 from tests.helpers import infer_args, output_rows, read_manifest, statuses
 
 # the model's numbers at each precision: the same on either Spark line
-pytestmark = [pytest.mark.once, pytest.mark.model]
+pytestmark = pytest.mark.once
 
 
 @pytest.fixture(scope="module")

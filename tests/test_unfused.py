@@ -19,7 +19,7 @@ import pytest
 from common.model import ModelFiles, ModelSpec, Predictor, params_bytes
 
 # the model's numbers against an unfused forward pass: the same on either Spark line
-pytestmark = [pytest.mark.once, pytest.mark.model]
+pytestmark = pytest.mark.once
 
 # The unfused reference: the model's own graph, every layer computed as written (no subgraph backend).
 REFERENCE = r"""

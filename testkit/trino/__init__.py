@@ -20,7 +20,6 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -28,6 +27,7 @@ import zipfile
 from typing import Optional, Sequence
 
 from testkit.localdev import free_port
+from testkit.server import ServerProcess, maven_copy_dependencies
 
 VERSION = "476"
 JAVA_MAJOR = 24
@@ -91,14 +91,8 @@ def fetch(quiet: bool = True) -> str:
     tarball = os.path.join(DOWNLOADS, f"trino-server-core-{VERSION}.tar.gz")
     plugin = os.path.join(DOWNLOADS, f"trino-hive-{VERSION}.zip")
     if not (os.path.isfile(tarball) and os.path.isfile(plugin)):
-        if shutil.which("mvn") is None:
-            raise TrinoUnavailable("Maven (mvn) is needed to fetch Trino: install maven (Debian/Ubuntu: apt-get "
-                                   "install maven)")
-        cmd = ["mvn", "-B", "-f", os.path.join(HERE, "pom.xml"), "dependency:copy-dependencies",
-               "-DexcludeTransitive=true"] + (["-q"] if quiet else [])
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise TrinoUnavailable(f"mvn could not fetch Trino {VERSION}:\n" + (r.stdout + r.stderr)[-3000:])
+        maven_copy_dependencies(os.path.join(HERE, "pom.xml"), f"Trino {VERSION}", TrinoUnavailable,
+                                "-DexcludeTransitive=true", quiet=quiet)
     shutil.rmtree(SERVER, ignore_errors=True)
     work = SERVER + ".partial"
     shutil.rmtree(work, ignore_errors=True)
@@ -136,7 +130,7 @@ _JVM = """-server
 """
 
 
-class TrinoServer:
+class TrinoServer(ServerProcess):
     """One single-node Trino with the catalog ``glue`` on the S3 + Glue endpoint; a context manager.
 
     ``heap``: the JVM's -Xmx.  The server is stopped by its process id (its process group).
@@ -220,13 +214,9 @@ class TrinoServer:
         raise TrinoUnavailable(f"Trino did not start in {self.start_timeout:.0f}s; its log: {self.log_path}\n"
                                f"{self.log_tail()}")
 
-    def _log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
     def log_tail(self, n: int = 4000) -> str:
         """The end of the server's log."""
-        return self._log()[-n:]
+        return super().log_tail(n)
 
     def connect(self, schema: Optional[str] = None):
         """A DB-API connection (the ``trino`` client) to the catalog ``glue``."""
@@ -244,33 +234,3 @@ class TrinoServer:
             return [tuple(r) for r in cur.fetchall()]
         finally:
             conn.close()
-
-    def columns(self, sql: str, schema: Optional[str] = None) -> list[str]:
-        """The column names a statement returns."""
-        conn = self.connect(schema)
-        try:
-            cur = conn.cursor()
-            cur.execute(sql)
-            cur.fetchall()
-            return [d[0] for d in cur.description]
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        """Stop the server (its whole process group)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
-
-    def __enter__(self) -> "TrinoServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

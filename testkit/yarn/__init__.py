@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from typing import Optional
 
 from testkit.localdev import free_port
+from testkit.server import ServerProcess, maven_copy_dependencies
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JARS = os.path.join(HERE, "target", "dependency")
@@ -44,14 +44,8 @@ def fetch_jars(quiet: bool = True) -> str:
     """The Hadoop minicluster's jars (Maven, once; a no-op when present). Returns their folder."""
     if os.path.isdir(JARS) and any(n.startswith("hadoop-minicluster-") for n in os.listdir(JARS)):
         return JARS
-    if shutil.which("mvn") is None:
-        raise YarnUnavailable("Maven (mvn) is needed to fetch Hadoop's test cluster: install maven "
-                              "(Debian/Ubuntu: apt-get install maven)")
-    cmd = ["mvn", "-B", "-f", os.path.join(HERE, "pom.xml"), "dependency:copy-dependencies",
-           "-DincludeScope=runtime"] + (["-q"] if quiet else [])
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise YarnUnavailable("mvn could not fetch hadoop-minicluster:\n" + (r.stdout + r.stderr)[-3000:])
+    maven_copy_dependencies(os.path.join(HERE, "pom.xml"), "Hadoop's test cluster", YarnUnavailable,
+                            "-DincludeScope=runtime", quiet=quiet)
     return JARS
 
 
@@ -67,7 +61,7 @@ def _site(props: dict[str, str]) -> str:
                                   for k, v in props.items()))
 
 
-class YarnCluster:
+class YarnCluster(ServerProcess):
     """ResourceManager + ``nodes`` NodeManagers of ``memory_mb`` / ``vcores`` each; a context manager.
 
     ``conf_dir`` is the ``HADOOP_CONF_DIR`` for clients; ``env`` adds it to an environment.
@@ -144,41 +138,13 @@ class YarnCluster:
         raise YarnUnavailable(f"the YARN test cluster did not start in {self.start_timeout:.0f}s; "
                               f"its log: {self.log_path}\n{self.log_tail()}")
 
-    def _log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
     def node_capabilities(self, log: Optional[str] = None) -> list[tuple[int, int]]:
         """(memory MB, vcores) of each NodeManager that registered with the ResourceManager (from its log)."""
         return [(int(m), int(v)) for m, v in
                 re.findall(r"registered with capability: <memory:(\d+), vCores:(\d+)>", log or self._log())]
-
-    def log_tail(self, n: int = 3000) -> str:
-        """The end of the cluster's own log."""
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-n:]
 
     def env(self, base: Optional[dict[str, str]] = None) -> dict[str, str]:
         """``base`` (or a copy of os.environ) with HADOOP_CONF_DIR/YARN_CONF_DIR pointing at this cluster."""
         env = dict(os.environ if base is None else base)
         env.update(HADOOP_CONF_DIR=self.conf_dir, YARN_CONF_DIR=self.conf_dir)
         return env
-
-    def stop(self) -> None:
-        """Stop the cluster (its whole process group; containers it started end with it)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
-
-    def __enter__(self) -> "YarnCluster":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -79,6 +79,18 @@ def upload_model(prefix: str, seed: int) -> dict[str, str]:
             "labels": uris[zoo_builder.SYNSET_FILE]}
 
 
+def athena_queries() -> dict[str, str]:
+    """``{name: sql}`` of docs/athena-queries.sql (each block after ``-- name: NAME``)."""
+    import os
+
+    out = {}
+    with open(os.path.join(ROOT, "docs", "athena-queries.sql")) as f:
+        for block in re.split(r"^-- name: ", f.read(), flags=re.M)[1:]:
+            name, body = block.split("\n", 1)
+            out[name.strip()] = body.strip().rstrip(";")
+    return out
+
+
 def submit(script: str, args: list[str], env: dict, *conf: str) -> subprocess.CompletedProcess:
     """spark-submit on local[2] unless ``conf`` says otherwise."""
     conf = conf or ("spark.master=local[2]",)

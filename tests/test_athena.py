@@ -20,18 +20,16 @@ from sqlglot import exp
 
 from common import athena, glue, storage
 
-from testkit.localdev import ROOT
 from common.manifest import ShardEntry, write_manifest
 from common.output import PREDICTION_SCHEMA
 from common.shard import pack_shard
 from testkit.testdata import cifar_like_png
-from tests.helpers import hand_packed, infer_args, output_rows, upload_model
+from tests.helpers import athena_queries, hand_packed, infer_args, output_rows, upload_model
 
 pytestmark = pytest.mark.once  # SQL and DDL over the output files: the same on either Spark line
 
 BUCKET = "athena"
 OUT = f"s3://{BUCKET}/pred/"
-QUERIES = os.path.join(ROOT, "docs", "athena-queries.sql")
 
 
 @pytest.fixture(scope="module")
@@ -223,13 +221,7 @@ def duck(s3, two_runs):
     return con, table
 
 
-def _queries() -> dict[str, str]:
-    text = open(QUERIES).read()
-    out = {}
-    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
-        name, body = block.split("\n", 1)
-        out[name.strip()] = body.strip().rstrip(";")
-    return out
+_queries = athena_queries
 
 
 def _run(con, name: str, **runs: str) -> list[tuple]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 from collections import Counter, defaultdict
 
@@ -25,23 +24,16 @@ import sqlglot
 from sqlglot import exp
 
 from common import athena, glue, storage
-from testkit.localdev import ROOT, upload_cifar_like
-from tests.helpers import hand_packed, infer_args, output_rows, read_manifest, submit, upload_model
+from testkit.localdev import upload_cifar_like
+from tests.helpers import athena_queries, hand_packed, infer_args, output_rows, read_manifest, submit, upload_model
 
 pytestmark = [pytest.mark.trino, pytest.mark.spark]
 BUCKET = "lake"
 OUT = f"s3://{BUCKET}/pred/"
 DB = "shardinfer_lake"
-QUERIES = os.path.join(ROOT, "docs", "athena-queries.sql")
 
 
-def queries() -> dict[str, str]:
-    """``{name: sql}`` of docs/athena-queries.sql."""
-    out = {}
-    for block in re.split(r"^-- name: ", open(QUERIES).read(), flags=re.M)[1:]:
-        name, body = block.split("\n", 1)
-        out[name.strip()] = body.strip().rstrip(";")
-    return out
+queries = athena_queries
 
 
 def fill(sql: str, **values: str) -> str:

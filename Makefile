@@ -44,8 +44,8 @@ node-env: setup
 # `once`: the model's numbers, image decoding and formats, the SQL over the output, Glue and encryption, the
 # manifest's checks, the demo: `make test-once`); on Spark 3.5 (EMR 7's) the tests of the first kind that run
 # Spark (`make test-spark35`); and the systems around the jobs (`make test-systems`): the shipped code in a
-# node's environment and the documented steps on a local YARN (tests/test_node_env.py), the YARN trap
-# (tests/test_yarn.py), and Trino over Glue and S3 (tests/test_trino.py). test-spark4 and test-once together
+# node's environment, the documented steps, the YARN trap and chaos on a local YARN (tests/test_node_env.py),
+# and Trino over Glue and S3 (tests/test_trino.py). test-spark4 and test-once together
 # are the whole suite on Spark 4 but the systems. Each line ends with its slowest tests; -Otarget prints each
 # line's output whole when it ends. Hadoop's jars and Trino are fetched first, once.
 test:

@@ -97,13 +97,14 @@ class Chaos:
     seed: int
     root_pid: int
     proxy: FaultProxy
+    span_s: float = 25.0
     burst_s: float = 3.0
     burst_faults: int = 4
     wait_s: float = 120.0
     done: list[tuple[float, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.events = schedule(self.seed)
+        self.events = schedule(self.seed, self.span_s)
         self._rng = random.Random(self.seed + 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="chaos")

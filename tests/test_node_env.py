@@ -7,9 +7,11 @@ itself (setup.cfg's install_requires, no test extra) plus the cluster's pyspark 
    prepare, infer with --glue-database/--glue-table and --sse aws:kms over a damaged shard
    (exit 1, no partition), --only-failed once the shard is back (exit 0, partition registered),
    compact, and the report command;
-4. chaos on that YARN: 2,048 images inferred while executor Python workers and whole executor
+4. the 2-executor trap and its fix (`make yarn-check`'s runs) over that manifest;
+5. chaos on that YARN: 1,024 images inferred while executor Python workers and whole executor
    JVMs are SIGKILLed and S3 answers bursts of 503 SlowDown and connection resets, on a schedule
-   from a seed (testkit/chaos.py); the output must equal a fault-free run of the same manifest.
+   from a seed (testkit/chaos.py); the output must equal a fault-free run of the same manifest
+   (the documented path's completed run: one prepare and one reference serve both).
    ``SHARDINFER_CHAOS_SEEDS=1,2,3`` runs more seeds (default: 1).
 
 `make test-systems` runs these (marker ``node``: not part of the Spark lines' runs of the suite).
@@ -43,8 +45,8 @@ from tests.helpers import statuses
 
 pytestmark = [pytest.mark.node, pytest.mark.spark]
 BUCKET = "node-env"
-IMAGES = 256  # 4 shards of 64
-CHAOS_IMAGES = 2048  # 32 shards
+IMAGES = 1024  # 16 shards of 64: the 224-pixel forward passes keep a chaos run going through its faults
+CHAOS_SPAN_S = 15.0  # every fault of the schedule within 15 s of the first Python worker (the run lasts longer)
 CHAOS_SEEDS = [int(x) for x in os.environ.get("SHARDINFER_CHAOS_SEEDS", "1").split(",")]
 
 
@@ -128,8 +130,11 @@ def _rows(prefix: str) -> list[dict]:
     return out
 
 
-@pytest.mark.yarn
-def test_the_documented_path_on_yarn_in_the_node_environment(yarn, s3, tmp_path):
+@pytest.fixture(scope="module")
+def documented(yarn, s3) -> dict:
+    """The documented path on the YARN, each step's figures: prepare (1,024 images, SSE-KMS), infer with
+    Glue over a damaged shard, --only-failed once it is back, compact.  The completed run (run_id node) is
+    also the fault-free output the chaos runs are held to: the same manifest, model and settings."""
     s3.create_bucket(BUCKET)
     upload_cifar_like(f"s3://{BUCKET}/images/", IMAGES, seed=23, endpoint_url=s3.endpoint_url)
     model = zoo_builder.write_model(f"s3://{BUCKET}/models/resnet-18/", endpoint_url=s3.endpoint_url)
@@ -137,32 +142,41 @@ def test_the_documented_path_on_yarn_in_the_node_environment(yarn, s3, tmp_path)
     sse = ["--sse", "aws:kms", "--sse-kms-key-id", key]
     out, shards = f"s3://{BUCKET}/predictions/", f"s3://{BUCKET}/shards/"
     infer = ["--manifest", shards + "manifest.parquet", "--sym-url", model["sym"], "--param-url", model["params"],
-             "--label-url", model["labels"], "--output", out, "--run-id", "node", "--glue-database", "node_db",
-             "--glue-table", "predictions", *sse]
-    glue = boto3.client("glue")
-
-    prepared = yarn.step("prepare", "prepare/main.py", ["--input", f"s3://{BUCKET}/images/", "--output", shards, *sse],
-                         s3.env)
-    assert prepared["rc"] == 0, prepared["text"][-3000:]
+             "--label-url", model["labels"], "--output", out, *sse]
+    glue = ["--glue-database", "node_db", "--glue-table", "predictions"]
+    steps = {"prepare": yarn.step("prepare", "prepare/main.py", ["--input", f"s3://{BUCKET}/images/", "--output",
+                                                                 shards, *sse], s3.env)}
+    assert steps["prepare"]["rc"] == 0, steps["prepare"]["text"][-3000:]
     damaged = f"{shards}shards/shard-00002.rec"
     good = storage.read_bytes(damaged)
     storage.write_bytes(damaged, b"not a RecordIO shard")
-    first = yarn.step("infer", "infer/main.py", infer, s3.env)
+    steps["infer"] = yarn.step("infer", "infer/main.py", [*infer, "--run-id", "node", *glue], s3.env)
+    partitions_while_failed = boto3.client("glue").get_partitions(DatabaseName="node_db",
+                                                                  TableName="predictions")["Partitions"]
+    storage.write_bytes(damaged, good)
+    steps["rerun"] = yarn.step("infer-only-failed", "infer/main.py", [*infer, "--run-id", "node", *glue,
+                                                                     "--only-failed"], s3.env)
+    steps["compact"] = yarn.step("compact", "infer/compact.py", ["--input", out, "--run-id", "node", "--output",
+                                                                 f"s3://{BUCKET}/compacted/", *sse], s3.env)
+    return {"steps": steps, "key": key, "sse": sse, "infer": infer, "out": out, "model": model,
+            "partitions_while_failed": partitions_while_failed}
+
+
+@pytest.mark.yarn
+def test_the_documented_path_on_yarn_in_the_node_environment(yarn, s3, documented, tmp_path):
+    steps, out, sse, key = documented["steps"], documented["out"], documented["sse"], documented["key"]
+    first, rerun, compacted = steps["infer"], steps["rerun"], steps["compact"]
     assert first["rc"] == 1, first["text"][-3000:]
     assert "FAILED shards: 2 " in first["text"] and "not registered: the run is not complete" in first["text"]
-    assert glue.get_partitions(DatabaseName="node_db", TableName="predictions")["Partitions"] == []
-    storage.write_bytes(damaged, good)
-    rerun = yarn.step("infer-only-failed", "infer/main.py", [*infer, "--only-failed"], s3.env)
+    assert documented["partitions_while_failed"] == []
     assert rerun["rc"] == 0, rerun["text"][-3000:]
     assert "running 1 shards" in rerun["text"] and "partition run_id=node registered" in rerun["text"]
-    compacted = yarn.step("compact", "infer/compact.py", ["--input", out, "--run-id", "node", "--output",
-                                                           f"s3://{BUCKET}/compacted/", *sse], s3.env)
     assert compacted["rc"] == 0, compacted["text"][-3000:]
 
     rows = _rows(f"{out}run_id=node/")
     images = {o.key for o in storage.list_objects(f"s3://{BUCKET}/images/")}
     assert Counter(r["key"] for r in rows) == Counter(images) and {r["status"] for r in rows} == {"ok"}
-    [partition] = glue.get_partitions(DatabaseName="node_db", TableName="predictions")["Partitions"]
+    [partition] = boto3.client("glue").get_partitions(DatabaseName="node_db", TableName="predictions")["Partitions"]
     assert partition["Values"] == ["node"]
     assert len(_rows(f"s3://{BUCKET}/compacted/")) == IMAGES
     client = storage.s3_client()
@@ -185,25 +199,44 @@ def test_the_documented_path_on_yarn_in_the_node_environment(yarn, s3, tmp_path)
     assert (to / "index.html").is_file() and any(p.suffix == ".png" for p in to.iterdir())
 
 
+@pytest.mark.yarn
+def test_the_two_executor_trap_and_its_fix_on_yarn(yarn, s3, documented):
+    """The 2-executor trap (dynamic allocation off, no executor count) and the fix (configurations.json's
+    spark-defaults), from Spark's event logs, over the documented path's manifest (16 shards, one task
+    each); the same runs as `make yarn-check` (testkit/yarn/check.py), here in the node environment."""
+    from testkit.yarn.check import emr_classification, figures_of, problems, trap_and_fix
+
+    assert documented["steps"]["prepare"]["rc"] == 0
+    # executors and task slots are what is checked, not the model: its forward passes at 64x64 (a twelfth of 224's)
+    runs = trap_and_fix(yarn.cluster, yarn.work, yarn.dist, s3.env, f"s3://{BUCKET}/shards/manifest.parquet",
+                        documented["model"], f"s3://{BUCKET}/yarn-check/", node=yarn.node,
+                        infer_extra=("--image-size", "64"))
+    figures = figures_of(yarn.cluster, runs, IMAGES, 2, 5, emr_classification("capacity-scheduler"))
+    assert problems(figures) == []
+    trap, fix, bad = runs
+    assert (trap["executors"], trap["cores_per_executor"]) == (2, [1])
+    assert "2 executors of 1 core" in trap["layout_warning"]
+    # 2 nodes x 5 vcores x 16 GiB: by memory 6 executors of 4 cores would fit (24 tasks on 10 vcores);
+    # counting vcores (configurations.json's capacity-scheduler), one per node: 8 cores
+    assert fix["cores_per_executor"] == [4] and fix["total_cores"] == 8
+    # tasks running at once on the executors (from the event log): never more than the slots
+    assert trap["max_concurrent_tasks"] <= 2 < fix["max_concurrent_tasks"] <= 8
+    assert trap["images"] == fix["images"] == IMAGES
+    # cluster mode: the driver's one-line error is in its YARN container's stdout (one attempt only:
+    # spark.yarn.maxAppAttempts 1), spark-submit exits 1 and YARN's diagnostics carry the driver's 2
+    assert bad["rc"] == 1 and bad["driver_exit_status_reported"] == 2
+    [(container, line)] = bad["driver_stdout_in_containers"].items()
+    assert container.endswith("_01_000001") and line.startswith("infer: error: s3://") and "no such object" in line
+
+
 @pytest.fixture(scope="module")
-def calm(yarn, s3) -> dict:
-    """2,048 images prepared on the YARN, and a fault-free infer run of them (run_id calm)."""
-    bucket = "chaos"
-    s3.create_bucket(bucket)
-    upload_cifar_like(f"s3://{bucket}/images/", CHAOS_IMAGES, seed=29, endpoint_url=s3.endpoint_url)
-    model = zoo_builder.write_model(f"s3://{bucket}/models/resnet-18/", endpoint_url=s3.endpoint_url)
-    prepared = yarn.step("chaos-prepare", "prepare/main.py", ["--input", f"s3://{bucket}/images/", "--output",
-                                                              f"s3://{bucket}/shards/"], s3.env)
-    assert prepared["rc"] == 0, prepared["text"][-3000:]
-    out = f"s3://{bucket}/predictions/"
-    infer = ["--manifest", f"s3://{bucket}/shards/manifest.parquet", "--sym-url", model["sym"], "--param-url",
-             model["params"], "--label-url", model["labels"], "--output", out]
-    r = yarn.step("chaos-calm", "infer/main.py", [*infer, "--run-id", "calm"], s3.env)
-    assert r["rc"] == 0 and not r["failed_task_attempts"], r["text"][-3000:]
-    rows = {x["key"]: x for x in _rows(f"{out}run_id=calm/")}
-    assert len(rows) == CHAOS_IMAGES
-    return {"infer": infer, "out": out, "rows": rows, "images": {o.key for o in storage.list_objects(
-        f"s3://{bucket}/images/")}}
+def calm(documented) -> dict:
+    """The fault-free reference: the documented path's completed run (run_id node) of the same manifest."""
+    assert documented["steps"]["rerun"]["rc"] == 0, documented["steps"]["rerun"]["text"][-3000:]
+    rows = {x["key"]: x for x in _rows(f"{documented['out']}run_id=node/")}
+    assert len(rows) == IMAGES
+    return {"infer": documented["infer"], "out": documented["out"], "rows": rows,
+            "images": {o.key for o in storage.list_objects(f"s3://{BUCKET}/images/")}}
 
 
 def _report_rows(html: str) -> dict[int, int]:
@@ -217,7 +250,8 @@ def _report_rows(html: str) -> dict[int, int]:
 @pytest.mark.parametrize("seed", CHAOS_SEEDS)
 def test_chaos_on_yarn_gives_the_fault_free_output(yarn, s3, calm, seed, tmp_path):
     run_id = f"chaos-{seed}"
-    with FaultProxy(s3.endpoint_url, seed=seed) as proxy, Chaos(seed, yarn.cluster.proc.pid, proxy) as chaos:
+    with (FaultProxy(s3.endpoint_url, seed=seed) as proxy,
+          Chaos(seed, yarn.cluster.proc.pid, proxy, span_s=CHAOS_SPAN_S) as chaos):
         r = yarn.step(f"chaos-{seed}", "infer/main.py", [*calm["infer"], "--run-id", run_id],
                       {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url})
     injected = chaos.counts()
@@ -246,4 +280,4 @@ def test_chaos_on_yarn_gives_the_fault_free_output(yarn, s3, calm, seed, tmp_pat
     assert {sid: (s["status"], s["rows"]) for sid, s in latest.items()} == {sid: ("ok", n) for sid, n in per_shard.items()}
     html = storage.read_bytes(f"{calm['out']}_runs/{run_id}/report/index.html").decode()
     assert _report_rows(html) == dict(per_shard)
-    assert f"images written: {CHAOS_IMAGES};" in html and "<h2>Failed shards (0)</h2>" in html
+    assert f"images written: {IMAGES};" in html and "<h2>Failed shards (0)</h2>" in html

@@ -46,28 +46,22 @@ def _option(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
-def test_rerun_command_keeps_local_master_and_explicit_conf(s3, four_shards, model_uris):
-    argv = _fail_then_rerun(four_shards, model_uris, f"s3://{BUCKET}/local/", s3.env,
-                            ["spark.master=local[2]", "spark.task.maxFailures=2", "spark.executor.memoryOverhead=1g"])
-    assert _option(argv, "--master") == "local[2]"
-    assert _option(argv, "--properties-file") == f"{ROOT}/spark-defaults.conf"
-    confs = [argv[i + 1] for i, a in enumerate(argv) if a == "--conf"]
-    # what differs from the properties file travels as --conf; what it already says does not
-    assert "spark.task.maxFailures=2" in confs and "spark.executor.memoryOverhead=1g" in confs
-    assert not any(c.startswith(("spark.python.worker.reuse", "spark.driver.port", "spark.app.")) for c in confs)
-    assert argv[-1] == "--only-failed" and _option(argv, "--run-id") == "r"
-
-
-def test_rerun_command_keeps_a_standalone_master(s3, four_shards, model_uris, tmp_path):
+def test_rerun_command_keeps_the_master_properties_file_and_explicit_conf(s3, four_shards, model_uris, tmp_path):
+    """On a standalone cluster (one test for both kinds of master: the command carries spark.master as read
+    from the running application, local[N] or spark://)."""
     from testkit.standalone import StandaloneCluster
 
     with StandaloneCluster(str(tmp_path), workers=1, cores=1, memory="2g", env=s3.env) as cluster:
         argv = _fail_then_rerun(four_shards, model_uris, f"s3://{BUCKET}/standalone/", s3.env,
                                 [f"spark.master={cluster.master_url}", "spark.executor.memory=1g",
-                                 "spark.cores.max=1"])
+                                 "spark.cores.max=1", "spark.task.maxFailures=2"])
     assert _option(argv, "--master") == cluster.master_url
+    assert _option(argv, "--properties-file") == f"{ROOT}/spark-defaults.conf"
     confs = [argv[i + 1] for i, a in enumerate(argv) if a == "--conf"]
-    assert "spark.executor.memory=1g" in confs and "spark.cores.max=1" in confs
+    # what differs from the properties file travels as --conf; what it already says does not
+    assert {"spark.executor.memory=1g", "spark.cores.max=1", "spark.task.maxFailures=2"} <= set(confs)
+    assert not any(c.startswith(("spark.python.worker.reuse", "spark.driver.port", "spark.app.")) for c in confs)
+    assert argv[-1] == "--only-failed" and _option(argv, "--run-id") == "r"
 
 
 def test_properties_file_parsing():

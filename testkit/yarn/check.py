@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from common import storage  # noqa: E402
 from common.spark import read_properties  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
-from testkit.localdev import LocalS3, make_dist, upload_cifar_like, venv_bin  # noqa: E402
+from testkit.localdev import DEMO_CREDENTIALS, LocalS3, make_dist, upload_cifar_like, venv_bin  # noqa: E402
 from testkit.nodeenv import NodeEnv  # noqa: E402
 from testkit.yarn import YarnCluster  # noqa: E402
 
@@ -217,47 +217,59 @@ def run(workdir: str, images: int = 1024, nodes: int = 2, node_memory_mb: int = 
     EMR's default calculator) would run 3 such executors per node, 12 tasks on 5 vcores.
     configurations.json's capacity-scheduler classification (the dominant-resource
     calculator) is given to this cluster as EMR would, so executors stop at the vcores.
-    ``infer_extra``: more infer flags (the test passes ``--image-size 64``: it checks executors, not the model).
+    ``infer_extra``: more infer flags.
     """
-    emr_defaults = emr_classification("spark-defaults")
     scheduler = {} if memory_only_scheduler else emr_classification("capacity-scheduler")
     os.makedirs(workdir, exist_ok=True)
     dist = pathlib.Path(workdir) / "dist"
     make_dist(dist)
-    runs = []
     with LocalS3() as s3:
         s3.create_bucket(BUCKET)
         upload_cifar_like(f"s3://{BUCKET}/images/", images, endpoint_url=s3.endpoint_url)
         model = zoo_builder.write_model(f"s3://{BUCKET}/models/resnet-18/", endpoint_url=s3.endpoint_url)
         with YarnCluster(workdir, nodes=nodes, memory_mb=node_memory_mb, vcores=node_vcores,
                          extra_conf=scheduler) as cluster:
-            repo_defaults = read_properties(str(ROOT / "spark-defaults.conf"))
-            runs.append(submit(cluster, repo_defaults, workdir, "prepare", "prepare/main.py",
-                               ["--input", f"s3://{BUCKET}/images/", "--output", f"s3://{BUCKET}/shards/"],
-                               s3.env, dist))
-            infer_args = ["--manifest", f"s3://{BUCKET}/shards/manifest.parquet", "--sym-url", model["sym"],
-                          "--param-url", model["params"], "--label-url", model["labels"],
-                          "--output", f"s3://{BUCKET}/predictions/", "--shards-per-task", "1", *infer_extra]
-            trap = {**repo_defaults, "spark.dynamicAllocation.enabled": "false"}
-            runs.append(submit(cluster, trap, workdir, "infer-trap", "infer/main.py",
-                               infer_args + ["--run-id", "yarn-trap"], s3.env, dist))
-            runs.append(submit(cluster, emr_defaults, workdir, "infer-emr-configurations", "infer/main.py",
-                               infer_args + ["--run-id", "yarn-emr"], s3.env, dist))
+            prepare = submit(cluster, read_properties(str(ROOT / "spark-defaults.conf")), workdir, "prepare",
+                             "prepare/main.py", ["--input", f"s3://{BUCKET}/images/", "--output",
+                                                 f"s3://{BUCKET}/shards/"], s3.env, dist)
+            runs = [prepare, *trap_and_fix(cluster, workdir, dist, s3.env, f"s3://{BUCKET}/shards/manifest.parquet",
+                                           model, f"s3://{BUCKET}/predictions/", infer_extra=infer_extra)]
+        return figures_of(cluster, runs, images, nodes, node_vcores, scheduler)
+
+
+def trap_and_fix(cluster: YarnCluster, workdir: str, dist: pathlib.Path, s3_env: dict[str, str], manifest: str,
+                 model: dict[str, str], output: str, node: Optional[NodeEnv] = None,
+                 infer_extra: tuple[str, ...] = ()) -> list[dict]:
+    """Over a prepared manifest: infer with the trap's settings (run_id yarn-trap), with configurations.json's
+    (yarn-emr), and in cluster mode over a manifest that does not exist; each run's figures, with the images
+    and failed shards of its summary.  ``node``: driver and executors in that node environment."""
+    emr_defaults = emr_classification("spark-defaults")
+    args = ["--manifest", manifest, "--sym-url", model["sym"], "--param-url", model["params"],
+            "--label-url", model["labels"], "--output", output, "--shards-per-task", "1", *infer_extra]
+    trap = {**read_properties(str(ROOT / "spark-defaults.conf")), "spark.dynamicAllocation.enabled": "false"}
+    runs = [submit(cluster, trap, workdir, "infer-trap", "infer/main.py", args + ["--run-id", "yarn-trap"], s3_env,
+                   dist, node=node),
+            submit(cluster, emr_defaults, workdir, "infer-emr-configurations", "infer/main.py",
+                   args + ["--run-id", "yarn-emr"], s3_env, dist, node=node),
             # cluster mode, bad input: where the driver's line lands, what the step's exit code is, one attempt
-            runs.append(submit(cluster, emr_defaults, workdir, "infer-cluster-mode-bad-input", "infer/main.py",
-                               ["--manifest", f"s3://{BUCKET}/no-such/manifest.parquet", *infer_args[2:]],
-                               s3.env, dist, deploy_mode="cluster"))
-            capabilities = cluster.node_capabilities()
-        for r in runs:
-            if r["name"] in ("infer-trap", "infer-emr-configurations"):
-                run_id = "yarn-trap" if r["name"] == "infer-trap" else "yarn-emr"
-                summary = json.loads(storage.read_bytes(f"s3://{BUCKET}/predictions/_runs/{run_id}/summary.json",
-                                                         s3.endpoint_url))
-                r["images"], r["shards_failed"] = summary.get("images_written"), summary.get("shards_failed")
-                r["model_loads"] = summary.get("model_loads")
-                r["images_per_s"] = summary.get("images_per_s")
-    cores = int(emr_defaults["spark.executor.cores"])
-    shards = -(-images // 64)  # one task per shard here
+            submit(cluster, emr_defaults, workdir, "infer-cluster-mode-bad-input", "infer/main.py",
+                   ["--manifest", manifest.rsplit("/", 1)[0] + "/no-such/manifest.parquet", *args[2:]], s3_env,
+                   dist, deploy_mode="cluster", node=node)]
+    for r, run_id in zip(runs, ("yarn-trap", "yarn-emr")):
+        summary = json.loads(storage.read_bytes(f"{output}_runs/{run_id}/summary.json", s3_env["AWS_ENDPOINT_URL"]))
+        r["images"], r["shards_failed"] = summary.get("images_written"), summary.get("shards_failed")
+        r["model_loads"] = summary.get("model_loads")
+        r["images_per_s"] = summary.get("images_per_s")
+    return runs
+
+
+def figures_of(cluster: YarnCluster, runs: list[dict], images: int, nodes: int, node_vcores: int,
+               scheduler: dict[str, str]) -> dict:
+    """The figures of a check: the cluster as its nodes report it, the runs, and the executor cores
+    configurations.json's spark-defaults should reach on it (one task per shard)."""
+    capabilities = cluster.node_capabilities()
+    cores = int(emr_classification("spark-defaults")["spark.executor.cores"])
+    shards = -(-images // 64)
     fit = min(executors_that_fit(nodes, node_vcores, cores), -(-shards // cores))
     return {"cluster": {"nodes": len(capabilities), "node_memory_mb": capabilities[0][0] if capabilities else None,
                         "node_vcores": capabilities[0][1] if capabilities else None, "hadoop": "3.4.1 (MiniYARNCluster)",
@@ -306,6 +318,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "executors placed by memory alone, more task slots than vcores (the check then fails)")
     args = p.parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="shardinfer-yarn-")
+    # this program's own clients of the local S3 server sign with its fake credentials (the endpoint is passed)
+    for k, v in DEMO_CREDENTIALS.items():
+        os.environ.setdefault(k, v)
     figures = run(workdir, images=args.images, memory_only_scheduler=args.memory_only_scheduler)
     print(f"YARN test cluster: {figures['cluster']}")
     print(f"{'run':<30} {'rc':>3} {'executors':>9} {'cores':>5} {'max tasks':>9} {'wall s':>7} {'img/s':>6} "

@@ -42,7 +42,7 @@ node-env: setup
 # Four lines, side by side: on Spark 4.0 (`.venv`), the tests whose subject may depend on Spark's version
 # (`make test-spark4`) and, a line of their own to spread the load, those whose subject does not (marker
 # `once`: the model's numbers, image decoding and formats, the SQL over the output, Glue and encryption, the
-# manifest's checks, the demo: `make test-once`); on Spark 3.5 (EMR 7's) the tests of the first kind that run
+# manifest's checks, the EMR files and bootstrap, the demo: `make test-once`); on Spark 3.5 (EMR 7's) the tests of the first kind that run
 # Spark (`make test-spark35`); and the systems around the jobs (`make test-systems`): the shipped code in a
 # node's environment, the documented steps, the YARN trap and chaos on a local YARN (tests/test_node_env.py),
 # and Trino over Glue and S3 (tests/test_trino.py). test-spark4 and test-once together

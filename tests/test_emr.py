@@ -18,6 +18,7 @@ from botocore.validate import ParamValidator
 from common.spark import executor_layout_warning, read_properties
 from testkit.localdev import ROOT, venv_bin
 
+pytestmark = pytest.mark.once  # the EMR files, the bootstrap and the README's steps: the same on either Spark line
 EMR = os.path.join(ROOT, "deploy", "emr")
 BOOTSTRAP = os.path.join(EMR, "bootstrap.sh")
 

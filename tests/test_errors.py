@@ -103,37 +103,6 @@ def test_error_through_spark_submit(s3):
     assert "Traceback" not in both
 
 
-@pytest.mark.spark
-def test_secret_key_is_never_written(s3, model_uris, tmp_path):
-    """Credentials in the environment: nothing the run writes (logs, records, event log, output) holds the secret."""
-    from testkit.localdev import upload_cifar_like
-
-    secret = f"SECRET-{uuid.uuid4().hex}"
-    env = {**s3.env, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": f"TOKEN-{secret}"}
-    s3.create_bucket("secrets")
-    upload_cifar_like("s3://secrets/in/", 20, seed=41, endpoint_url=s3.endpoint_url)
-    events = tmp_path / "events"
-    events.mkdir()
-    conf = ["spark.master=local[2]", "spark.eventLog.enabled=true", f"spark.eventLog.dir=file://{events}"]
-    outputs = []
-    p = run_spark_submit("prepare/main.py", ["--input", "s3://secrets/in/", "--output", "s3://secrets/shards/",
-                                             "--batch", "8", "--verbose"], env, conf)
-    outputs += [p.stdout, p.stderr]
-    assert p.returncode == 0, p.stderr[-3000:]
-    storage.write_bytes("s3://secrets/shards/shards/shard-00001.rec", b"damaged")  # exercise the error paths too
-    i = run_spark_submit("infer/main.py", infer_args("s3://secrets/shards/manifest.parquet", model_uris,
-                                                     "s3://secrets/pred/", "--verbose"), env, conf)
-    outputs += [i.stdout, i.stderr]
-    assert i.returncode == 1, i.stderr[-3000:]
-    written = [storage.read_bytes(f"s3://secrets/{o.key}") for o in storage.list_objects("s3://secrets/")
-               if not o.key.startswith("in/")]
-    event_files = [f.read_bytes() for f in events.rglob("*") if f.is_file()]
-    assert event_files, "no Spark event log was written"
-    assert len(written) > 5
-    for blob in [o.encode() for o in outputs] + written + event_files:
-        assert secret.encode() not in blob
-
-
 def test_a_job_ends_with_its_own_exit_code_and_its_output_flushed(tmp_path):
     """The jobs end through common.cli.exit_process (os._exit after flushing): pyarrow's thread pools
     can abort a normal interpreter teardown (exit 134 after a successful run, apache/arrow#34314)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 
@@ -15,19 +16,22 @@ pytestmark = pytest.mark.spark  # every test here runs the jobs
 
 @pytest.fixture(scope="module")
 def watched_run(s3, model_uris, tmp_path_factory):
-    """prepare + infer through spark-submit on 40 images (5 shards of 8), progress as plain lines, event log on."""
+    """prepare (--verbose) + infer through spark-submit on 40 images (5 shards of 8), progress as plain lines,
+    event log on, a secret key and session token of their own in the environment."""
     s3.create_bucket("watched")
     upload_cifar_like("s3://watched/in/", 40, seed=71, endpoint_url=s3.endpoint_url)
     events = tmp_path_factory.mktemp("events")
-    env = {**s3.env, "SHARDINFER_PROGRESS": "lines", "SHARDINFER_PROGRESS_INTERVAL": "1"}
+    secret = f"SECRET-{uuid.uuid4().hex}"
+    env = {**s3.env, "SHARDINFER_PROGRESS": "lines", "SHARDINFER_PROGRESS_INTERVAL": "1",
+           "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": f"TOKEN-{secret}"}
     conf = ["spark.master=local[2]", f"spark.eventLog.dir=file://{events}/new-dir"]
     p = run_spark_submit("prepare/main.py", ["--input", "s3://watched/in/", "--output", "s3://watched/shards/",
-                                             "--batch", "8"], env, conf)
+                                             "--batch", "8", "--verbose"], env, conf)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     i = run_spark_submit("infer/main.py", infer_args("s3://watched/shards/manifest.parquet", model_uris,
                                                      "s3://watched/pred/", "--run-id", "w"), env, conf)
     assert i.returncode == 0, i.stdout[-2000:] + i.stderr[-2000:]
-    return {"prepare": p, "infer": i, "events": events / "new-dir"}
+    return {"prepare": p, "infer": i, "events": events / "new-dir", "env": env, "secret": secret}
 
 
 def test_progress_lines_end_with_everything_done(watched_run):
@@ -72,6 +76,32 @@ def test_event_log_written_to_the_configured_directory(watched_run):
     logs = list(watched_run["events"].iterdir())
     assert len(logs) == 2  # prepare and infer, in a directory that did not exist before
     assert all("local-" in p.name or "app-" in p.name for p in logs)
+
+
+def test_secret_key_is_never_written(watched_run, model_uris, tmp_path):
+    """Credentials in the environment: nothing the runs write (logs, records, event logs, output) holds the
+    secret — the watched run (prepare with --verbose) and an infer with --verbose over a damaged shard (the
+    error paths too)."""
+    secret, events = watched_run["secret"], tmp_path / "events"
+    events.mkdir()
+    shard = "s3://watched/shards/shards/shard-00001.rec"
+    good = storage.read_bytes(shard)
+    storage.write_bytes(shard, b"damaged")
+    try:
+        i = run_spark_submit("infer/main.py", infer_args("s3://watched/shards/manifest.parquet", model_uris,
+                                                         "s3://watched/secret-pred/", "--verbose"), watched_run["env"],
+                             ["spark.master=local[2]", f"spark.eventLog.dir=file://{events}"])
+    finally:
+        storage.write_bytes(shard, good)
+    assert i.returncode == 1, i.stderr[-3000:]
+    outputs = [watched_run[k].stdout + watched_run[k].stderr for k in ("prepare", "infer")] + [i.stdout + i.stderr]
+    written = [storage.read_bytes(f"s3://watched/{o.key}") for o in storage.list_objects("s3://watched/")
+               if not o.key.startswith("in/")]
+    event_files = [f.read_bytes() for d in (events, watched_run["events"]) for f in d.rglob("*") if f.is_file()]
+    assert len(event_files) >= 3, "no Spark event log was written"
+    assert len(written) > 10 and any(o.key.startswith("secret-pred/") for o in storage.list_objects("s3://watched/"))
+    for blob in [o.encode() for o in outputs] + written + event_files:
+        assert secret.encode() not in blob
 
 
 def test_report_counts_a_shard_whose_writing_try_was_lost():

@@ -42,12 +42,14 @@ node-env: setup
 # Four lines, side by side: on Spark 4.0 (`.venv`), the tests whose subject may depend on Spark's version
 # (`make test-spark4`) and, a line of their own to spread the load, those whose subject does not (marker
 # `once`: the model's numbers, image decoding and formats, the SQL over the output, Glue and encryption, the
-# manifest's checks, the EMR files and bootstrap, the demo: `make test-once`); on Spark 3.5 (EMR 7's) the tests of the first kind that run
-# Spark (`make test-spark35`); and the systems around the jobs (`make test-systems`): the shipped code in a
-# node's environment, the documented steps, the YARN trap and chaos on a local YARN (tests/test_node_env.py),
-# and Trino over Glue and S3 (tests/test_trino.py). test-spark4 and test-once together
-# are the whole suite on Spark 4 but the systems. Each line ends with its slowest tests; -Otarget prints each
-# line's output whole when it ends. Hadoop's jars and Trino are fetched first, once.
+# manifest's checks, the EMR files and bootstrap, the demo: `make test-once`); on Spark 3.5 (EMR 7's) the
+# tests of the first kind that run Spark (`make test-spark35`); and the systems around the jobs
+# (`make test-systems`): the shipped code in a node's environment, the documented steps, the YARN trap and
+# chaos on one local YARN (tests/test_node_env.py), and Trino over Glue and S3 (tests/test_trino.py).
+# test-spark4 and test-once together are the whole suite on Spark 4 but the systems (marker `spread`: a
+# Spark test whose Spark 4 run the once line takes, to even out the two; it still runs on Spark 3.5). Each
+# line ends with its slowest tests; -Otarget prints each line's output whole when it ends. Hadoop's jars and
+# Trino are fetched first, once.
 test:
 	@$(MAKE) --no-print-directory -j4 -Otarget test-spark4 test-once test-spark35 test-systems
 
@@ -62,10 +64,10 @@ trino: setup
 	@$(PY) -m testkit.trino
 
 test-spark4: setup
-	$(PY) -m pytest -m "not node and not yarn and not trino and not once" --durations=15
+	$(PY) -m pytest -m "not node and not yarn and not trino and not once and not spread" --durations=15
 
 test-once: setup
-	$(PY) -m pytest -p no:cacheprovider -m once --durations=10
+	$(PY) -m pytest -p no:cacheprovider -m "once or spread" --durations=10
 
 test-spark35: setup-spark35
 	$(PY35) -m pytest -p no:cacheprovider -m "spark and not node and not yarn and not trino and not once" --durations=10

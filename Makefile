@@ -29,8 +29,16 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup-spark35: check-python check-java $(STAMP35)
 
-$(STAMP35): setup.cfg pyproject.toml $(STAMP)
+# Its pinned dependencies install while .venv is built (scripts/requirements.py reads setup.cfg); the project
+# itself after .venv's install, so the two never write its egg-info at once.
+DEPS35 := $(VENV35)/.shardinfer-deps
+$(DEPS35): setup.cfg pyproject.toml | check-python
 	@test -x $(PY35) || $(PYTHON) -m venv $(VENV35)
+	$(PYTHON) scripts/requirements.py test bench import spark35 > $(VENV35)/requirements.txt
+	$(PY35) -m pip install --quiet --disable-pip-version-check -r $(VENV35)/requirements.txt
+	@touch $(DEPS35)
+
+$(STAMP35): $(DEPS35) $(STAMP)
 	$(PY35) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,import,spark35]'
 	@touch $(STAMP35)
 

@@ -211,7 +211,8 @@ def test_the_two_executor_trap_and_its_fix_on_yarn(yarn, s3, documented):
     runs = trap_and_fix(yarn.cluster, yarn.work, yarn.dist, s3.env, f"s3://{BUCKET}/shards/manifest.parquet",
                         documented["model"], f"s3://{BUCKET}/yarn-check/", node=yarn.node,
                         infer_extra=("--image-size", "64"))
-    figures = figures_of(yarn.cluster, runs, IMAGES, 2, 5, emr_classification("capacity-scheduler"))
+    figures = figures_of(yarn.cluster, runs, IMAGES, yarn.cluster.nodes, yarn.cluster.vcores,
+                         emr_classification("capacity-scheduler"))
     assert problems(figures) == []
     trap, fix, bad = runs
     assert (trap["executors"], trap["cores_per_executor"]) == (2, [1])

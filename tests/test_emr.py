@@ -3,7 +3,6 @@ the README's `aws emr` block run against the local EMR/S3 server, and the execut
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import pytest
 from botocore.validate import ParamValidator
 
 from common.spark import executor_layout_warning, read_properties
+from scripts.requirements import requirements
 from testkit.localdev import ROOT, venv_bin
 
 pytestmark = pytest.mark.once  # the EMR files, the bootstrap and the README's steps: the same on either Spark line
@@ -29,10 +29,7 @@ def _json(name: str):
 
 
 def _install_requires() -> list[str]:
-    cfg = configparser.ConfigParser()
-    cfg.read(os.path.join(ROOT, "setup.cfg"))
-    return [ln.strip() for ln in cfg["options"]["install_requires"].splitlines()
-            if ln.strip() and not ln.strip().startswith("#")]
+    return requirements([])  # setup.cfg's install_requires, read as the Makefile reads it
 
 
 def _bootstrap_pins() -> list[str]:

@@ -383,8 +383,9 @@ class BoundModel:
         """Bind ``sym`` and copy in the parameters (every argument must have one: see :func:`check_model`)."""
         self.batch_size = batch_size
         # only the input's type is given: a converted model's other arguments keep their own (int8, bf16)
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         self._exe = sym.simple_bind(device_context(device), grad_req="null", type_dict={DATA_NAME: np.float32},
-                                    **{DATA_NAME: (batch_size, 3, image_size, image_size)})
+                                    **{DATA_NAME: (batch_size, 3, height, width)})
         for name, target in self._exe.arg_dict.items():
             if name != DATA_NAME:
                 target[:] = arg[name]

@@ -1,0 +1,103 @@
+"""Export torchvision and timm classifiers with torch.onnx (TorchScript and dynamo exporters) into the corpus.
+
+Run by ``make onnx-corpus`` in ``.venv-corpus-torch`` (testkit/corpus/requirements-torch.txt); writes
+``testkit/corpus/models/<name>.onnx``, each stripped of its weights (testkit/onnx_corpus.py).  Weights are
+each architecture's own initialisation; BatchNorm running statistics are first set from one train-mode
+pass over a seeded batch, so the eval-mode network is normalised as a trained one would be.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import onnx  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from testkit.corpus import MODELS_DIR  # noqa: E402
+from testkit.onnx_corpus import strip  # noqa: E402
+
+# name: (family, builder, input size, exporter, opset, dynamic batch)
+TV = torchvision.models
+MODELS = {
+    "resnet18-torchscript-op11": ("torchvision", lambda: TV.resnet18(), 224, "torchscript", 11, True),
+    "resnet18-dynamo-op18-fixedbatch": ("torchvision", lambda: TV.resnet18(), 224, "dynamo", 18, False),
+    "mobilenet_v2-torchscript-op13": ("torchvision", lambda: TV.mobilenet_v2(), 224, "torchscript", 13, True),
+    "mobilenet_v3_small-torchscript-op17": ("torchvision", lambda: TV.mobilenet_v3_small(), 224, "torchscript", 17,
+                                            True),
+    "mobilenet_v3_small-dynamo-op18": ("torchvision", lambda: TV.mobilenet_v3_small(), 224, "dynamo", 18, True),
+    "efficientnet_b0-torchscript-op13": ("torchvision", lambda: TV.efficientnet_b0(), 224, "torchscript", 13, True),
+    "regnet_y_400mf-torchscript-op17": ("torchvision", lambda: TV.regnet_y_400mf(), 224, "torchscript", 17, True),
+    "densenet121-torchscript-op11": ("torchvision", lambda: TV.densenet121(), 224, "torchscript", 11, True),
+    "convnext_tiny-torchscript-op17": ("torchvision", lambda: TV.convnext_tiny(), 224, "torchscript", 17, True),
+    "squeezenet1_1-torchscript-op11": ("torchvision", lambda: TV.squeezenet1_1(), 224, "torchscript", 11, True),
+    "shufflenet_v2_x0_5-torchscript-op13": ("torchvision", lambda: TV.shufflenet_v2_x0_5(), 224, "torchscript", 13,
+                                            True),
+    "googlenet-torchscript-op13": ("torchvision", lambda: TV.googlenet(aux_logits=False, init_weights=True), 224,
+                                   "torchscript", 13, True),
+    "inception_v3-torchscript-op11": ("torchvision", lambda: TV.inception_v3(aux_logits=False, init_weights=True), 299,
+                                      "torchscript", 11, True),
+    "vit_tiny_patch16_224-torchscript-op17": ("timm", lambda: timm.create_model("vit_tiny_patch16_224"), 224,
+                                              "torchscript", 17, True),
+    "deit_tiny_patch16_224-dynamo-op18": ("timm", lambda: timm.create_model("deit_tiny_patch16_224"), 224, "dynamo",
+                                          18, True),
+    # timm's attention is aten::scaled_dot_product_attention, which the TorchScript exporter writes from opset 14
+    "deit_tiny_patch16_224-torchscript-op14": ("timm", lambda: timm.create_model("deit_tiny_patch16_224"), 224,
+                                               "torchscript", 14, True),
+    # CLIP's image tower as timm builds it (pre-norm, QuickGELU), at 4 blocks of width 256 to keep CI small
+    "clip_vit_b32_4blocks-torchscript-op17": ("timm", lambda: timm.create_model(
+        "vit_base_patch32_clip_224", embed_dim=256, depth=4, num_heads=4), 224, "torchscript", 17, True),
+    "mobilenetv3_small_100-timm-torchscript-op13": ("timm", lambda: timm.create_model("mobilenetv3_small_100"), 224,
+                                                    "torchscript", 13, True),
+    "efficientnet_b0-timm-dynamo-op18": ("timm", lambda: timm.create_model("efficientnet_b0"), 224, "dynamo", 18,
+                                         True),
+    "convnext_atto-timm-torchscript-op17": ("timm", lambda: timm.create_model("convnext_atto"), 224, "torchscript",
+                                            17, True),
+}
+
+
+def _calibrate_batchnorm(model: torch.nn.Module, size: int) -> None:
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the pass
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(1)))
+
+
+def export(name: str) -> str:
+    family, build, size, exporter, opset, dynamic = MODELS[name]
+    torch.manual_seed(0)
+    model = build()
+    _calibrate_batchnorm(model, size)
+    model.eval()
+    x = torch.randn(1, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.onnx")
+        if exporter == "dynamo":
+            shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
+            torch.onnx.export(model, (x,), path, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+                              input_names=["x"])
+        else:
+            torch.onnx.export(model, (x,), path, dynamo=False, opset_version=opset, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}} if dynamic else None)
+        proto = onnx.load(path)  # external data (dynamo writes it) read back in
+    source = {"family": family, "exporter": f"torch.onnx ({exporter})", "torch": torch.__version__.split("+")[0],
+              "torchvision": torchvision.__version__.split("+")[0], "timm": timm.__version__, "opset": opset,
+              "layout": "NCHW", "size": size, "dynamic_batch": dynamic}
+    out = os.path.join(MODELS_DIR, f"{name}.onnx")
+    onnx.save(strip(proto, source), out)
+    return out
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or MODELS:
+        print(export(name), os.path.getsize(os.path.join(MODELS_DIR, f"{name}.onnx")), flush=True)

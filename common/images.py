@@ -25,7 +25,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -244,19 +244,41 @@ def parse_triple(text: str, what: str) -> tuple[float, float, float]:
         raise ValueError(f"{what} {text!r}: {e}" if "expected" not in str(e) else str(e)) from e
 
 
+def parse_size(text, what: str = "--image-size") -> tuple[int, int]:
+    """``"224"`` -> (224, 224); ``"48x192"`` -> (48, 192): height x width."""
+    parts = str(text).lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{what} {text!r}: expected S or HxW, e.g. 224 or 48x192")
+    h, w = (int(parts[0]), int(parts[-1]))
+    return h, w
+
+
+def size_text(size: tuple[int, int]) -> str:
+    """``224`` for a square size, ``48x192`` otherwise (what --image-size takes)."""
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """infer's preprocessing (DESIGN.md): size S, resize mode, per-channel mean and std."""
+    """infer's preprocessing (DESIGN.md): size S or (H, W), resize mode, channel order, per-channel mean and std."""
 
-    size: int = INPUT_SIZE
+    size: Union[int, tuple[int, int]] = INPUT_SIZE
     resize: str = "stretch"
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     decode: str = DEFAULT_DECODE
+    channel_order: str = "rgb"
 
     def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ValueError(f"--image-size must be at least 8, got {self.size}")
+        hw = (self.size, self.size) if isinstance(self.size, int) else tuple(int(v) for v in self.size)
+        object.__setattr__(self, "size", hw[0] if hw[0] == hw[1] else hw)  # a square size stays one number
+        if min(hw) < 8:
+            raise ValueError(f"--image-size must be at least 8, got {size_text(hw)}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"--channel-order {self.channel_order!r}: expected one of {', '.join(CHANNEL_ORDERS)}")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"--resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
         if any(s <= 0 for s in self.std):
@@ -270,14 +292,25 @@ class Preprocessing:
         return self == Preprocessing(decode=self.decode)
 
     @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        return (self.size, self.size) if isinstance(self.size, int) else self.size
+
+    @property
+    def _cover(self) -> tuple[int, int]:
+        """(height, width) the image is resized to cover before shorter-side-crop's centre crop."""
+        return tuple(round(v * 256 / 224) for v in self.hw)  # type: ignore[return-value]
+
+    @property
     def min_side(self) -> int:
         """The shorter side the resize needs from the decoded image."""
-        return self.size if self.resize == "stretch" else round(self.size * 256 / 224)
+        return max(self.hw) if self.resize == "stretch" else max(self._cover)
 
     def record(self) -> dict:
         """What run.json says (EXIF orientation is always applied)."""
-        return {"image_size": self.size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
-                "exif_orientation": "applied", "interpolation": "LANCZOS", "color": "RGB", "decode": self.decode}
+        return {"image_size": self.size if isinstance(self.size, int) else size_text(self.hw), "resize": self.resize,
+                "mean": list(self.mean), "std": list(self.std), "exif_orientation": "applied", "interpolation": "LANCZOS", "color": "RGB",
+                "channel_order": self.channel_order, "decode": self.decode}
 
     def decode_image(self, data: bytes, key: str) -> Image.Image:
         """Decode ``data`` as this preprocessing's decode says (:func:`decode_rgb`)."""
@@ -285,32 +318,32 @@ class Preprocessing:
 
     def describe(self) -> str:
         """A stable text of size, resize and normalisation (for digests and run ids; the decode is apart)."""
-        return (f"size={self.size};resize={self.resize};mean={','.join(f'{v:g}' for v in self.mean)};"
+        text = (f"size={size_text(self.hw)};resize={self.resize};mean={','.join(f'{v:g}' for v in self.mean)};"
                 f"std={','.join(f'{v:g}' for v in self.std)}")
+        return text + (f";channels={self.channel_order}" if self.channel_order != "rgb" else "")  # rgb: as before
 
     def short_hash(self) -> str:
         """8 hex digits of :meth:`describe`."""
         return hashlib.sha256(self.describe().encode()).hexdigest()[:8]
 
     def resized(self, img: Image.Image) -> Image.Image:
-        """The S x S image the model sees (before normalisation)."""
-        s = self.size
+        """The H x W image the model sees (before normalisation)."""
+        h, w = self.hw
         gap = REDUCING_GAP if self.decode == "fast" else None
         if self.resize == "stretch":
-            return img.resize((s, s), Image.LANCZOS, reducing_gap=gap)
-        w, h = img.size
-        short = self.min_side
-        if w <= h:
-            nw, nh = short, max(short, round(h * short / w))
-        else:
-            nw, nh = max(short, round(w * short / h)), short
+            return img.resize((w, h), Image.LANCZOS, reducing_gap=gap)
+        iw, ih = img.size
+        ch, cw = self._cover
+        scale = max(cw / iw, ch / ih)  # square: the shorter side becomes round(S * 256 / 224)
+        nw, nh = max(cw, round(iw * scale)), max(ch, round(ih * scale))
         img = img.resize((nw, nh), Image.LANCZOS, reducing_gap=gap)
-        left, top = (nw - s) // 2, (nh - s) // 2
-        return img.crop((left, top, left + s, top + s))
+        left, top = (nw - w) // 2, (nh - h) // 2
+        return img.crop((left, top, left + w, top + h))
 
     def into(self, img: Image.Image, out: np.ndarray) -> None:
-        """Write an RGB image into ``out`` (3 x S x S float32), normalised."""
-        out[...] = np.asarray(self.resized(img), dtype=np.uint8).transpose(2, 0, 1)
+        """Write an RGB image into ``out`` (3 x H x W float32), channels in this order, normalised."""
+        pixels = np.asarray(self.resized(img), dtype=np.uint8)
+        out[...] = (pixels if self.channel_order == "rgb" else pixels[:, :, ::-1]).transpose(2, 0, 1)
         if self.mean != (0.0, 0.0, 0.0):
             out -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
         if self.std != (1.0, 1.0, 1.0):
@@ -322,7 +355,7 @@ DEFAULT_PREPROCESSING = Preprocessing()
 
 def preprocess(data: bytes, key: str, prep: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
     """One image's model input: a 3 x S x S float32 array."""
-    out = np.empty((3, prep.size, prep.size), dtype=np.float32)
+    out = np.empty((3,) + prep.hw, dtype=np.float32)
     prep.into(prep.decode_image(data, key), out)
     return out
 

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -43,8 +43,8 @@ class ModelSpec:
     # fp32 params it was made from, which the ``model`` column names.
     precision: str = "fp32"
     source_params_sha256: Optional[str] = None
-    # The input is (batch, 3, image_size, image_size).
-    image_size: int = INPUT_SIZE
+    # The input is (batch, 3, image_size, image_size), or (batch, 3, H, W) for a (H, W) pair.
+    image_size: Union[int, tuple[int, int]] = INPUT_SIZE
     # --output-layer: an internal output (e.g. flatten0_output) returned beside the class scores.
     output_layer: Optional[str] = None
     # False for an embeddings-only run (--top-k 0): no labels, no softmax, only the output layer.
@@ -258,6 +258,11 @@ def unfused_at(sym, output: str):
     return mx.sym.load_json(json.dumps(graph))
 
 
+def input_hw(image_size: Union[int, tuple[int, int]]) -> tuple[int, int]:
+    """(height, width) of an ``image_size`` given as S or (H, W)."""
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
 def check_model(files: ModelFiles, spec: ModelSpec):
     """Check that every symbol argument has a parameter of the right shape.
 
@@ -287,11 +292,11 @@ def check_model_head(files: ModelFiles, spec: ModelSpec) -> CheckedModel:
     :data:`HEAD_NONE`) and the output layer's values per image (0 without one)."""
     sym, head = _inference_symbol(files, spec)
     arg, aux = _split_params(files, spec)
-    size = spec.image_size
+    height, width = input_hw(spec.image_size)
     try:
-        arg_shapes, out_shapes, aux_shapes = sym.infer_shape(**{DATA_NAME: (spec.batch_size, 3, size, size)})
+        arg_shapes, out_shapes, aux_shapes = sym.infer_shape(**{DATA_NAME: (spec.batch_size, 3, height, width)})
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"{spec.sym_url}: shape inference failed for 3x{size}x{size} input: "
+        raise ModelError(f"{spec.sym_url}: shape inference failed for 3x{height}x{width} input: "
                          f"{str(e).splitlines()[0]}") from e
     expected = dict(zip(sym.list_arguments(), arg_shapes))
     expected.update(zip(sym.list_auxiliary_states(), aux_shapes))
@@ -379,11 +384,12 @@ class BoundModel:
     second copy of 38 MB was 4 % of a forward pass.
     """
 
-    def __init__(self, sym, arg: dict, aux: dict, batch_size: int, device: str = "cpu", image_size: int = INPUT_SIZE):
+    def __init__(self, sym, arg: dict, aux: dict, batch_size: int, device: str = "cpu",
+                 image_size: Union[int, tuple[int, int]] = INPUT_SIZE):
         """Bind ``sym`` and copy in the parameters (every argument must have one: see :func:`check_model`)."""
         self.batch_size = batch_size
         # only the input's type is given: a converted model's other arguments keep their own (int8, bf16)
-        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        height, width = input_hw(image_size)
         self._exe = sym.simple_bind(device_context(device), grad_req="null", type_dict={DATA_NAME: np.float32},
                                     **{DATA_NAME: (batch_size, 3, height, width)})
         for name, target in self._exe.arg_dict.items():

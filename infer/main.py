@@ -48,7 +48,8 @@ from common.cli import (UsageError, add_common_arguments, encryption_from, endpo
                         first_line, run_cli)
 from common.spark import spark_context, submit_options, task_attempts  # noqa: E402
 from common.manifest import Manifest, check_parts_listed, read_manifest  # noqa: E402
-from common.images import DECODES, DEFAULT_DECODE, INPUT_SIZE, RESIZE_MODES, Preprocessing, parse_triple  # noqa: E402
+from common.images import (CHANNEL_ORDERS, DECODES, DEFAULT_DECODE, INPUT_SIZE, RESIZE_MODES, Preprocessing,  # noqa: E402
+                           parse_size, parse_triple)
 from common.model import ModelFiles, ModelSpec, check_model_head, fetch_model  # noqa: E402
 from common.output import check_run_id, default_run_id, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
@@ -82,10 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "manifest id, the model and a non-fp32 precision, so a rerun fills in the same run)")
     p.add_argument("--top-k", type=int, default=5, help="classes kept per image, best first (default 5); 0 with "
                    "--output-layer: embeddings only (no labels, no softmax, top_k columns null)")
-    p.add_argument("--image-size", type=int, default=INPUT_SIZE, help=f"model input S x S (default {INPUT_SIZE})")
+    p.add_argument("--image-size", default=str(INPUT_SIZE), help=f"model input S x S, or H x W as HxW, e.g. 48x192 "
+                   f"(default {INPUT_SIZE}; import_onnx prints the size it read)")
     p.add_argument("--resize", choices=RESIZE_MODES, default="stretch", help="stretch (default): resize to S x S; "
-                   "shorter-side-crop: shorter side to round(S*256/224), then the centre S x S crop")
-    p.add_argument("--mean", default="0,0,0", help="per-channel mean R,G,B subtracted from 0..255 pixels (default "
+                   "shorter-side-crop: shorter side to round(S*256/224), then the centre S x S crop (HxW: the image "
+                   "covers round(H*256/224) x round(W*256/224), then the centre H x W crop)")
+    p.add_argument("--channel-order", choices=CHANNEL_ORDERS, default="rgb", help="the order the model takes its "
+                   "colour channels in: rgb (default; PyTorch, timm, Keras) or bgr (Caffe-, OpenCV- and many "
+                   "Paddle-trained models); --mean and --std are given in this order")
+    p.add_argument("--mean", default="0,0,0", help="per-channel mean (in --channel-order) subtracted from 0..255 pixels (default "
                    "0,0,0; a Gluon model zoo export wants 123.675,116.28,103.53)")
     p.add_argument("--std", default="1,1,1", help="per-channel divisor R,G,B after the mean (default 1,1,1; Gluon: "
                    "58.395,57.12,57.375)")
@@ -162,8 +168,8 @@ def preprocessing(args: argparse.Namespace) -> Preprocessing:
         UsageError: a bad --image-size, --resize, --mean or --std (named).
     """
     try:
-        return Preprocessing(args.image_size, args.resize, parse_triple(args.mean, "--mean"),
-                             parse_triple(args.std, "--std"), args.decode)
+        return Preprocessing(parse_size(args.image_size), args.resize, parse_triple(args.mean, "--mean"),
+                             parse_triple(args.std, "--std"), args.decode, args.channel_order)
     except ValueError as e:
         raise UsageError(str(e)) from e
 

@@ -43,6 +43,7 @@ class Converted:
     fixed_batch: Optional[int]  # the batch size the model was exported with, where it is fixed
     nodes: dict = field(default_factory=dict)  # op -> how many
     folded: int = 0  # nodes evaluated at import
+    tensors: dict = field(default_factory=dict)  # ONNX value name -> the MXNet internal output that holds it
 
 
 def _name(text: str) -> str:
@@ -320,6 +321,7 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
     g.values[input_name] = g.data if layout == "NCHW" else mx.sym.transpose(g.data, axes=(0, 2, 3, 1),
                                                                              name="data_nhwc")
     producer = {input_name: "input"}
+    tensors: dict[str, str] = {}
     counts: dict[str, int] = {}
     layers: set[str] = set()
     folded = 0
@@ -356,12 +358,18 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
             continue
         try:
             out = converter_for(op, opset, where)(g, node)
+        except OnnxImportError:
+            raise
         except mx.base.MXNetError as e:
             raise OnnxImportError(f"{where}: MXNet cannot express this node: {_mx_reason(e)}") from e
+        except Exception as e:  # noqa: BLE001 - a node of a form no converter expects: named, never a traceback
+            raise OnnxImportError(f"{where}: this form of {op} is not supported ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from e
         outs = out if isinstance(out, list) else [out]
         for name, sym in zip(proto.output, outs):
             if name:
                 g.values[name] = sym
+                tensors[name] = sym.list_outputs()[0]
                 producer[name] = producer.get(proto.input[0], op) if op in ("Identity", "Dropout", "Cast") else op
     final = graph.output[0].name
     if final not in g.values:
@@ -377,7 +385,7 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
     keep, keep_aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
     return Converted(sym.tojson(), {k: v for k, v in g.arg.items() if k in keep},
                      {k: v for k, v in g.aux.items() if k in keep_aux}, tuple(fixed) if fixed else None, probe,
-                     layout, producer.get(final, ""), opset, input_name, batch, counts, folded)
+                     layout, producer.get(final, ""), opset, input_name, batch, counts, folded, tensors)
 
 
 def _mx_reason(e: Exception) -> str:

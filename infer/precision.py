@@ -25,7 +25,8 @@ import numpy as np
 from common import storage
 from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE, Preprocessing
 from common.manifest import Manifest
-from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
+from common.model import (DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, input_hw,
+                          params_bytes)
 from infer.cpu import cpu_info, speed_warning
 from infer.sample import Sample, load_sample, sample_plan, sample_shards
 
@@ -44,7 +45,7 @@ def _padded(images: np.ndarray, batch: int) -> np.ndarray:
 
 
 def top1(sym, arg: dict, aux: dict, batches: Iterable[np.ndarray], batch: int = 64,
-         image_size: int = INPUT_SIZE) -> np.ndarray:
+         image_size=INPUT_SIZE) -> np.ndarray:
     """Top-1 class per image of ``batches`` (each of at most ``batch`` rows)."""
     model = BoundModel(sym, arg, aux, batch, image_size=image_size)
     out = [model.forward(images).argmax(axis=1) for images in batches if len(images)]
@@ -58,8 +59,7 @@ def _calibration_iter(sample: Sample, batch: int):
     class CalibrationIter(mx.io.DataIter):
         def __init__(self) -> None:
             super().__init__(batch)
-            s = sample.prep.size
-            self.provide_data = [mx.io.DataDesc(DATA_NAME, (batch, 3, s, s))]
+            self.provide_data = [mx.io.DataDesc(DATA_NAME, (batch, 3) + sample.prep.hw)]
             self.provide_label: list = []
             self.reset()
 
@@ -116,7 +116,7 @@ def labels_text(files: ModelFiles) -> bytes:
 
 
 @contextlib.contextmanager
-def _cannot_run(precision: str, sym_url: str, size: int) -> Iterator[None]:
+def _cannot_run(precision: str, sym_url: str, size) -> Iterator[None]:
     """MXNet's failure to convert or bind the model at ``precision`` as one line naming it (its errors run to
     pages): e.g. oneDNN's int8 pooling keeps ResNet's fixed 7x7 window, which a 64x64 input's 2x2 map cannot hold."""
     try:
@@ -124,7 +124,7 @@ def _cannot_run(precision: str, sym_url: str, size: int) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
         detail = next((ln for ln in reversed(lines) if "Check failed" in ln), lines[-1])
-        raise ModelError(f"--precision {precision}: {sym_url} cannot run converted at {size}x{size} input ({detail}); "
+        raise ModelError(f"--precision {precision}: {sym_url} cannot run converted at {'x'.join(map(str, input_hw(size)))} input ({detail}); "
                          "use fp32 or the model's own input size") from e
 
 

@@ -89,7 +89,8 @@ def rerun_command(args: argparse.Namespace, run_id: str, submit: Optional[list[s
     if args.label_url:
         cmd += ["--label-url", args.label_url]
     cmd += ["--output", args.output, "--run-id", run_id]
-    for flag, value, default in (("--image-size", args.image_size, INPUT_SIZE), ("--resize", args.resize, "stretch"),
+    for flag, value, default in (("--image-size", args.image_size, str(INPUT_SIZE)), ("--resize", args.resize, "stretch"),
+                                 ("--channel-order", args.channel_order, "rgb"),
                                  ("--mean", args.mean, "0,0,0"), ("--std", args.std, "1,1,1"),
                                  ("--output-layer", args.output_layer, None),
                                  ("--decode", args.decode, DEFAULT_DECODE)):

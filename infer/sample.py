@@ -69,8 +69,7 @@ class Sample:
     def batches(self, size: int) -> Iterator[np.ndarray]:
         """Model input in batches of up to ``size`` rows; undecodable images are left out."""
         for start in range(0, len(self), size):
-            s = self.prep.size
-            out = np.empty((min(size, len(self) - start), 3, s, s), dtype=np.float32)
+            out = np.empty((min(size, len(self) - start), 3) + self.prep.hw, dtype=np.float32)
             bad = decode_into(self.payloads[start : start + size], self.keys[start : start + size], out, self.prep)
             yield out[[i for i in range(len(out)) if i not in bad]] if bad else out
 

@@ -154,13 +154,13 @@ class _Buffers:
         self.size = size
 
     def take(self, rows: int) -> np.ndarray:
-        s = self.size
+        h, w = self.size
         if len(self._arrays) < 2:
-            self._arrays.append(np.zeros((0, 3, s, s), dtype=np.float32))
+            self._arrays.append(np.zeros((0, 3, h, w), dtype=np.float32))
         i = self._next
         self._next = (i + 1) % 2
         if self._arrays[i].shape[0] < rows:
-            self._arrays[i] = np.empty((rows, 3, s, s), dtype=np.float32)
+            self._arrays[i] = np.empty((rows, 3, h, w), dtype=np.float32)
         return self._arrays[i][:rows]
 
 
@@ -297,7 +297,7 @@ def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=
         return group.finish()
     if device != settings.model.device:
         settings = replace(settings, model=replace(settings.model, device=device))
-    buffers = _Buffers(settings.prep.size)
+    buffers = _Buffers(settings.prep.hw)
 
     def write(prep: _Prepared, results: list[ImageResult]) -> None:
         try:

@@ -58,10 +58,65 @@ MODELS = {
                                          True),
     "convnext_atto-timm-torchscript-op17": ("timm", lambda: timm.create_model("convnext_atto"), 224, "torchscript",
                                             17, True),
+    # a non-square fixed input (for --image-size HxW)
+    "mobilenet_v2-torchscript-op13-96x160": ("torchvision", lambda: TV.mobilenet_v2(), (96, 160), "torchscript", 13,
+                                             True),
 }
 
 
-def _calibrate_batchnorm(model: torch.nn.Module, size: int) -> None:
+class _TwoImages(torch.nn.Module):
+    """A siamese pair: two image inputs (what the importer must refuse in one line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, a, b):
+        return (self.conv(a) - self.conv(b)).mean(dim=(2, 3))
+
+
+class _GridSample(torch.nn.Module):
+    """A spatial-transformer head: GridSample, which MXNet 1.9's converter does not take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        grid = torch.linspace(-0.9, 0.9, 32 * 32 * 2).reshape(1, 32, 32, 2).expand(x.shape[0], 32, 32, 2)
+        y = torch.nn.functional.grid_sample(self.conv(x), grid, align_corners=False)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+# what must be refused: name -> (module, example inputs, input names)
+REFUSED = {
+    "refused-two-images-torchscript-op17": (_TwoImages, lambda: (torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)),
+                                            ["a", "b"]),
+    "refused-gridsample-torchscript-op17": (_GridSample, lambda: (torch.randn(1, 3, 32, 32),), ["input"]),
+    "refused-tabular-mlp-torchscript-op17": (lambda: torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                                                                        torch.nn.Linear(32, 2)),
+                                             lambda: (torch.randn(1, 16),), ["features"]),
+}
+
+
+def export_refused(name: str) -> str:
+    build, inputs, names = REFUSED[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.onnx")
+        torch.onnx.export(model, inputs(), path, dynamo=False, opset_version=17, input_names=names,
+                          dynamic_axes={n: {0: "batch"} for n in names})
+        proto = onnx.load(path)
+    source = {"family": "refused", "exporter": "torch.onnx (torchscript)", "torch": torch.__version__.split("+")[0],
+              "opset": 17}
+    out = os.path.join(MODELS_DIR, f"{name}.onnx")
+    onnx.save(strip(proto, source), out)
+    return out
+
+
+def _calibrate_batchnorm(model: torch.nn.Module, height: int, width: int) -> None:
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -70,16 +125,17 @@ def _calibrate_batchnorm(model: torch.nn.Module, size: int) -> None:
         m.momentum = None  # a cumulative average over the pass
     model.train()
     with torch.no_grad():
-        model(torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(1)))
+        model(torch.randn(8, 3, height, width, generator=torch.Generator().manual_seed(1)))
 
 
 def export(name: str) -> str:
     family, build, size, exporter, opset, dynamic = MODELS[name]
     torch.manual_seed(0)
     model = build()
-    _calibrate_batchnorm(model, size)
+    height, width = (size, size) if isinstance(size, int) else size
+    _calibrate_batchnorm(model, height, width)
     model.eval()
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(1, 3, height, width)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "m.onnx")
         if exporter == "dynamo":
@@ -92,12 +148,12 @@ def export(name: str) -> str:
         proto = onnx.load(path)  # external data (dynamo writes it) read back in
     source = {"family": family, "exporter": f"torch.onnx ({exporter})", "torch": torch.__version__.split("+")[0],
               "torchvision": torchvision.__version__.split("+")[0], "timm": timm.__version__, "opset": opset,
-              "layout": "NCHW", "size": size, "dynamic_batch": dynamic}
+              "layout": "NCHW", "size": [height, width], "dynamic_batch": dynamic}
     out = os.path.join(MODELS_DIR, f"{name}.onnx")
     onnx.save(strip(proto, source), out)
     return out
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or MODELS:
-        print(export(name), os.path.getsize(os.path.join(MODELS_DIR, f"{name}.onnx")), flush=True)
+    for name in sys.argv[1:] or list(MODELS) + list(REFUSED):
+        print(export_refused(name) if name in REFUSED else export(name), flush=True)

@@ -11,7 +11,7 @@ N      ?= 1000
 BENCH_N ?= 1280
 BENCH_PHOTOS ?= 512
 
-.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python test test-spark4 test-once test-spark35 test-systems demo bench bench-photos bench-decode scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python test test-spark4 test-once test-spark35 test-systems demo bench bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -72,16 +72,18 @@ trino: setup
 	@$(PY) -m testkit.trino
 
 test-spark4: setup
-	$(PY) -m pytest -m "not node and not yarn and not trino and not once and not spread" --durations=15
+	$(PY) -m pytest -m "not node and not yarn and not trino and not once and not spread and not corpus" --durations=15
 
 test-once: setup
-	$(PY) -m pytest -p no:cacheprovider -m "once or spread" --durations=10
+	$(PY) -m pytest -p no:cacheprovider -m "(once or spread) and not corpus" --durations=10
 
 test-spark35: setup-spark35
-	$(PY35) -m pytest -p no:cacheprovider -m "spark and not node and not yarn and not trino and not once" --durations=10
+	$(PY35) -m pytest -p no:cacheprovider -m "spark and not node and not yarn and not trino and not once and not corpus" --durations=10
 
+# The systems line also runs the ONNX corpus (marker `corpus`: every real export imported and compared with ONNX
+# Runtime, three through infer): version-independent, and this line had the most room.
 test-systems: node-env yarn-jars trino
-	$(PY) -m pytest -p no:cacheprovider -m "node or yarn or trino" --durations=8
+	$(PY) -m pytest -p no:cacheprovider -m "node or yarn or trino or corpus" --durations=8
 
 demo: setup
 	$(PY) scripts/demo.py --images $(N)
@@ -102,6 +104,20 @@ bench: setup
 
 bench-photos: setup
 	$(PY) bench/photos.py --images $(BENCH_PHOTOS)
+
+# MXNet (as infer binds it) against ONNX Runtime on every corpus architecture, same threads (docs/models.md).
+bench-onnx: setup
+	$(PY) bench/onnx_models.py --out docs/onnx-figures.json
+
+# The ONNX corpus (testkit/corpus/): real exporters in environments of their own (torch ~5.6 GB, TensorFlow
+# ~1.6 GB, Paddle ~1 GB; not needed by make test, which uses the committed, weight-stripped files).
+CORPUS_ENVS := .venv-corpus-torch .venv-corpus-tf .venv-corpus-paddle
+onnx-corpus: check-python
+	@for e in torch tf paddle; do test -x .venv-corpus-$$e/bin/python || $(PYTHON) -m venv .venv-corpus-$$e; \
+	  .venv-corpus-$$e/bin/pip install --quiet --disable-pip-version-check -r testkit/corpus/requirements-$$e.txt; done
+	.venv-corpus-torch/bin/python testkit/corpus/export_torch.py
+	.venv-corpus-tf/bin/python testkit/corpus/export_keras.py
+	.venv-corpus-paddle/bin/python testkit/corpus/export_paddle.py
 
 # --decode fast against exact (docs/benchmarks.md): top-1 agreement over 1,797 digit photos, pixels, time.
 bench-decode: setup
@@ -125,4 +141,4 @@ dist:
 	$(PYTHON) scripts/dist.py
 
 clean:
-	rm -rf $(VENV) $(VENV35) .venv-node dist build *.egg-info .pytest_cache demo-out
+	rm -rf $(VENV) $(VENV35) .venv-node $(CORPUS_ENVS) dist build *.egg-info .pytest_cache demo-out

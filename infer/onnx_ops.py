@@ -50,8 +50,7 @@ def supported() -> list[str]:
 
 
 # Operators that only ever compute constants or shapes: folded at import, never converted.
-FOLDED_ONLY = ("Constant", "ConstantOfShape", "Shape", "Size", "Range", "Equal", "Where", "Not", "Less", "Greater",
-               "NonZero", "ReduceProd", "CumSum")
+FOLDED_ONLY = ("Constant", "ConstantOfShape", "Shape", "Size", "Range", "NonZero", "ReduceProd", "CumSum")
 
 
 def _mx():
@@ -233,7 +232,7 @@ def prelu(g, node):
     if len(shape) >= 2 and slope.size == shape[1] and slope.reshape(-1).shape == (shape[1],) and (
             slope.ndim <= 1 or all(d == 1 for d in slope.shape[1:])):
         return mx.sym.LeakyReLU(x, gamma=g.param(node.inputs[1], slope.reshape(-1)), act_type="prelu", name=node.layer)
-    negative = mx.sym.broadcast_mul(mx.sym.minimum(x, 0.0), g.broadcastable(node.inputs[1], slope, len(shape)))
+    negative = mx.sym.broadcast_mul(mx.sym.minimum(x, 0.0), g.broadcastable(node.inputs[1], None, len(shape), node))
     return mx.sym.broadcast_add(mx.sym.relu(x), negative, name=node.layer)
 
 
@@ -293,7 +292,7 @@ def _unary(fn_name: str):
 
 
 for _op, _fn in (("Sqrt", "sqrt"), ("Reciprocal", "reciprocal"), ("Neg", "negative"), ("Abs", "abs"), ("Exp", "exp"),
-                 ("Log", "log"), ("Floor", "floor"), ("Ceil", "ceil")):
+                 ("Log", "log"), ("Floor", "floor"), ("Ceil", "ceil"), ("Sign", "sign")):
     converts(_op)(_unary(_fn))
 
 
@@ -334,6 +333,49 @@ def _binary(g, node, op: str, a: str, b: str, name: str):
         return getattr(mx.sym._internal, rscalar)(g.sym(b, node), scalar=float(g.const(a, node).ravel()[0]), name=name)
     rank = max(len(g.shape(a)), len(g.shape(b)))
     return getattr(mx.sym, full)(g.broadcastable(a, None, rank, node), g.broadcastable(b, None, rank, node), name=name)
+
+
+_COMPARE = {"Greater": "broadcast_greater", "Less": "broadcast_lesser", "Equal": "broadcast_equal",
+            "GreaterOrEqual": "broadcast_greater_equal", "LessOrEqual": "broadcast_lesser_equal"}
+
+
+def _compare(op: str):
+    """A comparison of image values: 1.0 where true, 0.0 where false (what Where and Not read here)."""
+    def convert(g, node):
+        a, b = node.inputs[0], node.inputs[1]
+        rank = max(len(g.shape(a)), len(g.shape(b)))
+        return getattr(_mx().sym, _COMPARE[op])(g.broadcastable(a, None, rank, node), g.broadcastable(b, None, rank, node),
+                                                name=node.layer)
+    return convert
+
+
+for _op in _COMPARE:
+    converts(_op, since=7)(_compare(_op))
+
+
+@converts("Not")
+def logical_not(g, node):
+    return _mx().sym._internal._rminus_scalar(g.sym(node.inputs[0], node), scalar=1.0, name=node.layer)
+
+
+@converts("Where", since=9)
+def where(g, node):
+    """``cond ? x : y`` with numpy broadcasting: each operand broadcast to the output's shape first (MXNet's where
+    takes equal shapes; a product with the condition would turn an unused inf into nan)."""
+    mx = _mx()
+    names = node.inputs[:3]
+    rank = max(len(g.shape(n)) for n in names)
+    shapes = [[(1,) * (rank - len(s)) + tuple(s) for s in g.probe_shapes(n)] for n in names]
+    full = [tuple(max(d) for d in zip(*(s[k] for s in shapes))) for k in (0, 1)]
+    syms = []
+    for name, (one, two) in zip(names, shapes):
+        sym = g.broadcastable(name, None, rank, node)
+        for axis in range(rank):
+            if full[0][axis] != full[1][axis] and one[axis] == two[axis]:  # a 1 where the output follows the batch
+                sym = mx.sym.broadcast_like(sym, g.data, lhs_axes=(axis,), rhs_axes=(0,))
+        target = tuple(0 if full[0][a] != full[1][a] else full[0][a] for a in range(rank))
+        syms.append(mx.sym.broadcast_to(sym, shape=target) if one != full[0] or two != full[1] else sym)
+    return mx.sym.where(*syms, name=node.layer)
 
 
 def _binary_op(op: str):
@@ -711,7 +753,10 @@ def gather(g, node):
     flat = index.ravel()
     if index.ndim == 1 and len(flat) and np.array_equal(flat, np.arange(flat[0], flat[0] + len(flat))):
         return mx.sym.slice_axis(x, axis=axis, begin=int(flat[0]), end=int(flat[0]) + len(flat), name=node.layer)
-    return mx.sym.take(x, g.param(f"{node.inputs[1]}@index", index.astype(np.float32)), axis=axis, name=node.layer)
+    if index.ndim != 1 or not len(flat):
+        raise OnnxImportError(f"{node.where}: Gather by {index.ndim}-D indices is not supported")
+    parts = [mx.sym.slice_axis(x, axis=axis, begin=int(i), end=int(i) + 1) for i in flat]  # one slice per index
+    return mx.sym.concat(*parts, dim=axis, name=node.layer)
 
 
 @converts("Expand", since=8)
@@ -805,7 +850,12 @@ def resize(g, node):
         scales, sizes = g.const(node.input(1), node), None
     else:
         scales = g.const(node.input(2), node) if node.input(2) and g.const(node.input(2), node).size else None
-        sizes = g.const(node.input(3), node) if node.input(3) else None
+        sizes = None
+        if node.input(3):  # (batch, channels, H, W): often Shape(x)[:2] joined to the new H, W
+            one, two = g.probes(node.input(3), node)
+            if not np.array_equal(np.asarray(one).ravel()[2:], np.asarray(two).ravel()[2:]):
+                raise OnnxImportError(f"{node.where}: a Resize to a size that follows the batch is not supported")
+            sizes = one
     if node.attr("antialias", 0) or node.attr("axes", None) is not None:
         raise OnnxImportError(f"{node.where}: Resize with antialias or axes is not supported")
     return _resize(g, node, scales, sizes, node.attr("mode", "nearest"),

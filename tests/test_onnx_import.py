@@ -19,8 +19,8 @@ from testkit import onnx_corpus, onnx_models, zoo_builder
 from testkit.corpus import MODELS_DIR
 from testkit.photos import photo_jpeg
 
-# imported models' numbers against ONNX Runtime: the same on either Spark line
-pytestmark = pytest.mark.once
+# imported models' numbers against ONNX Runtime: the same on either Spark line; run once, in the systems line
+pytestmark = pytest.mark.corpus
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

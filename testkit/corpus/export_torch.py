@@ -22,6 +22,88 @@ import torchvision  # noqa: E402
 from testkit.corpus import MODELS_DIR  # noqa: E402
 from testkit.onnx_corpus import strip  # noqa: E402
 
+class _LayerVariety(torch.nn.Module):
+    """The layers image models use beyond the classifiers above, in one small CNN (what the exporter writes for
+    each: InstanceNormalization, Elu, PRelu, Selu, LpPool, ceil-mode MaxPool, ConvTranspose, nearest and bilinear
+    Resize, Softplus, Softsign, LeakyRelu, Mish, Tanh, tanh-approximated Gelu, GlobalMaxPool, LogSoftmax)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 16, 3, stride=2)
+        self.norm = nn.InstanceNorm2d(16, affine=True)
+        self.dilated = nn.Conv2d(16, 16, 3, padding=2, dilation=2)
+        self.prelu = nn.PReLU(16)
+        self.grouped = nn.Conv2d(16, 32, 3, padding=1, groups=4)
+        self.lp = nn.LPPool2d(2, 2)
+        self.pool = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.up = nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1)
+        self.mix = nn.Conv2d(16, 24, 1)
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x):
+        f = torch.nn.functional
+        x = f.pad(x, (0, 1, 0, 1))  # TF-style "SAME" for the stride-2 stem
+        x = f.elu(self.norm(self.stem(x)))
+        x = self.prelu(self.dilated(x))
+        x = f.selu(self.grouped(x))
+        x = self.pool(self.lp(x))
+        x = self.up(x)
+        x = f.interpolate(x, scale_factor=2, mode="nearest")
+        x = f.interpolate(x, size=(40, 40), mode="bilinear", align_corners=False)
+        x = f.softsign(f.softplus(x)) + f.leaky_relu(x, 0.1)
+        x = f.mish(self.mix(x))
+        x = f.gelu(torch.tanh(x), approximate="tanh")
+        pooled = torch.cat([f.adaptive_max_pool2d(x, 1), f.adaptive_avg_pool2d(x, 1)], dim=1).flatten(1)
+        return f.log_softmax(self.fc(pooled), dim=1)
+
+
+class _Arithmetic(torch.nn.Module):
+    """Element-wise and reduction arithmetic as exporters write it: Abs, Neg, Exp, Log, Reciprocal, Max, Min,
+    mean of several, ReduceSum/Max/Min/L2, Tile, Sqrt, Pow, Div with broadcasting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 4 + 8, 10)
+
+    def forward(self, x):
+        y = self.conv(x)
+        a, b = y.abs(), torch.exp(-(y.clamp(-4, 4)))
+        c = torch.log(a + 1.0) * torch.reciprocal(b + 1.0) - y.neg()
+        m = torch.maximum(a, c) + torch.minimum(b, c)
+        m = torch.stack([a, b, m]).mean(dim=0)
+        stats = [m.sum(dim=(2, 3)) / 1024, m.amax(dim=(2, 3)), m.amin(dim=(2, 3)),
+                 torch.linalg.vector_norm(m, dim=(2, 3)) / 32]
+        tiled = (m.mean(dim=(2, 3), keepdim=True).repeat(1, 1, 2, 2) ** 2).sqrt().flatten(1)[:, ::4]
+        return self.fc(torch.cat(stats + [tiled], dim=1))
+
+
+class _TwoImages(torch.nn.Module):
+    """A siamese pair: two image inputs (what the importer must refuse in one line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, a, b):
+        return (self.conv(a) - self.conv(b)).mean(dim=(2, 3))
+
+
+class _GridSample(torch.nn.Module):
+    """A spatial-transformer head: GridSample, which MXNet 1.9's converter does not take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        grid = torch.linspace(-0.9, 0.9, 32 * 32 * 2).reshape(1, 32, 32, 2).expand(x.shape[0], 32, 32, 2)
+        y = torch.nn.functional.grid_sample(self.conv(x), grid, align_corners=False)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
 # name: (family, builder, input size, exporter, opset, dynamic batch)
 TV = torchvision.models
 MODELS = {
@@ -58,35 +140,16 @@ MODELS = {
                                          True),
     "convnext_atto-timm-torchscript-op17": ("timm", lambda: timm.create_model("convnext_atto"), 224, "torchscript",
                                             17, True),
+    # one small CNN each, for the operators the classifiers above do not write
+    "layer_variety-torchscript-op13": ("layers", _LayerVariety, 64, "torchscript", 13, True),
+    "layer_variety-torchscript-op17": ("layers", _LayerVariety, 64, "torchscript", 17, True),
+    "layer_variety-dynamo-op18": ("layers", _LayerVariety, 64, "dynamo", 18, True),
+    "arithmetic-torchscript-op11": ("layers", _Arithmetic, 32, "torchscript", 11, True),
+    "arithmetic-dynamo-op18": ("layers", _Arithmetic, 32, "dynamo", 18, True),
     # a non-square fixed input (for --image-size HxW)
     "mobilenet_v2-torchscript-op13-96x160": ("torchvision", lambda: TV.mobilenet_v2(), (96, 160), "torchscript", 13,
                                              True),
 }
-
-
-class _TwoImages(torch.nn.Module):
-    """A siamese pair: two image inputs (what the importer must refuse in one line)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3)
-
-    def forward(self, a, b):
-        return (self.conv(a) - self.conv(b)).mean(dim=(2, 3))
-
-
-class _GridSample(torch.nn.Module):
-    """A spatial-transformer head: GridSample, which MXNet 1.9's converter does not take."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 10)
-
-    def forward(self, x):
-        grid = torch.linspace(-0.9, 0.9, 32 * 32 * 2).reshape(1, 32, 32, 2).expand(x.shape[0], 32, 32, 2)
-        y = torch.nn.functional.grid_sample(self.conv(x), grid, align_corners=False)
-        return self.fc(y.mean(dim=(2, 3)))
 
 
 # what must be refused: name -> (module, example inputs, input names)

@@ -24,7 +24,47 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def measure_one(name: str, threads: int, batch: int, rounds: int) -> dict:
+def _reduced(converted, x, fp32_model, fp32_s: float, precision: str, rounds: int) -> dict:
+    """The model converted as infer's --precision does (AMP bf16, or oneDNN int8 calibrated on 2 batches of
+    this input's kind): its speed over fp32 MXNet, and its top-1 agreement with fp32 on ``x``."""
+    import numpy as np
+
+    import mxnet as mx
+
+    from common.model import BoundModel
+
+    sym = mx.sym.load_json(converted.symbol_json)
+    arg = {k: v.copy() for k, v in converted.arg.items()}
+    aux = {k: v.copy() for k, v in converted.aux.items()}
+    try:
+        if precision == "bf16":
+            import mxnet.contrib.amp  # noqa: F401
+
+            csym, carg, caux = mx.contrib.amp.convert_model(sym, arg, aux, target_dtype="bfloat16",
+                                                            cast_optional_params=True)
+        else:
+            from mxnet.contrib.quantization import quantize_model_mkldnn
+
+            cal = np.concatenate([x, x[::-1] * 0.5])
+            data = mx.io.NDArrayIter(data={"data": cal}, batch_size=len(x))
+            csym, carg, caux = quantize_model_mkldnn(sym, arg, aux, ctx=mx.cpu(), data_names=("data",),
+                                                     label_names=None, calib_mode="naive", calib_data=data,
+                                                     num_calib_examples=len(cal), quantized_dtype="auto")
+        model = BoundModel(csym, carg, caux, len(x), image_size=converted.probe_size)
+        model.forward(x)
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            out = model.forward(x)
+            times.append(time.perf_counter() - t)
+    except Exception as e:  # noqa: BLE001 - MXNet refuses some graphs at some precisions: say which
+        return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"}
+    reference = fp32_model.forward(x).argmax(axis=1)
+    return {"speed_over_fp32": round(fp32_s / statistics.median(times), 3),
+            "top1_agreement": float((out.argmax(axis=1) == reference).mean())}
+
+
+def measure_one(name: str, threads: int, batch: int, rounds: int, precisions: tuple = ()) -> dict:
     """Run in a child process (OMP_NUM_THREADS must be set before MXNet loads)."""
     import numpy as np
     import onnxruntime as ort
@@ -74,7 +114,10 @@ def measure_one(name: str, threads: int, batch: int, rounds: int) -> dict:
             fn()
             times[key].append((time.perf_counter() - t) / 2)
     mx_s, ort_s = statistics.median(times["mxnet"]), statistics.median(times["ort"])
-    return {"model": name, "exporter": source.get("exporter"), "opset": source.get("opset"),
+    reduced = {}
+    for precision in precisions:
+        reduced[precision] = _reduced(converted, x, bound, mx_s, precision, rounds)
+    return {**({"reduced": reduced} if reduced else {}), "model": name, "exporter": source.get("exporter"), "opset": source.get("opset"),
             "layout": converted.layout, "size": list(converted.probe_size), "nodes": sum(converted.nodes.values()),
             "folded": converted.folded, "convert_s": round(convert_s, 2),
             "max_probability_difference": agreement.max_difference, "top1_disagreements": agreement.top1_disagreements,
@@ -98,10 +141,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=None)
+    p.add_argument("--precisions", default="fp32", help="also bf16 and/or int8, e.g. fp32,bf16,int8: each converted "
+                   "as infer's --precision does, timed against fp32 MXNet, top-1 agreement with fp32")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(measure_one(args.child, args.threads, args.batch, args.rounds)), flush=True)
+        precisions = tuple(p for p in args.precisions.split(",") if p and p != "fp32")
+        print(json.dumps(measure_one(args.child, args.threads, args.batch, args.rounds, precisions)), flush=True)
         return 0
     from testkit.corpus import MODELS_DIR
 
@@ -111,12 +157,14 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         out = subprocess.run([sys.executable, __file__, "--child", name, "--threads", str(args.threads), "--batch",
-                              str(args.batch), "--rounds", str(args.rounds)], env=env, capture_output=True, text=True)
+                              str(args.batch), "--rounds", str(args.rounds), "--precisions", args.precisions],
+                             env=env, capture_output=True, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         row = json.loads(lines[-1]) if lines else {"model": name, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"cpu": cpu(), "threads": args.threads, "batch": args.batch, "rounds": args.rounds, "models": rows}
+    result = {"cpu": cpu(), "threads": args.threads, "batch": args.batch, "rounds": args.rounds,
+              "precisions": args.precisions, "models": rows}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     ops = ", ".join(f"{op} {n}" for op, n in sorted(converted.nodes.items()))
     print(f"{PROG}: {args.model}: opset {converted.opset}, {sum(converted.nodes.values())} nodes ({ops}), "
           f"{converted.folded} folded at import; {len(converted.arg) + len(converted.aux)} parameters")
+    if converted.fused:
+        print(f"{PROG}: fused for speed: " + ", ".join(f"{op} {n}" for op, n in sorted(converted.fused.items())))
     height, width = converted.probe_size
     read = (f"the model takes {converted.layout} {height}x{width} images" if converted.image_size else
             f"the model's input size is dynamic: converted at {height}x{width}")

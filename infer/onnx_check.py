@@ -49,7 +49,7 @@ def check_batch(size: tuple[int, int], n: int = CHECK_BATCH, seed: int = 0) -> n
 def onnxruntime_available() -> bool:
     """Whether ONNX Runtime is installed here (the import extra's test part)."""
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401 - only whether it imports
     except ImportError:
         return False
     return True

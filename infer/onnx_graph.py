@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from common.model import DATA_NAME
+from infer.onnx_fuse import fuse
 from infer.onnx_ops import OnnxImportError, converter_for
 
 MIN_OPSET, MAX_OPSET = 7, 21
@@ -43,6 +44,7 @@ class Converted:
     fixed_batch: Optional[int]  # the batch size the model was exported with, where it is fixed
     nodes: dict = field(default_factory=dict)  # op -> how many
     folded: int = 0  # nodes evaluated at import
+    fused: dict = field(default_factory=dict)  # fused op -> how many (infer.onnx_fuse)
     tensors: dict = field(default_factory=dict)  # ONNX value name -> the MXNet internal output that holds it
 
 
@@ -302,6 +304,8 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
     import mxnet as mx
     from onnx import numpy_helper
 
+    import onnx
+
     opset = opset_of(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise OnnxImportError(f"{source}: opset {opset} is not supported (this importer reads opsets "
@@ -314,6 +318,9 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
     if fixed and size and tuple(size) != tuple(fixed):
         raise OnnxImportError(f"{source}: the model takes {fixed[0]}x{fixed[1]} images, not {size[0]}x{size[1]}")
     probe = tuple(fixed or size or DEFAULT_SIZE)
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)  # the caller's model stays as the exporter wrote it (the check runs that)
+    fused = fuse(graph)
     g = Graph(opset, probe, batch)
     for t in graph.initializer:
         value = numpy_helper.to_array(t)
@@ -322,7 +329,7 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
                                                                              name="data_nhwc")
     producer = {input_name: "input"}
     tensors: dict[str, str] = {}
-    counts: dict[str, int] = {}
+    counts = _count(n.op_type for n in model.graph.node)  # as the exporter wrote it
     layers: set[str] = set()
     folded = 0
     for index, proto in enumerate(graph.node):
@@ -335,15 +342,16 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
         if proto.domain not in ("", "ai.onnx"):
             raise OnnxImportError(f"{where}: operator domain {proto.domain!r} is not supported")
         node = Node(op, list(proto.input), list(proto.output), _attrs(proto), layer, where)
-        counts[op] = counts.get(op, 0) + 1
         present = [i for i in proto.input if i]
         if all(i in g.known for i in present):
-            feeds = [g.known[i] for i in present]
-            first = _evaluate(proto, [f[0] for f in feeds], opset, where)
-            second = first if all(_same(*f) for f in feeds) else _evaluate(proto, [f[1] for f in feeds], opset, where)
-            for name, one, two in zip(proto.output, first, second):
-                if name:
-                    g.known[name] = (one, two)
+            for part in fused.get(proto.name, [proto]):  # a fused node is folded as the nodes it replaced
+                feeds = [g.known[i] for i in part.input if i]
+                first = _evaluate(part, [f[0] for f in feeds], opset, where)
+                second = first if all(_same(*f) for f in feeds) else _evaluate(part, [f[1] for f in feeds], opset,
+                                                                                 where)
+                for name, one, two in zip(part.output, first, second):
+                    if name:
+                        g.known[name] = (one, two)
             folded += 1
             continue
         if op in ("Shape", "Size") and present and present[0] in g.values:
@@ -385,7 +393,15 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
     keep, keep_aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
     return Converted(sym.tojson(), {k: v for k, v in g.arg.items() if k in keep},
                      {k: v for k, v in g.aux.items() if k in keep_aux}, tuple(fixed) if fixed else None, probe,
-                     layout, producer.get(final, ""), opset, input_name, batch, counts, folded, tensors)
+                     layout, producer.get(final, ""), opset, input_name, batch, nodes=counts, folded=folded,
+                     fused=_count(n.op_type for n in graph.node if n.name in fused), tensors=tensors)
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
 
 
 def _mx_reason(e: Exception) -> str:

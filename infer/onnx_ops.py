@@ -164,7 +164,7 @@ def instance_norm(g, node):
                                name=node.layer)
 
 
-@converts("LayerNormalization", since=17)
+@converts("LayerNormalization", since=1)  # opset 17's op, and what infer.onnx_fuse makes of older spellings
 def layer_norm(g, node):
     mx = _mx()
     rank = len(g.shape(node.inputs[0]))
@@ -261,7 +261,7 @@ def erf(g, node):
     return _mx().sym.erf(g.sym(node.inputs[0], node), name=node.layer)
 
 
-@converts("Gelu", since=20)
+@converts("Gelu", since=1)  # opset 20's op, and what infer.onnx_fuse makes of torch's erf spelling
 def gelu(g, node):
     mx = _mx()
     x = g.sym(node.inputs[0], node)
@@ -322,6 +322,9 @@ _BINARY = {"Add": ("broadcast_add", "_plus_scalar", "_plus_scalar"),
            "Min": ("broadcast_minimum", "_minimum_scalar", "_minimum_scalar")}
 
 
+_ELEMWISE = {"Add": "elemwise_add", "Sub": "elemwise_sub", "Mul": "elemwise_mul", "Div": "elemwise_div"}
+
+
 def _binary(g, node, op: str, a: str, b: str, name: str):
     """``a op b`` with numpy broadcasting: a scalar constant as a scalar op, anything else with leading 1s."""
     mx = _mx()
@@ -331,6 +334,9 @@ def _binary(g, node, op: str, a: str, b: str, name: str):
         return getattr(mx.sym._internal, scalar)(g.sym(a, node), scalar=float(g.const(b, node).ravel()[0]), name=name)
     if ka and g.const(a, node).size == 1 and g.const(a, node).ndim <= len(g.shape(b)):
         return getattr(mx.sym._internal, rscalar)(g.sym(b, node), scalar=float(g.const(a, node).ravel()[0]), name=name)
+    if not ka and not kb and g.probe_shapes(a) == g.probe_shapes(b) and op in _ELEMWISE:
+        # the same shape: MXNet's element-wise kernel (its broadcast kernel is several times slower)
+        return getattr(mx.sym, _ELEMWISE[op])(g.sym(a, node), g.sym(b, node), name=name)
     rank = max(len(g.shape(a)), len(g.shape(b)))
     return getattr(mx.sym, full)(g.broadcastable(a, None, rank, node), g.broadcastable(b, None, rank, node), name=name)
 
@@ -394,20 +400,18 @@ for _op in ("Add", "Sub", "Mul", "Div", "Pow"):
 
 
 def _variadic(op: str, mean: bool = False):
+    """Sum, Mean, Max, Min of any number of inputs: a chain of broadcasting binary ops."""
     def convert(g, node):
         ins = [i for i in node.inputs if i]
         if len(ins) == 1:
             return g.alias(ins[0], node)
-        out = ins[0]
-        sym = None
+        acc = ins[0]
         for k, other in enumerate(ins[1:]):
             last = k == len(ins) - 2 and not mean
-            sym = _binary(g, node, op, out if sym is None else g.temp(sym, node), other,
-                          node.layer if last else f"{node.layer}_{k}")
-            out = None
+            acc = g.temp(_binary(g, node, op, acc, other, node.layer if last else f"{node.layer}_{k}"), node)
         if mean:
-            sym = _mx().sym._internal._div_scalar(sym, scalar=float(len(ins)), name=node.layer)
-        return sym
+            return _mx().sym._internal._div_scalar(g.values[acc], scalar=float(len(ins)), name=node.layer)
+        return g.values[acc]
     return convert
 
 
@@ -421,23 +425,45 @@ converts("Min", since=6)(_variadic("Min"))
 
 @converts("Gemm")
 def gemm(g, node):
+    """``alpha * A' B' + beta * C``: FullyConnected when B is a constant (the classifier), a matrix product else."""
     mx = _mx()
     alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
     a = g.sym(node.inputs[0], node)
     if node.attr("transA", 0):
         a = mx.sym.transpose(a, name=f"{node.layer}_transA")
-    c = g.const(node.input(2), node) * beta if node.input(2) and g.is_const(node.input(2)) else None
-    if not g.is_const(node.inputs[1]):
+    c = node.input(2)
+    const_bias = bool(c) and g.is_const(c)
+    product = node.layer if not c or const_bias else f"{node.layer}_product"
+    if g.is_const(node.inputs[1]):
+        w = g.const(node.inputs[1], node)
+        w = (w if node.attr("transB", 0) else w.T) * alpha  # FullyConnected's weight is (out, in)
+        bias = None
+        if const_bias:
+            cv = g.const(c, node) * beta
+            if cv.size not in (1, w.shape[0]):
+                raise OnnxImportError(f"{node.where}: a Gemm bias of shape {cv.shape} is not supported")
+            bias = g.param(f"{c}@{node.layer}", np.broadcast_to(cv.reshape(-1), (w.shape[0],)))
+        out = mx.sym.FullyConnected(a, weight=g.param(f"{node.inputs[1]}@{node.layer}", w), bias=bias,
+                                    num_hidden=int(w.shape[0]), no_bias=bias is None, flatten=False, name=product)
+        if not c or const_bias:
+            return out
+    else:
         out = mx.sym.linalg.gemm2(a, g.sym(node.inputs[1], node), transpose_b=bool(node.attr("transB", 0)),
-                                  alpha=alpha, name=node.layer if not node.input(2) else f"{node.layer}_mm")
-        return out if not node.input(2) else _binary(g, node, "Add", g.temp(out, node), node.input(2), node.layer)
-    w = g.const(node.inputs[1], node)
-    w = (w if node.attr("transB", 0) else w.T) * alpha  # FullyConnected's weight is (out, in)
-    if c is not None and c.size not in (1, w.shape[0]):
-        raise OnnxImportError(f"{node.where}: a Gemm bias of shape {c.shape} is not supported")
-    bias = None if c is None else g.param(f"{node.input(2)}@{node.layer}", np.broadcast_to(c.reshape(-1), (w.shape[0],)))
-    return mx.sym.FullyConnected(a, weight=g.param(f"{node.inputs[1]}@{node.layer}", w), bias=bias,
-                                 num_hidden=int(w.shape[0]), no_bias=bias is None, flatten=False, name=node.layer)
+                                  alpha=alpha, name=product if not c else f"{node.layer}_product")
+        if not c:
+            return out
+    scaled = c if beta == 1.0 else g.temp(mx.sym._internal._mul_scalar(g.sym(c, node), scalar=beta), node)
+    return _binary(g, node, "Add", g.temp(out, node), scaled, node.layer)
+
+
+@converts("FusedMatMulAdd")
+def matmul_add(g, node):
+    """``MatMul(x, W) + b`` (infer.onnx_fuse): one FullyConnected with its bias."""
+    mx = _mx()
+    w, b = g.const(node.inputs[1], node), g.const(node.inputs[2], node)
+    return mx.sym.FullyConnected(g.sym(node.inputs[0], node), weight=g.param(f"{node.inputs[1]}@T", w.T),
+                                 bias=g.param(node.inputs[2], b.reshape(-1)), num_hidden=int(w.shape[1]),
+                                 flatten=False, name=node.layer)
 
 
 @converts("MatMul")
@@ -464,6 +490,11 @@ def matmul(g, node):
         return mx.sym.dot(x, y, name=node.layer)
     if rank == 3:
         return mx.sym.batch_dot(x, y, name=node.layer)
+    if rank == 4:  # attention's (batch, heads, n, d): batch_dot over batch x heads (linalg.gemm2 is 4x slower)
+        heads = max(sa[1], sb[1])
+        merged = mx.sym.batch_dot(mx.sym.reshape(x, shape=(-3, 0, 0)), mx.sym.reshape(y, shape=(-3, 0, 0)),
+                                  name=f"{node.layer}_dot")
+        return mx.sym.reshape(merged, shape=(-4, -1, heads, 0, 0), name=node.layer)
     return mx.sym.linalg.gemm2(x, y, name=node.layer)  # over the last two axes, the leading ones as a batch
 
 

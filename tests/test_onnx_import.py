@@ -289,6 +289,26 @@ def test_a_model_that_differs_from_onnx_runtime_is_refused_with_the_figure(s3, c
     assert not _written("wrong")
 
 
+@pytest.mark.parametrize("name, fused", [
+    ("deit_tiny_patch16_224-torchscript-op14", {"LayerNormalization": 25, "Gelu": 12, "FusedMatMulAdd": 48}),
+    ("deit_tiny_patch16_224-dynamo-op18", {"Gelu": 12, "FusedMatMulAdd": 48}),
+    ("convnext_atto-timm-torchscript-op17", {"Gelu": 12}),
+])
+def test_the_layers_exporters_spell_out_are_fused(name, fused):
+    """torch.onnx's erf GELU (three spellings), pre-17 LayerNorm and MatMul + bias each become one MXNet op; that
+    the result still equals ONNX Runtime is the corpus test above."""
+    import json
+
+    import mxnet as mx
+
+    from infer import onnx_graph
+
+    converted = onnx_graph.convert(onnx_graph.load(corpus_model(name), name), name)
+    assert converted.fused == fused
+    ops = [n["op"] for n in json.loads(mx.sym.load_json(converted.symbol_json).tojson())["nodes"]]
+    assert "erf" not in ops and ops.count("LeakyReLU") == fused.get("Gelu", 0)
+
+
 def test_every_converted_layer_keeps_its_onnx_node_name():
     """--output-layer <node>_output names an imported model's internal outputs."""
     import mxnet as mx

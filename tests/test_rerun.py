@@ -70,3 +70,22 @@ def test_properties_file_parsing():
     props = read_properties(f"{ROOT}/spark-defaults.conf")
     assert props["spark.python.worker.reuse"] == "true" and props["spark.eventLog.dir"] == "file:///tmp/spark-events"
     assert read_properties("/nonexistent/spark-defaults.conf") == {}
+
+
+def test_size_and_channel_order_are_in_the_rerun_command_the_run_id_and_the_part_digest():
+    """--image-size HxW and --channel-order bgr change what the model sees: the printed rerun command passes them
+    on, and the run variant (default run id, every part file's input digest) differs from the defaults'."""
+    from infer.main import build_parser, preprocessing, run_variant
+    from infer.runrecord import rerun_command
+
+    base = ["--manifest", "s3://b/m.parquet", "--sym-url", "s", "--param-url", "p", "--label-url", "l",
+            "--output", "s3://b/out/"]
+    args = build_parser().parse_args(base + ["--image-size", "48x192", "--channel-order", "bgr"])
+    cmd = shlex.split(rerun_command(args, "r1"))
+    assert cmd[cmd.index("--image-size") + 1] == "48x192" and cmd[cmd.index("--channel-order") + 1] == "bgr"
+    plain = build_parser().parse_args(base)
+    assert "--channel-order" not in rerun_command(plain, "r1") and "--image-size" not in rerun_command(plain, "r1")
+    variants = {run_variant(a, preprocessing(a)) for a in (plain, args, build_parser().parse_args(
+        base + ["--image-size", "48x192"]), build_parser().parse_args(base + ["--channel-order", "bgr"]))}
+    assert len(variants) == 4, variants
+    assert preprocessing(args).record()["image_size"] == "48x192"

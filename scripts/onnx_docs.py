@@ -39,15 +39,25 @@ def results_block() -> str:
              f"threads for both runtimes, batch {figures['batch']}, median of {figures['rounds']} interleaved rounds "
              "(`make bench-onnx`).", "",
              "| model | exporter | opset | input | imports | max. prob. difference | MXNet img/s | ORT img/s | "
-             "MXNet ÷ ORT |", "|---|---|---|---|---|---|---|---|---|"]
+             "MXNet ÷ ORT | bf16 ÷ fp32 (top-1 agr.) | int8 ÷ fp32 (top-1 agr.) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def reduced(r: dict, precision: str) -> str:
+        p = r.get("reduced", {}).get(precision)
+        if not p:
+            return ""
+        if "error" in p:
+            return f"refused: {p['error'][:80]}"
+        return f"{p['speed_over_fp32']:.2f} ({p['top1_agreement']:.2f})"
+
     for r in figures["models"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | | | | **no**: {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | | | | **no**: {r['error']} | | | | | | |")
             continue
         size = "x".join(str(v) for v in r["size"])
         lines.append(f"| {r['model']} | {r['exporter']} | {r['opset']} | {r['layout']} {size} | yes | "
                      f"{r['max_probability_difference']:.1e} | {r['mxnet_img_s']:.1f} | {r['ort_img_s']:.1f} | "
-                     f"{r['mxnet_over_ort']:.2f} |")
+                     f"{r['mxnet_over_ort']:.2f} | {reduced(r, 'bf16')} | {reduced(r, 'int8')} |")
     return "\n".join(lines) + "\n"
 
 

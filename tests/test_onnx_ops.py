@@ -222,3 +222,14 @@ def test_a_converter_computes_what_onnx_runtime_does(case):
     want = np.asarray(want, dtype=np.float32).reshape(len(x), -1)
     assert got.shape == want.shape, (got.shape, want.shape)
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max())), np.abs(got - want).max()
+
+
+def test_the_docs_list_what_the_converter_table_holds():
+    """docs/models.md's operator list and result table are generated (scripts/onnx_docs.py), never edited by hand."""
+    import subprocess
+    import sys
+
+    from testkit.localdev import ROOT
+
+    out = subprocess.run([sys.executable, "scripts/onnx_docs.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

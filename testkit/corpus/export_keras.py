@@ -14,12 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
-import onnx  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 
-from testkit.corpus import MODELS_DIR  # noqa: E402
-from testkit.onnx_corpus import strip  # noqa: E402
+from testkit.corpus import run, save  # noqa: E402
 
 APPS = tf.keras.applications
 # name: (builder, input size, opset)
@@ -49,11 +47,8 @@ def export(name: str) -> str:
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     source = {"family": "keras", "exporter": "tf2onnx", "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
               "opset": opset, "layout": "NHWC", "size": size, "dynamic_batch": True}
-    out = os.path.join(MODELS_DIR, f"{name}.onnx")
-    onnx.save(strip(proto, source), out)
-    return out
+    return save(name, proto, source)
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or MODELS:
-        print(export(name), os.path.getsize(os.path.join(MODELS_DIR, f"{name}.onnx")), flush=True)
+    run(export, MODELS)

@@ -18,8 +18,7 @@ import onnx  # noqa: E402
 import paddle  # noqa: E402
 import paddle2onnx  # noqa: E402
 
-from testkit.corpus import MODELS_DIR  # noqa: E402
-from testkit.onnx_corpus import strip  # noqa: E402
+from testkit.corpus import run, save  # noqa: E402
 
 VISION = paddle.vision.models
 # name: (builder, input size, opset)
@@ -55,11 +54,8 @@ def export(name: str) -> str:
     source = {"family": "paddle", "exporter": "paddle2onnx", "paddle": paddle.__version__,
               "paddle2onnx": paddle2onnx.__version__, "opset": opset, "layout": "NCHW", "size": size,
               "dynamic_batch": True}
-    out = os.path.join(MODELS_DIR, f"{name}.onnx")
-    onnx.save(strip(proto, source), out)
-    return out
+    return save(name, proto, source)
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or MODELS:
-        print(export(name), os.path.getsize(os.path.join(MODELS_DIR, f"{name}.onnx")), flush=True)
+    run(export, MODELS)

@@ -19,8 +19,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from testkit.corpus import MODELS_DIR  # noqa: E402
-from testkit.onnx_corpus import strip  # noqa: E402
+from testkit.corpus import run, save  # noqa: E402
 
 class _LayerVariety(torch.nn.Module):
     """The layers image models use beyond the classifiers above, in one small CNN (what the exporter writes for
@@ -174,9 +173,7 @@ def export_refused(name: str) -> str:
         proto = onnx.load(path)
     source = {"family": "refused", "exporter": "torch.onnx (torchscript)", "torch": torch.__version__.split("+")[0],
               "opset": 17}
-    out = os.path.join(MODELS_DIR, f"{name}.onnx")
-    onnx.save(strip(proto, source), out)
-    return out
+    return save(name, proto, source)
 
 
 def _calibrate_batchnorm(model: torch.nn.Module, height: int, width: int) -> None:
@@ -212,11 +209,8 @@ def export(name: str) -> str:
     source = {"family": family, "exporter": f"torch.onnx ({exporter})", "torch": torch.__version__.split("+")[0],
               "torchvision": torchvision.__version__.split("+")[0], "timm": timm.__version__, "opset": opset,
               "layout": "NCHW", "size": [height, width], "dynamic_batch": dynamic}
-    out = os.path.join(MODELS_DIR, f"{name}.onnx")
-    onnx.save(strip(proto, source), out)
-    return out
+    return save(name, proto, source)
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or list(MODELS) + list(REFUSED):
-        print(export_refused(name) if name in REFUSED else export(name), flush=True)
+    run(lambda name: export_refused(name) if name in REFUSED else export(name), list(MODELS) + list(REFUSED))

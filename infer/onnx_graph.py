@@ -133,12 +133,17 @@ class Graph:
         return axis < len(one) and one[axis] != two[axis]
 
     # -- symbols -------------------------------------------------------------------------------------------
-    def param(self, name: str, array: np.ndarray, aux: bool = False):
-        """A variable holding ``array`` (float32), one per ONNX name (``name@suffix`` for a transformed copy)."""
+    def param(self, name: str, array: np.ndarray, aux: bool = False, var: Optional[str] = None):
+        """A variable holding ``array`` (float32), one per ONNX name (``name@suffix`` for a transformed copy).
+
+        ``var`` names it in MXNet (default: from ``name``): a layer's weights and biases are named
+        ``<layer>_weight`` / ``<layer>_bias``, as MXNet's own layers are, because its int8 quantization finds
+        the parameters it quantizes by those endings.
+        """
         import mxnet as mx
 
         if name not in self._vars:  # one variable node per parameter: MXNet binds two same-named nodes apart
-            var = _name(name)
+            var = _name(var or name)
             while var in self.arg or var in self.aux or var == DATA_NAME:
                 var += "_"
             value = mx.nd.array(np.asarray(array, dtype=np.float32))

@@ -115,8 +115,9 @@ def conv(g, node):
     begin, end = spatial_pads(g, node, node.inputs[0], kernel, strides, dilations)
     x, pad = _split_pads(g, g.sym(node.inputs[0], node), begin, end, 0.0, node)
     bias = node.input(2)
-    return mx.sym.Convolution(x, weight=g.param(node.inputs[1], w),
-                              bias=g.param(bias, g.const(bias, node)) if bias else None, kernel=kernel,
+    return mx.sym.Convolution(x, weight=g.param(node.inputs[1], w, var=f"{node.layer}_weight"),
+                              bias=g.param(bias, g.const(bias, node), var=f"{node.layer}_bias") if bias else None,
+                              kernel=kernel,
                               num_filter=int(w.shape[0]), stride=strides, pad=pad, dilate=dilations,
                               num_group=int(node.attr("group", 1)), no_bias=not bias, name=node.layer)
 
@@ -136,8 +137,10 @@ def conv_transpose(g, node):
         raise OnnxImportError(f"{node.where}: ConvTranspose with asymmetric pads {list(pads)} is not supported")
     group = int(node.attr("group", 1))
     bias = node.input(2)
-    return mx.sym.Deconvolution(g.sym(node.inputs[0], node), weight=g.param(node.inputs[1], w),
-                                bias=g.param(bias, g.const(bias, node)) if bias else None, kernel=kernel,
+    return mx.sym.Deconvolution(g.sym(node.inputs[0], node), weight=g.param(node.inputs[1], w,
+                                                                            var=f"{node.layer}_weight"),
+                                bias=g.param(bias, g.const(bias, node), var=f"{node.layer}_bias") if bias else None,
+                                kernel=kernel,
                                 num_filter=int(w.shape[1]) * group, stride=strides, pad=pads[:len(kernel)],
                                 adj=_ints(node.attr("output_padding", [0] * len(kernel))), dilate=dilations,
                                 num_group=group, no_bias=not bias, name=node.layer)
@@ -149,10 +152,13 @@ def batch_norm(g, node):
     if any(node.outputs[1:]) or node.attr("training_mode", 0):
         raise OnnxImportError(f"{node.where}: training-mode BatchNormalization is not supported")
     scale, bias, mean, var = (node.inputs[i] for i in range(1, 5))
-    return mx.sym.BatchNorm(g.sym(node.inputs[0], node), gamma=g.param(scale, g.const(scale, node)),
-                            beta=g.param(bias, g.const(bias, node)), moving_mean=g.param(mean, g.const(mean, node), True),
-                            moving_var=g.param(var, g.const(var, node), True), eps=float(node.attr("epsilon", 1e-5)),
-                            fix_gamma=False, use_global_stats=True, name=node.layer)
+    return mx.sym.BatchNorm(g.sym(node.inputs[0], node), gamma=g.param(scale, g.const(scale, node),
+                                                                       var=f"{node.layer}_gamma"),
+                            beta=g.param(bias, g.const(bias, node), var=f"{node.layer}_beta"),
+                            moving_mean=g.param(mean, g.const(mean, node), True, var=f"{node.layer}_moving_mean"),
+                            moving_var=g.param(var, g.const(var, node), True, var=f"{node.layer}_moving_var"),
+                            eps=float(node.attr("epsilon", 1e-5)), fix_gamma=False, use_global_stats=True,
+                            name=node.layer)
 
 
 @converts("InstanceNormalization")
@@ -423,6 +429,13 @@ converts("Min", since=6)(_variadic("Min"))
 
 # ---- linear layers -------------------------------------------------------------------------------------------
 
+def _fc_flatten(g, node) -> bool:
+    """FullyConnected's ``flatten``: True on a 2-D input (the same product, and the only form MXNet's int8
+    quantization takes: with flatten=False it fails looking up the quantized weight), False on more axes (a
+    token-wise linear layer)."""
+    return len(g.shape(node.inputs[0])) == 2
+
+
 @converts("Gemm")
 def gemm(g, node):
     """``alpha * A' B' + beta * C``: FullyConnected when B is a constant (the classifier), a matrix product else."""
@@ -442,9 +455,11 @@ def gemm(g, node):
             cv = g.const(c, node) * beta
             if cv.size not in (1, w.shape[0]):
                 raise OnnxImportError(f"{node.where}: a Gemm bias of shape {cv.shape} is not supported")
-            bias = g.param(f"{c}@{node.layer}", np.broadcast_to(cv.reshape(-1), (w.shape[0],)))
-        out = mx.sym.FullyConnected(a, weight=g.param(f"{node.inputs[1]}@{node.layer}", w), bias=bias,
-                                    num_hidden=int(w.shape[0]), no_bias=bias is None, flatten=False, name=product)
+            bias = g.param(f"{c}@{node.layer}", np.broadcast_to(cv.reshape(-1), (w.shape[0],)), var=f"{product}_bias")
+        out = mx.sym.FullyConnected(a, weight=g.param(f"{node.inputs[1]}@{node.layer}", w, var=f"{product}_weight"),
+                                    bias=bias,
+                                    num_hidden=int(w.shape[0]), no_bias=bias is None, flatten=_fc_flatten(g, node),
+                                    name=product)
         if not c or const_bias:
             return out
     else:
@@ -461,9 +476,11 @@ def matmul_add(g, node):
     """``MatMul(x, W) + b`` (infer.onnx_fuse): one FullyConnected with its bias."""
     mx = _mx()
     w, b = g.const(node.inputs[1], node), g.const(node.inputs[2], node)
-    return mx.sym.FullyConnected(g.sym(node.inputs[0], node), weight=g.param(f"{node.inputs[1]}@T", w.T),
-                                 bias=g.param(node.inputs[2], b.reshape(-1)), num_hidden=int(w.shape[1]),
-                                 flatten=False, name=node.layer)
+    return mx.sym.FullyConnected(g.sym(node.inputs[0], node),
+                                 weight=g.param(f"{node.inputs[1]}@T", w.T, var=f"{node.layer}_weight"),
+                                 bias=g.param(node.inputs[2], b.reshape(-1), var=f"{node.layer}_bias"),
+                                 num_hidden=int(w.shape[1]),
+                                 flatten=_fc_flatten(g, node), name=node.layer)
 
 
 @converts("MatMul")
@@ -472,8 +489,9 @@ def matmul(g, node):
     a, b = node.inputs[0], node.inputs[1]
     if g.is_const(b) and g.const(b, node).ndim == 2:
         w = g.const(b, node)
-        return mx.sym.FullyConnected(g.sym(a, node), weight=g.param(f"{b}@T", w.T), num_hidden=int(w.shape[1]),
-                                     no_bias=True, flatten=False, name=node.layer)
+        return mx.sym.FullyConnected(g.sym(a, node), weight=g.param(f"{b}@T", w.T, var=f"{node.layer}_weight"),
+                                     num_hidden=int(w.shape[1]),
+                                     no_bias=True, flatten=_fc_flatten(g, node), name=node.layer)
     sa, sb = g.shape(a), g.shape(b)
     if len(sa) < 2 or len(sb) < 2:
         raise OnnxImportError(f"{node.where}: MatMul of a {len(sa)}-D and a {len(sb)}-D value is not supported")

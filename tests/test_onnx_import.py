@@ -66,7 +66,8 @@ def test_the_corpus_is_what_real_exporters_wrote_and_small():
     sources = [onnx_corpus.source_of(onnx.load(os.path.join(MODELS_DIR, f"{n}.onnx"))) for n in CORPUS]
     exporters = {s["exporter"] for s in sources}
     assert {"torch.onnx (torchscript)", "torch.onnx (dynamo)", "tf2onnx", "paddle2onnx"} <= exporters, exporters
-    assert {11, 13, 17, 18} <= {s["opset"] for s in sources} and "NHWC" in {s["layout"] for s in sources}
+    assert {9, 11, 13, 14, 15, 17, 18, 21} <= {s["opset"] for s in sources}
+    assert "NHWC" in {s["layout"] for s in sources}
     assert any(not s["dynamic_batch"] for s in sources), "a model exported at a fixed batch"
     total = sum(os.path.getsize(os.path.join(MODELS_DIR, f)) for f in os.listdir(MODELS_DIR))
     assert total < 20e6, total
@@ -353,3 +354,29 @@ def test_preprocessing_of_a_non_square_size_and_bgr(tmp_path):
     got = preprocess(data, "p.jpg", prep)
     assert got.shape == (3, 96, 160)
     assert np.abs(got - _reference_input(data, flags, (96, 160))).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet18-torchscript-op11", "vit_tiny_patch16_224-torchscript-op17"])
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_an_imported_model_converts_to_reduced_precision_as_infer_does(name, precision):
+    """infer's --precision path (infer.precision.convert: AMP bf16, oneDNN int8 calibrated on photos) takes an
+    imported model: MXNet's quantization finds a layer's parameters by the names ``<layer>_weight`` and
+    ``<layer>_bias`` (the import names them so; with other names int8 failed with a KeyError)."""
+    import mxnet as mx
+
+    from common.model import BoundModel
+    from infer import onnx_graph
+    from infer.precision import convert
+    from infer.sample import Sample
+
+    converted = onnx_graph.convert(onnx_graph.load(corpus_model(name), name), name)
+    sym = mx.sym.load_json(converted.symbol_json)
+    prep = Preprocessing(224, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), decode="exact")
+    photos = Sample(tuple(photo_jpeg(i, (320, 240), seed=9) for i in range(8)), tuple(f"p{i}" for i in range(8)),
+                    prep)
+    csym, carg, caux = convert(sym, converted.arg, converted.aux, precision, photos, batch=8)
+    batch = next(photos.batches(8))
+    fp32 = BoundModel(sym, converted.arg, converted.aux, 8).forward(batch)
+    reduced = BoundModel(csym, carg, caux, 8).forward(batch)
+    assert reduced.shape == fp32.shape and np.isfinite(reduced).all()
+    assert (reduced.argmax(axis=1) == fp32.argmax(axis=1)).mean() >= 0.5

@@ -111,6 +111,7 @@ MODELS = {
     "mobilenet_v2-torchscript-op13": ("torchvision", lambda: TV.mobilenet_v2(), 224, "torchscript", 13, True),
     "mobilenet_v3_small-torchscript-op17": ("torchvision", lambda: TV.mobilenet_v3_small(), 224, "torchscript", 17,
                                             True),
+    "mobilenet_v3_small-dynamo-op21": ("torchvision", lambda: TV.mobilenet_v3_small(), 224, "dynamo", 21, True),
     "mobilenet_v3_small-dynamo-op18": ("torchvision", lambda: TV.mobilenet_v3_small(), 224, "dynamo", 18, True),
     "efficientnet_b0-torchscript-op13": ("torchvision", lambda: TV.efficientnet_b0(), 224, "torchscript", 13, True),
     "regnet_y_400mf-torchscript-op17": ("torchvision", lambda: TV.regnet_y_400mf(), 224, "torchscript", 17, True),

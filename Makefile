@@ -107,7 +107,8 @@ bench-photos: setup
 
 # MXNet (as infer binds it) against ONNX Runtime on every corpus architecture, same threads (docs/models.md).
 bench-onnx: setup
-	$(PY) bench/onnx_models.py --out docs/onnx-figures.json
+	$(PY) bench/onnx_models.py --precisions fp32,bf16,int8 --out docs/onnx-figures.json
+	$(PY) scripts/onnx_docs.py
 
 # The ONNX corpus (testkit/corpus/): real exporters in environments of their own (torch ~5.6 GB, TensorFlow
 # ~1.6 GB, Paddle ~1 GB; not needed by make test, which uses the committed, weight-stripped files).

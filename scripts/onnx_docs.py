@@ -1,8 +1,8 @@
 """Write the tables of docs/models.md that come from the code and the benchmark: the operators the converter
 table registers (infer.onnx_ops) and the corpus results (docs/onnx-figures.json, from make bench-onnx).
 
-    python scripts/onnx_docs.py          # rewrite the blocks between the <!-- ... --> markers
-    python scripts/onnx_docs.py --check  # exit 1 when docs/models.md is not what the code and figures say
+    .venv/bin/python scripts/onnx_docs.py          # rewrite the blocks between the <!-- ... --> markers
+    .venv/bin/python scripts/onnx_docs.py --check  # exit 1 when docs/models.md is not what the code and figures say
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     new = render(text)
     if "--check" in argv:
         if new != text:
-            print(f"{DOC} is not what the code and {FIGURES} say: run python scripts/onnx_docs.py", file=sys.stderr)
+            print(f"{DOC} is not what the code and {FIGURES} say: run .venv/bin/python scripts/onnx_docs.py", file=sys.stderr)
             return 1
         return 0
     with open(DOC, "w") as f:

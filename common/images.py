@@ -253,6 +253,11 @@ def parse_size(text, what: str = "--image-size") -> tuple[int, int]:
     return h, w
 
 
+def input_hw(size: Union[int, tuple[int, int]]) -> tuple[int, int]:
+    """(height, width) of a model input size given as S or (H, W)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def size_text(size: tuple[int, int]) -> str:
     """``224`` for a square size, ``48x192`` otherwise (what --image-size takes)."""
     return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
@@ -273,7 +278,7 @@ class Preprocessing:
     channel_order: str = "rgb"
 
     def __post_init__(self) -> None:
-        hw = (self.size, self.size) if isinstance(self.size, int) else tuple(int(v) for v in self.size)
+        hw = input_hw(self.size)
         object.__setattr__(self, "size", hw[0] if hw[0] == hw[1] else hw)  # a square size stays one number
         if min(hw) < 8:
             raise ValueError(f"--image-size must be at least 8, got {size_text(hw)}")
@@ -294,7 +299,7 @@ class Preprocessing:
     @property
     def hw(self) -> tuple[int, int]:
         """(height, width) of the model's input."""
-        return (self.size, self.size) if isinstance(self.size, int) else self.size
+        return input_hw(self.size)
 
     @property
     def _cover(self) -> tuple[int, int]:

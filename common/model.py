@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 
 from common import storage
-from common.images import INPUT_SIZE
+from common.images import INPUT_SIZE, input_hw
 from common.errors import ModelError  # noqa: F401 - raised here, defined with the other user errors
 
 DATA_NAME = "data"
@@ -256,11 +256,6 @@ def unfused_at(sym, output: str):
     graph["heads"] = [[moved[i], o, v] for i, o, v in graph["heads"]]
     graph.pop("node_row_ptr", None)  # MXNet recomputes it
     return mx.sym.load_json(json.dumps(graph))
-
-
-def input_hw(image_size: Union[int, tuple[int, int]]) -> tuple[int, int]:
-    """(height, width) of an ``image_size`` given as S or (H, W)."""
-    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
 
 
 def check_model(files: ModelFiles, spec: ModelSpec):

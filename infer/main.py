@@ -91,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-order", choices=CHANNEL_ORDERS, default="rgb", help="the order the model takes its "
                    "colour channels in: rgb (default; PyTorch, timm, Keras) or bgr (Caffe-, OpenCV- and many "
                    "Paddle-trained models); --mean and --std are given in this order")
-    p.add_argument("--mean", default="0,0,0", help="per-channel mean (in --channel-order) subtracted from 0..255 pixels (default "
-                   "0,0,0; a Gluon model zoo export wants 123.675,116.28,103.53)")
-    p.add_argument("--std", default="1,1,1", help="per-channel divisor R,G,B after the mean (default 1,1,1; Gluon: "
-                   "58.395,57.12,57.375)")
+    p.add_argument("--mean", default="0,0,0", help="per-channel mean, in --channel-order, subtracted from 0..255 "
+                   "pixels (default 0,0,0; a Gluon model zoo export wants 123.675,116.28,103.53)")
+    p.add_argument("--std", default="1,1,1", help="per-channel divisor, in --channel-order, after the mean (default "
+                   "1,1,1; Gluon: 58.395,57.12,57.375)")
     p.add_argument("--decode", choices=DECODES, default=DEFAULT_DECODE, help="fast (default): decode a large JPEG at "
                    "the smallest DCT scale (1/2-1/8) that still covers the resize, and box-reduce other large images "
                    "before it (docs/reference.md: measured agreement); exact: decode every pixel")

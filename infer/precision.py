@@ -18,15 +18,14 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 
 from common import storage
-from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE, Preprocessing
+from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE, Preprocessing, input_hw
 from common.manifest import Manifest
-from common.model import (DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, input_hw,
-                          params_bytes)
+from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
 from infer.cpu import cpu_info, speed_warning
 from infer.sample import Sample, load_sample, sample_plan, sample_shards
 
@@ -45,7 +44,7 @@ def _padded(images: np.ndarray, batch: int) -> np.ndarray:
 
 
 def top1(sym, arg: dict, aux: dict, batches: Iterable[np.ndarray], batch: int = 64,
-         image_size=INPUT_SIZE) -> np.ndarray:
+         image_size: Union[int, tuple[int, int]] = INPUT_SIZE) -> np.ndarray:
     """Top-1 class per image of ``batches`` (each of at most ``batch`` rows)."""
     model = BoundModel(sym, arg, aux, batch, image_size=image_size)
     out = [model.forward(images).argmax(axis=1) for images in batches if len(images)]

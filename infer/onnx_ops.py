@@ -45,8 +45,13 @@ def converter_for(op: str, opset: int, where: str) -> Converter:
 
 
 def supported() -> list[str]:
-    """Every operator some opset converts (plus those only ever folded), sorted."""
-    return sorted({op for op, _ in _CONVERTERS} | set(FOLDED_ONLY))
+    """Every ONNX operator some opset converts (plus those only ever folded), sorted; not the import's own fused
+    forms (:data:`INTERNAL`)."""
+    return sorted(({op for op, _ in _CONVERTERS} | set(FOLDED_ONLY)) - set(INTERNAL))
+
+
+# What infer.onnx_fuse writes for a pattern that has no ONNX operator of its own: never in a user's file.
+INTERNAL = ("FusedMatMulAdd",)
 
 
 # Operators that only ever compute constants or shapes: folded at import, never converted.

@@ -117,7 +117,8 @@ def measure_one(name: str, threads: int, batch: int, rounds: int, precisions: tu
     reduced = {}
     for precision in precisions:
         reduced[precision] = _reduced(converted, x, bound, mx_s, precision, rounds)
-    return {**({"reduced": reduced} if reduced else {}), "model": name, "exporter": source.get("exporter"), "opset": source.get("opset"),
+    return {**({"reduced": reduced} if reduced else {}), "model": name, "exporter": source.get("exporter"),
+            "opset": source.get("opset"),
             "layout": converted.layout, "size": list(converted.probe_size), "nodes": sum(converted.nodes.values()),
             "folded": converted.folded, "convert_s": round(convert_s, 2),
             "max_probability_difference": agreement.max_difference, "top1_disagreements": agreement.top1_disagreements,

@@ -314,7 +314,8 @@ class Preprocessing:
     def record(self) -> dict:
         """What run.json says (EXIF orientation is always applied)."""
         return {"image_size": self.size if isinstance(self.size, int) else size_text(self.hw), "resize": self.resize,
-                "mean": list(self.mean), "std": list(self.std), "exif_orientation": "applied", "interpolation": "LANCZOS", "color": "RGB",
+                "mean": list(self.mean), "std": list(self.std), "exif_orientation": "applied",
+                "interpolation": "LANCZOS", "color": "RGB",
                 "channel_order": self.channel_order, "decode": self.decode}
 
     def decode_image(self, data: bytes, key: str) -> Image.Image:

@@ -270,7 +270,8 @@ def image_input(model, source: str):
 
     if len(dims) != 4 or tensor.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
         raise OnnxImportError(f"{source}: input {inputs[0].name!r} is not an image batch: shape "
-                              f"{[d if d else '?' for d in dims]}, expected (batch, 3, H, W) or (batch, H, W, 3) floats")
+                              f"{[d if d else '?' for d in dims]}, expected (batch, 3, H, W) or (batch, H, W, 3) "
+                              "floats")
     if dims[1] == 3 or (dims[1] is None and dims[3] != 3):
         layout, hw = "NCHW", (dims[2], dims[3])
     elif dims[3] == 3:

@@ -6,7 +6,7 @@ conversion state (:class:`infer.onnx_graph.Graph`: image-dependent values as MXN
 as arrays) and the node, and returns the node's MXNet symbol (or one per output).  Constant subgraphs
 never reach this table: :mod:`infer.onnx_graph` folds every node whose inputs are all known first.
 
-:data:`SUPPORTED` lists the operators, for ``--help`` and docs/models.md.
+:func:`supported` lists the operators, for ``--help``, the errors and docs/models.md.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _explicit_pad(g, x, begin: tuple, end: tuple, value: float, node):
 
 
 def _split_pads(g, x, begin, end, value, node):
-    """Symmetric pads an op can take itself, and the input padded explicitly by the rest."""
+    """``(input, the op's own pad)``: symmetric pads stay the op's; asymmetric ones are all made an explicit pad."""
     if begin == end:
         return x, begin
     return _explicit_pad(g, x, begin, end, value, node), (0,) * len(begin)
@@ -122,8 +122,7 @@ def conv(g, node):
     bias = node.input(2)
     return mx.sym.Convolution(x, weight=g.param(node.inputs[1], w, var=f"{node.layer}_weight"),
                               bias=g.param(bias, g.const(bias, node), var=f"{node.layer}_bias") if bias else None,
-                              kernel=kernel,
-                              num_filter=int(w.shape[0]), stride=strides, pad=pad, dilate=dilations,
+                              kernel=kernel, num_filter=int(w.shape[0]), stride=strides, pad=pad, dilate=dilations,
                               num_group=int(node.attr("group", 1)), no_bias=not bias, name=node.layer)
 
 
@@ -145,8 +144,8 @@ def conv_transpose(g, node):
     return mx.sym.Deconvolution(g.sym(node.inputs[0], node), weight=g.param(node.inputs[1], w,
                                                                             var=f"{node.layer}_weight"),
                                 bias=g.param(bias, g.const(bias, node), var=f"{node.layer}_bias") if bias else None,
-                                kernel=kernel,
-                                num_filter=int(w.shape[1]) * group, stride=strides, pad=pads[:len(kernel)],
+                                kernel=kernel, num_filter=int(w.shape[1]) * group, stride=strides,
+                                pad=pads[:len(kernel)],
                                 adj=_ints(node.attr("output_padding", [0] * len(kernel))), dilate=dilations,
                                 num_group=group, no_bias=not bias, name=node.layer)
 
@@ -170,9 +169,10 @@ def batch_norm(g, node):
 def instance_norm(g, node):
     mx = _mx()
     scale, bias = node.inputs[1], node.inputs[2]
-    return mx.sym.InstanceNorm(g.sym(node.inputs[0], node), gamma=g.param(scale, g.const(scale, node)),
-                               beta=g.param(bias, g.const(bias, node)), eps=float(node.attr("epsilon", 1e-5)),
-                               name=node.layer)
+    return mx.sym.InstanceNorm(g.sym(node.inputs[0], node),
+                               gamma=g.param(scale, g.const(scale, node), var=f"{node.layer}_gamma"),
+                               beta=g.param(bias, g.const(bias, node), var=f"{node.layer}_beta"),
+                               eps=float(node.attr("epsilon", 1e-5)), name=node.layer)
 
 
 @converts("LayerNormalization", since=1)  # opset 17's op, and what infer.onnx_fuse makes of older spellings
@@ -186,9 +186,10 @@ def layer_norm(g, node):
     width = g.shape(node.inputs[0])[-1]
     scale = np.broadcast_to(g.const(node.inputs[1], node), (width,))
     bias = np.broadcast_to(g.const(node.inputs[2], node), (width,)) if node.input(2) else np.zeros(width, np.float32)
-    return mx.sym.LayerNorm(g.sym(node.inputs[0], node), gamma=g.param(f"{node.inputs[1]}", scale),
-                            beta=g.param(f"{node.input(2) or node.layer + '_beta'}", bias), axis=-1,
-                            eps=float(node.attr("epsilon", 1e-5)), name=node.layer)
+    return mx.sym.LayerNorm(g.sym(node.inputs[0], node),
+                            gamma=g.param(node.inputs[1], scale, var=f"{node.layer}_gamma"),
+                            beta=g.param(node.input(2) or f"{node.layer}@beta", bias, var=f"{node.layer}_beta"),
+                            axis=-1, eps=float(node.attr("epsilon", 1e-5)), name=node.layer)
 
 
 @converts("LRN")
@@ -240,8 +241,10 @@ def prelu(g, node):
     x = g.sym(node.inputs[0], node)
     slope = g.const(node.inputs[1], node)
     shape = g.shape(node.inputs[0])
-    if len(shape) >= 2 and slope.size == shape[1] and slope.reshape(-1).shape == (shape[1],) and (
-            slope.ndim <= 1 or all(d == 1 for d in slope.shape[1:])):
+    # channel-wise only when the slope lines up with axis 1 under numpy's broadcasting: (C, 1, 1) for NCHW (a 1-D
+    # slope of C values lines up with the last axis)
+    if len(shape) >= 3 and slope.ndim == len(shape) - 1 and slope.shape[0] == shape[1] and \
+            all(d == 1 for d in slope.shape[1:]):
         return mx.sym.LeakyReLU(x, gamma=g.param(node.inputs[1], slope.reshape(-1)), act_type="prelu", name=node.layer)
     negative = mx.sym.broadcast_mul(mx.sym.minimum(x, 0.0), g.broadcastable(node.inputs[1], None, len(shape), node))
     return mx.sym.broadcast_add(mx.sym.relu(x), negative, name=node.layer)
@@ -361,8 +364,8 @@ def _compare(op: str):
     def convert(g, node):
         a, b = node.inputs[0], node.inputs[1]
         rank = max(len(g.shape(a)), len(g.shape(b)))
-        return getattr(_mx().sym, _COMPARE[op])(g.broadcastable(a, None, rank, node), g.broadcastable(b, None, rank, node),
-                                                name=node.layer)
+        return getattr(_mx().sym, _COMPARE[op])(g.broadcastable(a, None, rank, node),
+                                                g.broadcastable(b, None, rank, node), name=node.layer)
     return convert
 
 

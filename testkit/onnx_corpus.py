@@ -85,7 +85,8 @@ def _roles(model) -> dict:
     independently: BatchNorm statistics no longer match the activations they normalise, and an image's
     signal vanishes or explodes over fifty layers (seen: a Keras MobileNet whose outputs no longer
     depended on the image).  So a weight read by Conv, Gemm or MatMul is drawn He-normal for its fan-in
-    (variance-preserving through ReLU-like layers), convolution biases, normalisation shifts and means near 0, scales near 1,
+    (variance-preserving through ReLU-like layers), convolution biases, normalisation shifts and means near 0,
+    scales near 1,
     variances in [0.5, 1.5]; everything else (biases, embeddings, tokens) keeps its recorded statistics.
     """
     roles = {}

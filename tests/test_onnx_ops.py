@@ -53,6 +53,9 @@ CASES = {
     "leakyrelu": (13, [("LeakyRelu", ["x"], ["y"], dict(alpha=0.2))], {}),
     "prelu-channel": (13, [("PRelu", ["x", "s"], ["y"], {})], {"s": w(3, 1, 1)}),
     "prelu-width": (13, [("PRelu", ["x", "s"], ["y"], {})], {"s": w(8)}),
+    # 3 values, the channel count: numpy's broadcasting lines them up with the last axis, not the channels
+    "prelu-last-axis": (13, [("Slice", ["x", "st", "en", "ax"], ["c"], {}), ("PRelu", ["c", "s"], ["y"], {})],
+                        {"st": i64(0), "en": i64(3), "ax": i64(3), "s": w(3)}),
     "elu": (13, [("Elu", ["x"], ["y"], dict(alpha=0.7))], {}),
     "selu": (13, [("Selu", ["x"], ["y"], {})], {}),
     "selu-attrs": (13, [("Selu", ["x"], ["y"], dict(alpha=1.5, gamma=1.1))], {}),

@@ -167,7 +167,7 @@ class Graph:
             raise OnnxImportError(f"{node.where}: input {name!r} depends on the batch in a way that is not supported")
         raise OnnxImportError(f"{node.where}: input {name!r} is produced by nothing before it")
 
-    def broadcastable(self, name: str, array, rank: int, node: Node):
+    def broadcastable(self, name: str, rank: int, node: Node):
         """``name`` as a symbol of ``rank`` dimensions, leading 1s added (numpy's broadcasting, spelt out)."""
         import mxnet as mx
 

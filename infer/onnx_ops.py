@@ -246,7 +246,7 @@ def prelu(g, node):
     if len(shape) >= 3 and slope.ndim == len(shape) - 1 and slope.shape[0] == shape[1] and \
             all(d == 1 for d in slope.shape[1:]):
         return mx.sym.LeakyReLU(x, gamma=g.param(node.inputs[1], slope.reshape(-1)), act_type="prelu", name=node.layer)
-    negative = mx.sym.broadcast_mul(mx.sym.minimum(x, 0.0), g.broadcastable(node.inputs[1], None, len(shape), node))
+    negative = mx.sym.broadcast_mul(mx.sym.minimum(x, 0.0), g.broadcastable(node.inputs[1], len(shape), node))
     return mx.sym.broadcast_add(mx.sym.relu(x), negative, name=node.layer)
 
 
@@ -352,7 +352,7 @@ def _binary(g, node, op: str, a: str, b: str, name: str):
         # the same shape: MXNet's element-wise kernel (its broadcast kernel is several times slower)
         return getattr(mx.sym, _ELEMWISE[op])(g.sym(a, node), g.sym(b, node), name=name)
     rank = max(len(g.shape(a)), len(g.shape(b)))
-    return getattr(mx.sym, full)(g.broadcastable(a, None, rank, node), g.broadcastable(b, None, rank, node), name=name)
+    return getattr(mx.sym, full)(g.broadcastable(a, rank, node), g.broadcastable(b, rank, node), name=name)
 
 
 _COMPARE = {"Greater": "broadcast_greater", "Less": "broadcast_lesser", "Equal": "broadcast_equal",
@@ -364,8 +364,8 @@ def _compare(op: str):
     def convert(g, node):
         a, b = node.inputs[0], node.inputs[1]
         rank = max(len(g.shape(a)), len(g.shape(b)))
-        return getattr(_mx().sym, _COMPARE[op])(g.broadcastable(a, None, rank, node),
-                                                g.broadcastable(b, None, rank, node), name=node.layer)
+        return getattr(_mx().sym, _COMPARE[op])(g.broadcastable(a, rank, node),
+                                                g.broadcastable(b, rank, node), name=node.layer)
     return convert
 
 
@@ -389,7 +389,7 @@ def where(g, node):
     full = [tuple(max(d) for d in zip(*(s[k] for s in shapes))) for k in (0, 1)]
     syms = []
     for name, (one, two) in zip(names, shapes):
-        sym = g.broadcastable(name, None, rank, node)
+        sym = g.broadcastable(name, rank, node)
         for axis in range(rank):
             if full[0][axis] != full[1][axis] and one[axis] == two[axis]:  # a 1 where the output follows the batch
                 sym = mx.sym.broadcast_like(sym, g.data, lhs_axes=(axis,), rhs_axes=(0,))
@@ -504,7 +504,7 @@ def matmul(g, node):
     if len(sa) < 2 or len(sb) < 2:
         raise OnnxImportError(f"{node.where}: MatMul of a {len(sa)}-D and a {len(sb)}-D value is not supported")
     rank = max(len(sa), len(sb))
-    x, y = g.broadcastable(a, None, rank, node), g.broadcastable(b, None, rank, node)
+    x, y = g.broadcastable(a, rank, node), g.broadcastable(b, rank, node)
     sa, sb = (1,) * (rank - len(sa)) + tuple(sa), (1,) * (rank - len(sb)) + tuple(sb)
     if sa[:-2] != sb[:-2]:
         lead = tuple(max(p, q) for p, q in zip(sa[:-2], sb[:-2]))
@@ -828,7 +828,7 @@ def expand(g, node):
         b = (1,) * (rank - len(target)) + tuple(target)
         outs.append(tuple(max(p, q) if min(p, q) == 1 else p for p, q in zip(a, b)))
     one, two = outs
-    sym = g.broadcastable(x, None, len(one), node)
+    sym = g.broadcastable(x, len(one), node)
     have = [(1,) * (len(one) - len(s)) + tuple(s) for s in g.probe_shapes(x)]
     moving = [i for i in range(len(one)) if one[i] != two[i]]
     for i in moving:

@@ -75,9 +75,10 @@ def test_the_corpus_is_what_real_exporters_wrote_and_small():
 
 @pytest.mark.parametrize("name", [f"corpus:{n}" for n in CORPUS] + [f"light:{n}" for n in LIGHT])
 def test_a_real_export_converts_to_what_onnx_runtime_computes(name):
-    """The import's own check passes, and, independently of it, on another batch: the value before the head
-    (features or logits) equals ONNX Runtime's to 1e-4 of its largest magnitude, and differs between images
-    (so the comparison can fail), with oneDNN's fusion on as infer binds it."""
+    """On a batch apart from the import's own check's: the probabilities equal ONNX Runtime's within the check's
+    tolerance, and the value before the head (features or logits) to 1e-4 of its largest magnitude and differs
+    between images (so the comparison can fail), with oneDNN's fusion on as infer binds it.  (The check itself,
+    onnx_check.compare, runs in every import_onnx test below.)"""
     import mxnet as mx
 
     from common.model import BoundModel, unfused_at
@@ -88,9 +89,6 @@ def test_a_real_export_converts_to_what_onnx_runtime_computes(name):
     model = onnx_graph.load(data, stem)
     converted = onnx_graph.convert(model, stem)
     full = model.SerializeToString()
-    agreement = onnx_check.compare(converted, full, onnx_check.check_batch(converted.probe_size))
-    assert agreement.ok, agreement
-
     batch = onnx_check.check_batch(converted.probe_size, n=3, seed=7)
     if stem in PIXEL_INPUT:
         batch = np.clip(batch * 64 + 128, 0, 255)

@@ -92,6 +92,7 @@ def measure_one(name: str, threads: int, batch: int, rounds: int, precisions: tu
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(full, options, providers=["CPUExecutionProvider"])
+    # its own loop (not onnx_check.run_onnxruntime): the NHWC transpose is made once, outside the timing
     feed = x if converted.layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     step = converted.fixed_batch or batch
     inp = session.get_inputs()[0].name

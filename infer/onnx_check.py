@@ -55,8 +55,10 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def run_onnxruntime(model_bytes: bytes, batch: np.ndarray, layout: str, threads: Optional[int] = None) -> np.ndarray:
-    """The ONNX file's first output for an NCHW ``batch`` (transposed for an NHWC model), rows flattened."""
+def run_onnxruntime_all(model_bytes: bytes, batch: np.ndarray, layout: str,
+                        threads: Optional[int] = None) -> list[np.ndarray]:
+    """Every output of the ONNX file for an NCHW ``batch`` (transposed for an NHWC model), rows flattened; a model
+    exported at a fixed batch is run that many images at a time."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -65,9 +67,15 @@ def run_onnxruntime(model_bytes: bytes, batch: np.ndarray, layout: str, threads:
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     feed = batch if layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
     name, first = session.get_inputs()[0].name, session.get_inputs()[0].shape[0]
-    step = first if isinstance(first, int) and first > 0 else len(feed)  # a model exported at a fixed batch
-    outs = [session.run(None, {name: feed[i: i + step]})[0] for i in range(0, len(feed), step)]
-    return np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(o), -1) for o in outs])
+    step = first if isinstance(first, int) and first > 0 else len(feed)
+    runs = [session.run(None, {name: feed[i: i + step]}) for i in range(0, len(feed), step)]
+    return [np.concatenate([np.asarray(r[k], dtype=np.float32).reshape(len(r[k]), -1) for r in runs])
+            for k in range(len(runs[0]))]
+
+
+def run_onnxruntime(model_bytes: bytes, batch: np.ndarray, layout: str, threads: Optional[int] = None) -> np.ndarray:
+    """The ONNX file's first output (:func:`run_onnxruntime_all`)."""
+    return run_onnxruntime_all(model_bytes, batch, layout, threads)[0]
 
 
 def run_mxnet(converted, batch: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ class token expanded to the batch becomes a ``broadcast_like`` of the input.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -404,10 +405,7 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
 
 
 def _count(items) -> dict:
-    out: dict = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
+    return dict(Counter(items))
 
 
 def _mx_reason(e: Exception) -> str:

@@ -99,12 +99,8 @@ def test_a_real_export_converts_to_what_onnx_runtime_computes(name):
     grouped = mx.sym.Group([unfused, unfused.get_internals()[layer]])
     ours = BoundModel(grouped, converted.arg, converted.aux, len(batch), image_size=converted.probe_size)
     out, inner = ours.forward_all(batch)
-    session = ort.InferenceSession(_with_output(full, pre), providers=["CPUExecutionProvider"])
-    feed = batch if converted.layout == "NCHW" else batch.transpose(0, 2, 3, 1)
-    step = converted.fixed_batch or len(batch)
-    runs = [session.run(None, {session.get_inputs()[0].name: feed[i:i + step]}) for i in range(0, len(batch), step)]
-    want_out = np.concatenate([r[0].reshape(len(r[0]), -1) for r in runs])
-    want_inner = np.concatenate([r[-1].reshape(len(r[-1]), -1) for r in runs])
+    outputs = onnx_check.run_onnxruntime_all(_with_output(full, pre), batch, converted.layout)
+    want_out, want_inner = outputs[0], outputs[-1]
     scale = np.abs(want_inner).max()
     assert np.abs(inner - want_inner).max() <= 1e-4 * scale, (np.abs(inner - want_inner).max(), scale)
     if kind == "corpus":  # the model-zoo graphs' weights are one constant each: their images look alike

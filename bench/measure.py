@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -78,7 +79,15 @@ def run_sampled(cmd: list[str], env: dict, interval: float = 0.25, timeout: floa
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # the whole tree goes, then the caller hears of it
+        done.set()
+        for p in psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.communicate()
+        raise
     wall = time.perf_counter() - t0
     done.set()
     sampler.join()

@@ -13,7 +13,7 @@ and writes the top-5 classes and probabilities back to S3 with ``write_parquet``
   2 cores the actors hold every CPU and the read tasks never run (it waits forever; not in
   ``make bench``'s default list, bench/peers.py kills it);
 * ``idiomatic``: the same with the smallest change that makes it run here: each actor asks for
-  0.9 of a CPU;
+  half a CPU, which leaves one for the read tasks;
 * ``tuned``: ``read_binary_files``, decode and resize inside the actor with infer's
   preprocessing exactly (Pillow LANCZOS), 2 actors x 1 MXNet thread (infer's layout); the read
   tasks ask for a tenth of a CPU, so that the actors holding both cores never starve them
@@ -97,7 +97,7 @@ def main() -> int:
         ds = ray.data.read_images(src, filesystem=fs, mode="RGB", size=(224, 224), include_paths=True,
                                   file_extensions=["png"])
         ds = ds.map_batches(Classify, fn_constructor_args=(a.model_dir, False), batch_size=64, concurrency=cores,
-                            num_cpus=1 if a.variant == "guide" else 0.9)
+                            num_cpus=1 if a.variant == "guide" else 0.5)
     else:
         actors = cores if a.variant == "tuned" else 1
         ds = ray.data.read_binary_files(src, filesystem=fs, include_paths=True, file_extensions=["png"],

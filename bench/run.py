@@ -16,7 +16,11 @@ ResNet-18), measured one after the other:
 3. seed-style: bench/seed_style.py (one GET per image, padded partitions, collect, one text file);
 4. Spark predict_batch_udf: bench/udf_style.py, bytes in (preprocessing in the predict
    function) and tensors in (on at most --tensor-images images: 600 KB of floats per row);
-5. 2-4 again behind a proxy adding --latency-ms to every S3 request.
+5. 2-4 again behind a proxy adding --latency-ms to every S3 request;
+6. the peers a user would pick instead (bench/peers.py: Daft and Ray Data, each in its own
+   environment, idiomatic and tuned), the whole job on the same images, model and S3 server,
+   at --images and at each --peer-sizes size, with shardinfer's fp32 infer (and prepare + infer)
+   at the same sizes.
 
 Each Spark run is sampled for peak RSS (driver JVM, Python driver, Python workers) and
 the machine's CPU busy fraction.  Prints a table of ratios to model-only and writes JSON.
@@ -36,6 +40,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # this proce
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.measure import Sample, run_sampled  # noqa: E402
+from bench import peers  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
 from common import status, storage  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
@@ -122,6 +127,10 @@ def main() -> int:
     p.add_argument("--master", default="local[*]", help="Spark master for every Spark run (default local[*])")
     p.add_argument("--json", default=None, help="where to write the results (default bench-results/bench-N.json)")
     p.add_argument("--skip", default="", help="comma list of runs to skip: seed,udf,tensors,latency,small,bf16,int8")
+    p.add_argument("--peers", default=",".join(peers.DEFAULT_VARIANTS), help="peer variants to run (bench/peers.py; "
+                   "empty for none), e.g. daft:tuned,ray")
+    p.add_argument("--peer-sizes", default="", help="more image counts (comma list) at which the peers and "
+                   "shardinfer's fp32 infer run again, e.g. 10240")
     p.add_argument("--spt-sweep", default="1,8", help="other --shards-per-task values to run fp32 infer with "
                    "(comma list, empty for none)")
     a = p.parse_args()
@@ -242,6 +251,24 @@ def main() -> int:
             results["runs"].append(row("predict_batch_udf tensors-in", s, nt, ips))
             log(f"udf tensors {results['runs'][-1]}")
 
+        variants = peers.parse_variants(a.peers)
+        results["peers"] = []
+        if variants:
+            prep = results["prepare"]["wall_s"]
+            fp32 = next(r for r in results["runs"] if r["name"] == "shardinfer")
+            results["peers"].append(peer_size(n, f"s3://{BUCKET}/in/", fp32["wall_s"], prep, variants, model_dir,
+                                              s3.env, ips, log))
+            for size in (int(x) for x in filter(None, a.peer_sizes.split(","))):
+                prefix = f"s3://{BUCKET}/in-{size}/"
+                upload_cifar_like(prefix, size, endpoint_url=s3.endpoint_url, threads=8)
+                s = submit("prepare/main.py", ["--input", prefix, "--output", f"s3://{BUCKET}/shards-{size}/"], s3.env,
+                           conf)
+                manifest = f"s3://{BUCKET}/shards-{size}/manifest.parquet"
+                big = submit("infer/main.py", ["--manifest", manifest, *model_args, "--output", f"s3://{BUCKET}/pred-{size}/",
+                                               "--run-id", "bench"], s3.env, conf)
+                results["peers"].append(peer_size(size, prefix, big.wall_s, s.wall_s, variants, model_dir, s3.env, ips,
+                                                  log))
+
         if "latency" not in skip:
             with FaultProxy(s3.endpoint_url, latency_s=a.latency_ms / 1000.0) as proxy:
                 env = {**s3.env, "AWS_ENDPOINT_URL": proxy.endpoint_url}
@@ -252,6 +279,11 @@ def main() -> int:
                 results["runs"].append(r)
                 log(f"shardinfer{suffix} {r}")
                 baselines(env, suffix)
+                if variants:  # the backfill's view behind the latency: prepare + infer against the peers
+                    pl = submit("prepare/main.py", ["--input", f"s3://{BUCKET}/in/", "--output",
+                                                    f"s3://{BUCKET}/shards-latency/"], env, conf)
+                    results["peers_latency"] = peer_size(n, f"s3://{BUCKET}/in/", s.wall_s, pl.wall_s, variants,
+                                                         model_dir, env, ips, lambda m: log(f"{m}{suffix}"), "-latency")
                 results["latency_proxy_requests"] = proxy.counts["requests"]
 
     with open(out_json, "w") as f:
@@ -259,6 +291,29 @@ def main() -> int:
     print_table(results)
     print(f"bench: results in {os.path.relpath(out_json, ROOT)}")
     return 0
+
+
+def peer_size(images: int, prefix: str, infer_s: float, prepare_s: float, variants, model_dir: str, env: dict,
+              model_ips: float, log, tag: str = "") -> dict:
+    """The peers' whole jobs at one size, beside shardinfer's infer and prepare + infer on the same images."""
+    rows = peers.run_variants(variants, prefix, model_dir, f"s3://{BUCKET}/peers{tag}-{images}/", env, images, model_ips,
+                              log=lambda m: log(f"peer {m}"))
+    ok = [r for r in rows if "error" not in r]
+    best = max(ok, key=lambda r: r["images_per_s"]) if ok else None
+    out = {"images": images, "shardinfer_infer": {"wall_s": round(infer_s, 3), "images_per_s": round(images / infer_s, 3),
+                                                   "ratio_to_model": round(images / infer_s / model_ips, 3)},
+           "shardinfer_prepare_and_infer": {"wall_s": round(prepare_s + infer_s, 3),
+                                            "images_per_s": round(images / (prepare_s + infer_s), 3),
+                                            "ratio_to_model": round(images / (prepare_s + infer_s) / model_ips, 3)},
+           "runs": rows}
+    if best:
+        out["best_peer"] = best["name"]
+        out["infer_over_best_peer"] = round(out["shardinfer_infer"]["images_per_s"] / best["images_per_s"], 3)
+        out["prepare_and_infer_over_best_peer"] = round(out["shardinfer_prepare_and_infer"]["images_per_s"]
+                                                        / best["images_per_s"], 3)
+    log(f"peers at {images}: {out.get('best_peer')}; infer {out.get('infer_over_best_peer')} x, prepare + infer "
+        f"{out.get('prepare_and_infer_over_best_peer')} x the best peer")
+    return out
 
 
 def print_table(results: dict) -> None:
@@ -288,6 +343,23 @@ def print_table(results: dict) -> None:
                   f"({r.get('conversion_s', 0.0)}) | {r['big']['images_per_s']} |")
     for spt, r in results.get("shards_per_task", {}).items():
         print(f"fp32 --shards-per-task {spt}: {r['images_per_s']} img/s whole job, {r['task_span_images_per_s']} in tasks")
+    for size in results.get("peers", []) + ([results["peers_latency"]] if "peers_latency" in results else []):
+        latency = " (+latency on every S3 request)" if size is results.get("peers_latency") else ""
+        print(f"\nWhole job at {size['images']} images{latency} (img/s, x model-only):")
+        print("| run | wall s | img/s | x model-only |")
+        print("|---|---|---|---|")
+        for name, key in (("shardinfer infer", "shardinfer_infer"), ("shardinfer prepare + infer",
+                                                                       "shardinfer_prepare_and_infer")):
+            r = size[key]
+            print(f"| {name} | {r['wall_s']} | {r['images_per_s']} | {r['ratio_to_model']} |")
+        for r in size["runs"]:
+            if "error" in r:
+                print(f"| {r['name']} | – | {r['error']} | – |")
+            else:
+                print(f"| {r['name']} | {r['wall_s']} | {r['images_per_s']} | {r['ratio_to_model']} |")
+        if size.get("best_peer"):
+            print(f"infer / best peer ({size['best_peer']}): {size['infer_over_best_peer']}; prepare + infer / best "
+                  f"peer: {size['prepare_and_infer_over_best_peer']}")
     pr = results["prepare"]
     print(f"\nprepare: {pr['wall_s']}s = {pr.get('share_of_infer')} of infer's wall time")
     if "driver_memory" in results:

@@ -4,15 +4,20 @@ reproduce a submit (for rerun commands) and how many times Spark tries a task.""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
+import threading
 from typing import Optional
 
 
 def spark_context(app_name: str):
-    """The SparkContext of ``spark-submit`` (or an existing one); ``local[*]`` when none is configured."""
+    """The SparkContext of ``spark-submit`` (or an existing one); ``local[*]`` when none is configured.
+    ``sc.shardinfer_started`` says whether this call started it (then :func:`stop_in_background` may stop it)."""
     from pyspark import SparkConf, SparkContext
+
+    existing = SparkContext._active_spark_context is not None
 
     SparkContext._ensure_initialized()  # start the JVM first: only then does SparkConf see spark-submit's settings
     conf = SparkConf().setAppName(app_name)
@@ -25,7 +30,35 @@ def spark_context(app_name: str):
               flush=True)
     sc = SparkContext.getOrCreate(conf)
     sc.setLogLevel(os.environ.get("SHARDINFER_SPARK_LOG_LEVEL", "WARN"))
+    sc.shardinfer_started = not existing
     return sc
+
+
+def stop_in_background(sc) -> Optional[threading.Thread]:
+    """After a job's last Spark call: stop the SparkContext this job started on a thread of its own (the JVM's
+    shutdown of its scheduler, block manager and event log then overlaps the job's report), or None for a
+    context someone else started (a test's, a notebook's), which stays up.  Join the thread before exiting."""
+    if not getattr(sc, "shardinfer_started", False):
+        return None
+    t = threading.Thread(target=sc.stop, name="shardinfer-spark-stop", daemon=True)
+    t.start()
+    return t
+
+
+def import_in_background(module: str) -> None:
+    """Start importing ``module`` on a daemon thread of this process (an executor's Python worker, which Spark
+    reuses for the job's next tasks), unless it is imported already.  A failure is left to the task that needs
+    the module, which raises it properly."""
+    if module in sys.modules:
+        return
+
+    def run() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the task that imports it reports it
+            pass
+
+    threading.Thread(target=run, name=f"shardinfer-import-{module}", daemon=True).start()
 
 
 def executor_layout_warning(conf: dict[str, str]) -> Optional[str]:

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 from common import glue, status, storage  # noqa: E402
 from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
                         first_line, run_cli)
-from common.spark import spark_context, submit_options, task_attempts  # noqa: E402
+from common.spark import spark_context, stop_in_background, submit_options, task_attempts  # noqa: E402
 from common.manifest import Manifest, check_parts_listed, read_manifest  # noqa: E402
 from common.images import (CHANNEL_ORDERS, DECODES, DEFAULT_DECODE, INPUT_SIZE, RESIZE_MODES, Preprocessing,  # noqa: E402
                            parse_size, parse_triple)
@@ -315,7 +316,8 @@ def prepare_work(sc, args: argparse.Namespace, job: Job) -> ModelSpec:
     table, the model the executors load (converted for a reduced precision) and run.json.  Returns that model."""
     if args.device == "gpu":
         check_gpu_settings(sc.getConf())
-    plan_mod.verify_parts(sc, job.manifest, job.ranges, job.endpoint)  # before anything is written
+    # before anything is written; the workers meanwhile import what the tasks run (MXNet)
+    plan_mod.verify_parts(sc, job.manifest, job.ranges, job.endpoint, warm="infer.task")
     if args.glue_table:  # before any work: a table of another shape is refused now, not after the run
         try:
             made = glue.catalog(lambda: glue.ensure_table(args.glue_database, args.glue_table, args.output))
@@ -396,17 +398,24 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     settings = task_settings(sc, args, job, spec)
     statuses = status.Writer(args.output, job.run_id, started, settings.invocation, job.endpoint)
+    if m.num_shards <= REPORT_AUTO_MAX_SHARDS:  # the report's imports, while the driver waits for the tasks
+        threading.Thread(target=report.warm_up, name="shardinfer-report-imports", daemon=True).start()
     with Progress(sc, PROG, plan.selected, images) as progress:
         run_waves(sc, plan, settings, progress.counter, statuses.add)
     status_uri = statuses.close()
 
     here = os.path.dirname(os.path.abspath(__file__))
     submit = submit_options(sc, os.path.join(os.path.dirname(here), "spark-defaults.conf"))
+    stopping = stop_in_background(sc)  # Spark's last use: its shutdown overlaps the summary and the report
     summary = runrecord.summarise(statuses, args, job.run_id, m, job.model_id, time.time() - started, plan.groups,
                                   plan.per_task, submit, os.path.join(here, "main.py"))
     storage.write_bytes(storage.join(run_dir(args.output, job.run_id), "summary.json"),
                         json.dumps(summary, indent=1).encode(), job.endpoint, "application/json")
-    return finish(args, job, summary, statuses, status_uri)
+    try:
+        return finish(args, job, summary, statuses, status_uri)
+    finally:
+        if stopping is not None:
+            stopping.join()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

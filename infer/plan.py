@@ -24,6 +24,7 @@ from common import storage
 from common.cli import UsageError
 from common.manifest import Manifest, ManifestError, part_problem, parts_of_ranges
 from common.output import part_file_id, partition_dir
+from common.spark import import_in_background
 from common.status import failed_ids
 
 # Shards per Spark task, by precision.  Measured (docs/benchmarks.md, 2 cores, AVX-512 VNNI):
@@ -201,10 +202,14 @@ def describe(plan: Plan, shown: int = 20) -> str:
 VERIFY_PARTS_PER_TASK = 8
 
 
-def verify_parts(sc, manifest: Manifest, ranges: np.ndarray, endpoint_url: Optional[str]) -> None:
+def verify_parts(sc, manifest: Manifest, ranges: np.ndarray, endpoint_url: Optional[str],
+                 warm: Optional[str] = None) -> None:
     """Before any shard runs: every manifest part holding a selected shard matches its index row
     (size and sha256), checked by a Spark stage that reads each part once; the driver gets back
-    only the problems.
+    only the problems.  With ``warm`` (a module name), the stage has a task for every core at least,
+    and each starts importing that module on its Python worker in the background: the tasks that
+    come next on those workers find MXNet imported (while the driver converts a model, or writes
+    the run record).
 
     Raises:
         ManifestError: the first damaged part, named (with how many more there are).
@@ -212,10 +217,18 @@ def verify_parts(sc, manifest: Manifest, ranges: np.ndarray, endpoint_url: Optio
     parts = parts_of_ranges(manifest, ranges) if manifest.version != "1" else []
     if not parts:  # a version-1 manifest was read whole, and checked, by the driver
         return
-    slices = max(1, min(len(parts), math.ceil(len(parts) / VERIFY_PARTS_PER_TASK), sc.defaultParallelism * 4))
-    problems = sorted(sc.parallelize(parts, slices)
-                      .map(lambda p: (p.part_id, part_problem(p, endpoint_url)))
-                      .filter(lambda r: r[1] is not None).collect())
+    slices = max(1, min(len(parts), math.ceil(len(parts) / VERIFY_PARTS_PER_TASK), sc.defaultParallelism * 4),
+                 sc.defaultParallelism if warm else 1)
+
+    def check(items):
+        if warm:
+            import_in_background(warm)
+        for p in items:
+            problem = part_problem(p, endpoint_url)
+            if problem is not None:
+                yield p.part_id, problem
+
+    problems = sorted(sc.parallelize(parts, slices).mapPartitions(check).collect())
     if problems:
         more = f" (and {len(problems) - 1} more damaged parts)" if len(problems) > 1 else ""
         raise ManifestError(f"{manifest.uri}: {problems[0][1]}{more}; rerun prepare")

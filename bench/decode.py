@@ -10,7 +10,12 @@
    difference.
 2. **Pixels.** On photo-like JPEGs (testkit/photos.py) of each size and a 2 MP screenshot PNG:
    the mean and largest absolute difference of the 224x224 model input (0..255 levels).
-3. **Time.** Decode and preprocessing per image on one thread, per size and path.
+3. **Time.** Decode and preprocessing per image on one thread, per size and path; and prepare's
+   own work per image (``common.images.admit``: the check alone, and the check + ``--max-side
+   256`` downscale) with ``prepare --decode exact`` and ``fast`` (the default).
+
+The "packed" agreement is from what ``prepare --max-side 256`` stores with its default fast
+decode, "packed_exact" from what it stored with ``--decode exact`` (the only way before).
 
 Decides the default of ``--decode`` (fast only at >= 99.5 % agreement). Prints a table and
 writes JSON. Photos are made in spawned worker processes (never a fork after MXNet is imported).
@@ -39,18 +44,20 @@ AGREEMENT_FOR_DEFAULT = 0.995
 PACK_SIDE = 256  # prepare --max-side for the "packed" path
 
 
-def _inputs(job: tuple[bytes, tuple[int, int], int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _inputs(job: tuple[bytes, tuple[int, int], int]) -> tuple[np.ndarray, ...]:
     """The model inputs of one digit photo (in a worker process): exact, fast, and fast from what
-    ``prepare --max-side 256`` stores."""
+    ``prepare --max-side 256`` stores with its fast and its exact decode."""
     from common.images import admit, preprocess
 
     data = digit_photo(*job)
-    packed = admit(data, "photo.jpg", ("jpeg",), PACK_SIDE).data
-    return preprocess(data, "exact", EXACT), preprocess(data, "fast", FAST), preprocess(packed, "packed", FAST)
+    packed = admit(data, "photo.jpg", ("jpeg",), PACK_SIDE, decode="fast").data
+    packed_exact = admit(data, "photo.jpg", ("jpeg",), PACK_SIDE, decode="exact").data
+    return (preprocess(data, "exact", EXACT), preprocess(data, "fast", FAST), preprocess(packed, "packed", FAST),
+            preprocess(packed_exact, "packed", FAST))
 
 
-def digit_inputs(count: int, procs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """``(exact, fast, packed, labels, size names)`` for the first ``count`` digits, sizes taken in turn."""
+def digit_inputs(count: int, procs: int) -> tuple[np.ndarray, ...]:
+    """``(exact, fast, packed, packed_exact, labels, size names)`` for the first ``count`` digits, sizes in turn."""
     from testkit import digits_model
 
     pngs, labels = digits_model.digits()
@@ -58,8 +65,7 @@ def digit_inputs(count: int, procs: int) -> tuple[np.ndarray, np.ndarray, np.nda
     jobs = [(pngs[i], PHOTO_SIZES[names[i]], i) for i in range(count)]
     with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:  # MXNet may be loaded
         pairs = list(pool.map(_inputs, jobs, chunksize=4))
-    return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), np.stack([p[2] for p in pairs]),
-            labels[:count], names)
+    return (*(np.stack([p[k] for p in pairs]) for k in range(4)), labels[:count], names)
 
 
 def probabilities(files: dict[str, bytes], x: np.ndarray) -> np.ndarray:
@@ -85,11 +91,11 @@ def agreement(count: int, procs: int, files: Optional[dict[str, bytes]] = None) 
     """Top-1 agreement of fast and exact over ``count`` digit photos, overall and per size."""
     from testkit import digits_model
 
-    exact, fast, packed, labels, names = digit_inputs(count, procs)
+    exact, fast, packed, packed_exact, labels, names = digit_inputs(count, procs)
     files = files or digits_model.train()
     pe = probabilities(files, exact)
     out = {"images": count, "accuracy_exact": round(float((pe.argmax(1) == labels).mean()), 4)}
-    for name, x in (("fast", fast), ("packed", packed)):
+    for name, x in (("fast", fast), ("packed", packed), ("packed_exact", packed_exact)):
         p = probabilities(files, x)
         same = pe.argmax(1) == p.argmax(1)
         pixel = np.abs(exact - x)
@@ -107,7 +113,7 @@ def agreement(count: int, procs: int, files: Optional[dict[str, bytes]] = None) 
 
 def pixels_and_time(repeats: int = 3, photos: int = 4) -> dict:
     """Per photo kind: mean / max input difference and milliseconds per image on one thread, both paths."""
-    from common.images import preprocess
+    from common.images import admit, preprocess
 
     kinds = {f"jpeg {name}": [photo_jpeg(i, size) for i in range(photos)] for name, size in PHOTO_SIZES.items()}
     kinds["png 2MP screenshot"] = [screenshot_png(i) for i in range(photos)]
@@ -121,6 +127,14 @@ def pixels_and_time(repeats: int = 3, photos: int = 4) -> dict:
                 arrays = [preprocess(d, kind, prep) for d in datas]
             row[f"{name}_ms"] = round((time.perf_counter() - t) * 1000 / (repeats * len(datas)), 1)
             row[name] = arrays
+        fmt = "png" if kind.startswith("png") else "jpeg"
+        for decode in ("exact", "fast"):  # prepare's work per image: the check, and the check + --max-side 256
+            for what, side in (("check", None), ("pack", PACK_SIDE)):
+                t = time.perf_counter()
+                for _ in range(repeats):
+                    for d in datas:
+                        admit(d, f"photo.{fmt}", (fmt,), side, decode=decode)
+                row[f"prepare_{what}_{decode}_ms"] = round((time.perf_counter() - t) * 1000 / (repeats * len(datas)), 1)
         diff = np.abs(np.stack(row.pop("exact")) - np.stack(row.pop("fast")))
         row.update(mean_pixel_difference=round(float(diff.mean()), 4), max_pixel_difference=round(float(diff.max()), 1),
                    speedup=round(row["exact_ms"] / row["fast_ms"], 2))
@@ -146,9 +160,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for kind, r in figures["pixels_and_time"].items():
         print(f"| {kind} | {r['bytes']:,} | {r['exact_ms']} | {r['fast_ms']} | {r['speedup']}x | "
               f"{r['mean_pixel_difference']} / {r['max_pixel_difference']} |")
+    print("\nprepare per image, one thread (ms): check exact / fast, check + --max-side 256 exact / fast")
+    for kind, r in figures["pixels_and_time"].items():
+        print(f"| {kind} | {r['prepare_check_exact_ms']} / {r['prepare_check_fast_ms']} | {r['prepare_pack_exact_ms']} / "
+              f"{r['prepare_pack_fast_ms']} |")
     g = figures["agreement"]
     print(f"\ndigit photos: {g['images']} (accuracy from the exact path {g['accuracy_exact']:.2%})")
-    for name in ("fast", "packed"):
+    for name in ("fast", "packed", "packed_exact"):
         r = g[name]
         print(f"{name} vs exact: top-1 agreement {r['agreement']:.2%} ({r['disagreements']} differ); accuracy "
               f"{r['accuracy']:.2%}; largest probability difference {r['max_probability_difference']}; mean input "

@@ -202,20 +202,31 @@ class Admitted:
     original: Optional[Original] = None
 
 
-def admit(data: bytes, key: str, formats: Sequence[str] = DEFAULT_FORMATS, max_side: Optional[int] = None) -> Admitted:
+def admit(data: bytes, key: str, formats: Sequence[str] = DEFAULT_FORMATS, max_side: Optional[int] = None,
+          decode: str = DEFAULT_DECODE) -> Admitted:
     """Decode an object as prepare does; with ``max_side``, an image whose shorter side exceeds it is
     stored upright (EXIF orientation applied), as RGB, with its shorter side ``max_side`` (LANCZOS):
-    a JPEG as JPEG (quality :data:`PACK_JPEG_QUALITY`, 4:4:4), anything else as PNG.  Never upscales."""
+    a JPEG as JPEG (quality :data:`PACK_JPEG_QUALITY`, 4:4:4), anything else as PNG.  Never upscales.
+
+    ``decode="fast"`` (prepare's default): a JPEG is checked at its smallest DCT scale (1/8: every
+    coefficient is still entropy-decoded, so truncated and corrupt files fail as in a full decode;
+    tests/test_photos.py compares the verdicts on damaged photos), and downscaled for ``max_side``
+    from the smallest DCT scale whose sides both still reach ``max_side``, as infer's ``--decode fast``
+    does for the model's input.  ``"exact"`` decodes every pixel."""
     if not data:
         return Admitted("empty object")
+    if decode not in DECODES:
+        raise ValueError(f"decode {decode!r}: expected one of {', '.join(DECODES)}")
+    # the DCT scale to check at (1/8 when the stored bytes are the object's own), or to downscale from
+    min_side = None if decode == "exact" else (max_side or 1)
     try:
-        img = decode_rgb(data, key, formats)
+        img = decode_rgb(data, key, formats, min_side=min_side)
     except BadImageError as e:
         return Admitted(str(e).split(": ", 1)[1])
-    if max_side is None or min(img.size) <= max_side:
+    header = Image.open(io.BytesIO(data))  # the original's size: img may be at a DCT scale
+    if max_side is None or min(header.size) <= max_side:
         return Admitted(None, data)
-    header = Image.open(io.BytesIO(data))
-    w, h = img.size
+    w, h = header.size if (header.size[0] >= header.size[1]) == (img.size[0] >= img.size[1]) else header.size[::-1]
     size = (max_side, round(h * max_side / w)) if w <= h else (round(w * max_side / h), max_side)
     small = img.resize(size, Image.LANCZOS)
     buf = io.BytesIO()

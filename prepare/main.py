@@ -3,7 +3,8 @@ shards plus a format-3 manifest.
 
     spark-submit --properties-file spark-defaults.conf prepare/main.py \\
         --input s3://BUCKET/cifar10/test/ [--input-list URI] --output s3://BUCKET/shards/cifar10-test/ \\
-        [--batch 64] [--formats png] [--max-side N] [--exclude-manifest URI ...] [--max-skipped-fraction 0.5] \\
+        [--batch 64] [--formats png] [--max-side N] [--decode fast|exact] [--exclude-manifest URI ...] \\
+        [--max-skipped-fraction 0.5] \\
         [--sse AES256|aws:kms [--sse-kms-key-id KEY]]
 
 Stages, all Spark: (1) listing tasks, one per sub-prefix or list file (prepare/listing.py),
@@ -38,7 +39,7 @@ from common.cli import (UsageError, add_common_arguments, encryption_from, endpo
                         run_cli)
 from common.spark import spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
-from common.images import FORMATS, MAX_PIXELS, MIN_MAX_SIDE, parse_formats  # noqa: E402
+from common.images import DECODES, DEFAULT_DECODE, FORMATS, MAX_PIXELS, MIN_MAX_SIDE, parse_formats  # noqa: E402
 from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
                              PartEntry, compute_manifest_id, index_to_bytes, part_keys, read_manifest)
 from common.output import PARQUET_CONTENT_TYPE  # noqa: E402
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "to shorter side N (upright, LANCZOS; JPEG as JPEG quality 95, other formats as PNG), their original "
                    "size and sha256 in the manifest; never upscales (default: off, original bytes). 256 covers infer's "
                    "default 224 resize: every later infer then decodes small images")
+    p.add_argument("--decode", choices=DECODES, default=DEFAULT_DECODE, help="fast (default): check a JPEG at its "
+                   "smallest DCT scale (1/8; truncated and corrupt files still fail) and downscale it for --max-side "
+                   "from the smallest scale that covers N; exact: decode every pixel (docs/reference.md)")
     p.add_argument("--exclude-manifest", action="append", default=[], metavar="URI",
                    help="leave out the keys already packed in this manifest (its manifest.parquet; repeatable): a "
                    "daily run packs only what is new. Nothing new gives an empty manifest and exit 0")
@@ -140,7 +144,7 @@ def settings_from(args: argparse.Namespace) -> PrepareSettings:
     except ValueError as e:
         raise UsageError(str(e)) from e
     return PrepareSettings(storage.as_folder(args.input), storage.as_folder(args.output), args.batch,
-                           endpoint_from(args), formats, encryption_from(args), args.max_side)
+                           endpoint_from(args), formats, encryption_from(args), args.max_side, args.decode)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 from common import storage
-from common.images import DEFAULT_FORMATS, admit
+from common.images import DEFAULT_DECODE, DEFAULT_FORMATS, admit
 from common.manifest import (PartEntry, ShardEntry, describe_part, part_name, part_to_bytes, rows_digest, shard_name,
                              shard_table)
 from common.output import PARQUET_CONTENT_TYPE
@@ -34,6 +34,7 @@ class PrepareSettings:
     formats: tuple[str, ...] = DEFAULT_FORMATS
     encryption: storage.Encryption = storage.Encryption()
     max_side: Optional[int] = None  # --max-side: store larger images downscaled (common.images.admit)
+    decode: str = DEFAULT_DECODE  # --decode: how admit checks and downscales a JPEG
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     for i, (batch, images) in enumerate(zip(batches, fetch_batches(batches, settings))):
         keep = []
         for c, data in zip(batch, images):
-            got = admit(data, c.key, settings.formats, settings.max_side) if data is not None else None
+            got = admit(data, c.key, settings.formats, settings.max_side, settings.decode) if data is not None else None
             if got is None or got.reason:
                 bad.append((c.key, GONE if got is None else got.reason))
             else:

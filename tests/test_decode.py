@@ -168,6 +168,46 @@ def test_admit_stores_upright_in_the_same_family_and_never_upscales():
     assert admit(b"", "e.png", ("png",), 100).reason == "empty object"
 
 
+def _damaged(data: bytes, rng: np.random.Generator) -> list[bytes]:
+    """Truncations, flipped bytes and zeroed tails of one JPEG: what a failed upload or a bad disk leaves."""
+    out = [data[: int(len(data) * f)] for f in (0.05, 0.3, 0.5, 0.9, 0.99, 0.999)]
+    for _ in range(24):
+        b = bytearray(data)
+        for pos in rng.integers(0, len(b), rng.integers(1, 20)):
+            b[pos] = int(rng.integers(0, 256))
+        out.append(bytes(b))
+    for pos in rng.integers(len(data) // 2, len(data), 6):
+        out.append(data[:pos] + bytes(len(data) - pos))
+    return out
+
+
+def test_prepare_fast_check_refuses_exactly_what_a_full_decode_refuses():
+    # a JPEG checked at 1/8 scale still entropy-decodes every coefficient: the verdicts must be the full decode's
+    rng = np.random.default_rng(0)
+    verdicts = []
+    for i, size in enumerate([(2000, 1500), (1600, 1200), (800, 600)]):
+        for data in _damaged(encode(photo_like(i, size), "JPEG", quality=90), rng):
+            exact, fast = (admit(data, "d.jpg", ("jpeg",), decode=d) for d in ("exact", "fast"))
+            assert (exact.reason is None) == (fast.reason is None), (size, exact.reason, fast.reason)
+            verdicts.append(exact.reason is None)
+    assert 0.2 < np.mean(verdicts) < 0.8  # both kinds are there: the comparison could fail
+
+
+def test_prepare_fast_downscale_keeps_the_answers(digits_files):
+    # --max-side from the DCT-scaled decode against from every pixel, by MXNet's plain executor on the stored bytes
+    pngs, labels = digits_model.digits()
+    _, held = digits_model.split(len(pngs))
+    photos = [digit_photo(pngs[int(i)], size, int(i)) for i, size in zip(held, [(4032, 3024)] * 3 + [(1920, 1080)] * 5)]
+    stored = {d: [admit(p, "p.jpg", ("jpeg",), MAX_SIDE, decode=d) for p in photos] for d in ("exact", "fast")}
+    for e, f in zip(stored["exact"], stored["fast"]):
+        a, b = (np.asarray(Image.open(io.BytesIO(x.data)), dtype=np.float32) for x in (e, f))
+        assert a.shape == b.shape and min(a.shape[:2]) == MAX_SIDE and e.original == f.original
+        assert np.abs(a - b).mean() < 2.0  # grey levels (measured: 0.8 at 12 MP, 1.0 at 2 MP)
+    probs = {d: _probabilities(digits_files, np.stack([preprocess(x.data, "p") for x in stored[d]])) for d in stored}
+    assert (probs["exact"].argmax(1) == probs["fast"].argmax(1)).all()
+    assert np.abs(probs["exact"] - probs["fast"]).max() < 0.05
+
+
 @pytest.mark.spark
 def test_max_side_flag_is_checked_and_a_small_pack_is_named_at_infer(decode_runs, model_uris, capsys):
     p = run_main("prepare/main.py", ["--input", f"s3://{BUCKET}/photos/", "--output", f"s3://{BUCKET}/x/",

@@ -8,7 +8,9 @@ VENV35  := .venv-spark35
 PY35    := $(VENV35)/bin/python
 STAMP35 := $(VENV35)/.shardinfer-installed
 N      ?= 1000
-BENCH_N ?= 1280
+BENCH_N ?= 2560
+# The peers (Daft, Ray Data) and shardinfer's fp32 infer also run at these sizes (comma list; empty for none).
+BENCH_PEER_SIZES ?= 10240
 BENCH_PHOTOS ?= 512
 
 .PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python test test-spark4 test-once test-spark35 test-systems demo bench bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
@@ -95,11 +97,13 @@ history: setup
 	@echo "Spark history server on http://localhost:18080 (event logs: $(SPARK_EVENTS)); Ctrl-C stops it"
 	SPARK_HISTORY_OPTS="-Dspark.history.fs.logDirectory=file://$(SPARK_EVENTS)" $(VENV)/bin/spark-class org.apache.spark.deploy.history.HistoryServer
 
-# The speed benchmark (docs/benchmarks.md): make bench BENCH_N=10000. Then its photo mode: photo-like JPEGs
-# of 0.3, 2 and 12 MP and 2 MP screenshot PNGs, per precision, decoded exactly, fast, and from shards packed
-# with prepare --max-side 256 (make bench-photos alone).
+# The speed benchmark (docs/benchmarks.md): model-only, shardinfer per precision, the baselines, and the peers a
+# user would pick instead (Daft and Ray Data, each in an environment of its own that bench/peers.py builds on
+# first use: .venv-peer-daft, .venv-peer-ray) at BENCH_N and BENCH_PEER_SIZES images. Then its photo mode:
+# photo-like JPEGs of 0.3, 2 and 12 MP and 2 MP screenshot PNGs, per precision, decoded exactly, fast, and from
+# shards packed with prepare --max-side 256 (make bench-photos alone). About an hour and a half on 2 cores.
 bench: setup
-	$(PY) bench/run.py --images $(BENCH_N)
+	$(PY) bench/run.py --images $(BENCH_N) --peer-sizes "$(BENCH_PEER_SIZES)"
 	$(PY) bench/photos.py --images $(BENCH_PHOTOS)
 
 bench-photos: setup
@@ -142,4 +146,4 @@ dist:
 	$(PYTHON) scripts/dist.py
 
 clean:
-	rm -rf $(VENV) $(VENV35) .venv-node $(CORPUS_ENVS) dist build *.egg-info .pytest_cache demo-out
+	rm -rf $(VENV) $(VENV35) .venv-node .venv-peer-daft .venv-peer-ray $(CORPUS_ENVS) dist build *.egg-info .pytest_cache demo-out

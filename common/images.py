@@ -210,7 +210,7 @@ def admit(data: bytes, key: str, formats: Sequence[str] = DEFAULT_FORMATS, max_s
 
     ``decode="fast"`` (prepare's default): a JPEG is checked at its smallest DCT scale (1/8: every
     coefficient is still entropy-decoded, so truncated and corrupt files fail as in a full decode;
-    tests/test_photos.py compares the verdicts on damaged photos), and downscaled for ``max_side``
+    tests/test_decode.py compares the verdicts on damaged photos), and downscaled for ``max_side``
     from the smallest DCT scale whose sides both still reach ``max_side``, as infer's ``--decode fast``
     does for the model's input.  ``"exact"`` decodes every pixel."""
     if not data:

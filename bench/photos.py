@@ -7,7 +7,8 @@ One local S3-protocol server; per kind of photo (photo-like JPEGs of 0.3, 2 and 
 screenshot PNGs, testkit/photos.py; 8 distinct pictures under ``--images`` keys), prepare packs them
 twice (as they are, and with ``--max-side 256``), then one Spark application (spark-submit with
 spark-defaults.conf, like the jobs) runs infer for every precision and decode, one after the other.
-Model-only is bench/modelonly.py with infer's process layout.
+Model-only is bench/modelonly.py with infer's process layout.  prepare also runs with ``--decode
+exact`` (as it decoded before ``--decode``), both ways timed inside the one application.
 
 Steady state: the images of every shard but each Python worker's first (which pays the model load),
 over the time from the end of those first shards to the last shard's end.  Decode
@@ -61,7 +62,9 @@ def inner(kinds: Sequence[str], precisions: Sequence[str], model: dict[str, str]
 
     for kind in kinds:
         fmt, _ = KINDS[kind]
-        for name, extra in (("full", []), ("packed", ["--max-side", str(MAX_SIDE)])):
+        # prepare's own speed with its default fast decode and, before it, --decode exact (the same shards' keys)
+        for name, extra in (("full", []), ("packed", ["--max-side", str(MAX_SIDE)]), ("full-exact", ["--decode", "exact"]),
+                            ("packed-exact", ["--max-side", str(MAX_SIDE), "--decode", "exact"])):
             t = time.time()
             assert prepare(["--input", f"s3://{BUCKET}/{kind}/", "--output", f"s3://{BUCKET}/shards/{kind}/{name}/",
                             "--formats", fmt, *extra]) == 0
@@ -146,6 +149,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"bench/photos.py (spark-submit) failed ({s.returncode}):\n{s.stdout[-3000:]}\n"
                              f"{s.stderr[-3000:]}")
         print(s.stdout, flush=True)
+        for line in s.stdout.splitlines():  # "bench-photos: prepare KIND NAME: 12.3s", timed inside the application
+            if line.startswith("bench-photos: prepare "):
+                kind, name = line.split()[2], line.split()[3].rstrip(":")
+                seconds = float(line.rsplit(" ", 1)[1].rstrip("s"))
+                results.setdefault("prepare", {}).setdefault(kind, {})[name] = {
+                    "seconds": seconds, "images_per_s": round(a.images / seconds, 2)}
         for kind in kinds:
             results.setdefault("shard_bytes_per_image", {})[kind] = {
                 name: round(_shard_bytes(kind, name) / a.images) for name in ("full", "packed")}
@@ -182,6 +191,9 @@ def print_table(results: dict) -> None:
         cells = [f"{modes[md]['steady_images_per_s']} ({modes[md]['ratio_to_model_only']}, {modes[md]['decode_share']})"
                  for md in MODES if md in modes]
         print(f"| {kind} | {pr} | {results['model_only'][pr]['images_per_s']} | " + " | ".join(cells) + " |")
+    for kind, r in results.get("prepare", {}).items():
+        print(f"prepare {kind} img/s (inside one Spark application): " + "; ".join(
+            f"{name} {v['images_per_s']}" for name, v in r.items()))
     sizes = results.get("shard_bytes_per_image", {})
     if sizes:
         print("\nshard bytes per image, as packed / --max-side " + str(results["max_side"]) + ": " + "; ".join(

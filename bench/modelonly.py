@@ -25,12 +25,10 @@ def child(model_dir: str, batches: int, go_file: str, ready_file: str) -> None:
     import numpy as np
 
     from testkit import zoo_builder
-    from common.model import ModelSpec, Predictor
+    from common.model import Predictor
 
     # the same file names whatever the precision: bench/run.py writes each converted model to its own directory
-    spec = ModelSpec(os.path.join(model_dir, zoo_builder.SYMBOL_FILE), os.path.join(model_dir, zoo_builder.PARAMS_FILE),
-                     os.path.join(model_dir, zoo_builder.SYNSET_FILE))
-    p = Predictor(spec)
+    p = Predictor(zoo_builder.local_spec(model_dir))
     x = np.random.default_rng(0).uniform(0, 255, (p.batch_size, 3, 224, 224)).astype(np.float32)
     for _ in range(2):
         p.predict(x)

@@ -42,14 +42,6 @@ def io_config():
                                 region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")))
 
 
-def model_spec(model_dir: str):
-    from common.model import ModelSpec
-    from testkit import zoo_builder
-
-    return ModelSpec(*(os.path.join(model_dir, f) for f in
-                       (zoo_builder.SYMBOL_FILE, zoo_builder.PARAMS_FILE, zoo_builder.SYNSET_FILE)))
-
-
 def top(probs):
     import numpy as np
 
@@ -71,7 +63,9 @@ def main() -> int:
     from daft.functions import decode_image, download, resize
 
     io = io_config()
-    spec = model_spec(a.model_dir)
+    from testkit.zoo_builder import local_spec
+
+    spec = local_spec(a.model_dir)
     result = DataType.struct({"class_ids": DataType.list(DataType.int64()), "probs": DataType.list(DataType.float32())})
     tuned = a.variant != "idiomatic"
     instances = 2 if a.variant == "tuned" else 1

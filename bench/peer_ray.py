@@ -54,12 +54,10 @@ class Classify:
     """One actor: the model bound once; a batch of images (or image bytes) in, top-5 out."""
 
     def __init__(self, model_dir: str, from_bytes: bool) -> None:
-        from common.model import ModelSpec, Predictor
-        from testkit import zoo_builder
+        from common.model import Predictor
+        from testkit.zoo_builder import local_spec
 
-        self.predictor = Predictor(ModelSpec(*(os.path.join(model_dir, f) for f in
-                                               (zoo_builder.SYMBOL_FILE, zoo_builder.PARAMS_FILE,
-                                                zoo_builder.SYNSET_FILE))))
+        self.predictor = Predictor(local_spec(model_dir))
         self.from_bytes = from_bytes
 
     def __call__(self, batch: dict) -> dict:

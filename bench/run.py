@@ -44,7 +44,7 @@ from bench import peers  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
 from common import status, storage  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
-from common.model import ModelSpec, check_model, fetch_model  # noqa: E402
+from common.model import check_model, fetch_model  # noqa: E402
 from testkit.testdata import cifar_like_png  # noqa: E402
 from infer import precision  # noqa: E402
 from infer.cpu import cpu_info  # noqa: E402
@@ -66,8 +66,7 @@ def machine() -> dict:
 def converted_models(model_dir: str, workdir: str, calibration: int = 256) -> dict[str, str]:
     """``{precision: directory}``: the test ResNet-18 converted as infer converts it (int8 calibrated on
     ``calibration`` generated images), each written under the zoo file names for bench/modelonly.py."""
-    spec = ModelSpec(*(os.path.join(model_dir, f) for f in (zoo_builder.SYMBOL_FILE, zoo_builder.PARAMS_FILE,
-                                                             zoo_builder.SYNSET_FILE)))
+    spec = zoo_builder.local_spec(model_dir)
     files = fetch_model(spec)
     sym, arg, aux = check_model(files, spec)
     images = ImageSample(tuple(cifar_like_png(i, seed=99) for i in range(calibration)),

@@ -50,8 +50,7 @@ def main() -> int:
     n = len(keys)
     padded = keys + keys[: (-n) % 64]  # pad the last batch by repeating keys
     batches = [padded[i : i + 64] for i in range(0, len(padded), 64)]
-    spec = ModelSpec(*(os.path.join(a.model_dir, f) for f in
-                       (zoo_builder.SYMBOL_FILE, zoo_builder.PARAMS_FILE, zoo_builder.SYNSET_FILE)))
+    spec = zoo_builder.local_spec(a.model_dir)
     sc = spark_context("seed-style")
     lines = sc.parallelize(batches, len(batches)).flatMap(lambda b: predict_batch(b, bucket, spec)).collect()
     storage.write_bytes(a.output, ("\n".join(lines) + "\n").encode())

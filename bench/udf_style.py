@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import storage  # noqa: E402
 
 from testkit import zoo_builder  # noqa: E402
-from common.model import ModelSpec  # noqa: E402
 
 
 def fetch(keys, bucket):
@@ -49,8 +48,7 @@ def main() -> int:
     sc = spark.sparkContext
     bucket = storage.parse_s3(a.input).bucket
     keys = sorted(o.key for o in storage.list_objects(a.input) if o.key.endswith(".png"))
-    spec = ModelSpec(*(os.path.join(a.model_dir, f) for f in
-                       (zoo_builder.SYMBOL_FILE, zoo_builder.PARAMS_FILE, zoo_builder.SYNSET_FILE)))
+    spec = zoo_builder.local_spec(a.model_dir)
     parts = max(1, len(keys) // 64)
     rdd = sc.parallelize(keys, parts).mapPartitions(lambda it: fetch(list(it), bucket))
     out_type = StructType([StructField("class_id", IntegerType()), StructField("prob", FloatType())])

@@ -29,7 +29,7 @@ import numpy as np
 
 from common import storage
 from common.images import INPUT_SIZE, preprocess
-from common.model import params_bytes
+from common.model import ModelSpec, params_bytes
 from testkit.testdata import cifar_like_png
 
 PREFIX = "resnet-18"
@@ -215,6 +215,11 @@ def gluon_style_model(files: dict[str, bytes], mean: Sequence[float], std: Seque
     arg["undo_mean"] = mx.nd.array(np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1))
     return {f"{name}-symbol.json": net.tojson().encode(), f"{name}-0000.params": params_bytes(arg, aux),
             SYNSET_FILE: files[SYNSET_FILE]}
+
+
+def local_spec(model_dir: str) -> ModelSpec:
+    """The :class:`common.model.ModelSpec` of a model :func:`write_model` wrote to the local folder ``model_dir``."""
+    return ModelSpec(*(os.path.join(model_dir, f) for f in (SYMBOL_FILE, PARAMS_FILE, SYNSET_FILE)))
 
 
 def write_model(output: str, seed: int = 0, endpoint_url: Optional[str] = None) -> dict[str, str]:

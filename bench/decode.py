@@ -111,6 +111,14 @@ def agreement(count: int, procs: int, files: Optional[dict[str, bytes]] = None) 
     return out
 
 
+def _per_image(fn, datas: Sequence[bytes], repeats: int) -> tuple[float, list]:
+    """Milliseconds per image of ``fn`` over ``datas``, ``repeats`` times in a row, and the last round's results."""
+    t = time.perf_counter()
+    for _ in range(repeats):
+        results = [fn(d) for d in datas]
+    return round((time.perf_counter() - t) * 1000 / (repeats * len(datas)), 1), results
+
+
 def pixels_and_time(repeats: int = 3, photos: int = 4) -> dict:
     """Per photo kind: mean / max input difference and milliseconds per image on one thread, both paths."""
     from common.images import admit, preprocess
@@ -122,19 +130,12 @@ def pixels_and_time(repeats: int = 3, photos: int = 4) -> dict:
         row: dict = {"bytes": int(np.mean([len(d) for d in datas]))}
         for name, prep in (("exact", EXACT), ("fast", FAST)):
             preprocess(datas[0], kind, prep)
-            t = time.perf_counter()
-            for _ in range(repeats):
-                arrays = [preprocess(d, kind, prep) for d in datas]
-            row[f"{name}_ms"] = round((time.perf_counter() - t) * 1000 / (repeats * len(datas)), 1)
-            row[name] = arrays
+            row[f"{name}_ms"], row[name] = _per_image(lambda d: preprocess(d, kind, prep), datas, repeats)
         fmt = "png" if kind.startswith("png") else "jpeg"
         for decode in ("exact", "fast"):  # prepare's work per image: the check, and the check + --max-side 256
             for what, side in (("check", None), ("pack", PACK_SIDE)):
-                t = time.perf_counter()
-                for _ in range(repeats):
-                    for d in datas:
-                        admit(d, f"photo.{fmt}", (fmt,), side, decode=decode)
-                row[f"prepare_{what}_{decode}_ms"] = round((time.perf_counter() - t) * 1000 / (repeats * len(datas)), 1)
+                row[f"prepare_{what}_{decode}_ms"], _ = _per_image(
+                    lambda d: admit(d, f"photo.{fmt}", (fmt,), side, decode=decode), datas, repeats)
         diff = np.abs(np.stack(row.pop("exact")) - np.stack(row.pop("fast")))
         row.update(mean_pixel_difference=round(float(diff.mean()), 4), max_pixel_difference=round(float(diff.max()), 1),
                    speedup=round(row["exact_ms"] / row["fast_ms"], 2))

@@ -100,7 +100,7 @@ def run_variant(peer: str, variant: str, input_uri: str, model_dir: str, output_
            "--variant", variant]
     base = {"name": f"{peer} {variant}", "peer": peer, "variant": variant, "images": images, "threads": threads}
     limit = 120 + images / 2
-    try:  # a pipeline that waits forever (Ray Data's idiomatic one can, on 2 cores) is a result, not a hung benchmark
+    try:  # a pipeline that waits forever (Ray Data's guide form does, on 2 cores) is a result, not a hung benchmark
         s = run_sampled(cmd, {**os.environ, **env, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"},
                         timeout=limit)
     except subprocess.TimeoutExpired:

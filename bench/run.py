@@ -299,11 +299,12 @@ def peer_size(images: int, prefix: str, infer_s: float, prepare_s: float, varian
                               log=lambda m: log(f"peer {m}"))
     ok = [r for r in rows if "error" not in r]
     best = max(ok, key=lambda r: r["images_per_s"]) if ok else None
-    out = {"images": images, "shardinfer_infer": {"wall_s": round(infer_s, 3), "images_per_s": round(images / infer_s, 3),
-                                                   "ratio_to_model": round(images / infer_s / model_ips, 3)},
-           "shardinfer_prepare_and_infer": {"wall_s": round(prepare_s + infer_s, 3),
-                                            "images_per_s": round(images / (prepare_s + infer_s), 3),
-                                            "ratio_to_model": round(images / (prepare_s + infer_s) / model_ips, 3)},
+
+    def whole(wall: float) -> dict:
+        return {"wall_s": round(wall, 3), "images_per_s": round(images / wall, 3),
+                "ratio_to_model": round(images / wall / model_ips, 3)}
+
+    out = {"images": images, "shardinfer_infer": whole(infer_s), "shardinfer_prepare_and_infer": whole(prepare_s + infer_s),
            "runs": rows}
     if best:
         out["best_peer"] = best["name"]

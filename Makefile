@@ -13,7 +13,7 @@ BENCH_N ?= 2560
 BENCH_PEER_SIZES ?= 10240
 BENCH_PHOTOS ?= 512
 
-.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python test test-spark4 test-once test-spark35 test-systems demo bench bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python test test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -101,10 +101,15 @@ history: setup
 # user would pick instead (Daft and Ray Data, each in an environment of its own that bench/peers.py builds on
 # first use: .venv-peer-daft, .venv-peer-ray) at BENCH_N and BENCH_PEER_SIZES images. Then its photo mode:
 # photo-like JPEGs of 0.3, 2 and 12 MP and 2 MP screenshot PNGs, per precision, decoded exactly, fast, and from
-# shards packed with prepare --max-side 256 (make bench-photos alone). About an hour and a half on 2 cores.
+# shards packed with prepare --max-side 256 (make bench-photos alone); last, where one shard's time goes per stage
+# and the bound it puts on infer per precision (make bench-profile alone). About an hour and a half on 2 cores.
 bench: setup
 	$(PY) bench/run.py --images $(BENCH_N) --peer-sizes "$(BENCH_PEER_SIZES)"
 	$(PY) bench/photos.py --images $(BENCH_PHOTOS)
+	$(PY) bench/profile_shard.py
+
+bench-profile: setup
+	$(PY) bench/profile_shard.py
 
 bench-photos: setup
 	$(PY) bench/photos.py --images $(BENCH_PHOTOS)

@@ -96,3 +96,26 @@ def run_sampled(cmd: list[str], env: dict, interval: float = 0.25, timeout: floa
     return Sample(proc.returncode, wall, out, err, round((busy1 - busy0) / max(total1 - total0, 1e-9), 3),
                   {k: round(v, 1) for k, v in peaks.items()},
                   round(own1.user + own1.system - own0.user - own0.system, 2))
+
+
+def steady(records: list[dict]) -> dict:
+    """From one infer run's status records: steady-state images/s — each Python worker's first shard (which
+    loads the model and fills the task's pipeline) left out, the other images over the time from those first
+    shards' ends to the last shard's end — and the decode share of stage time (fetch + decode over fetch +
+    decode + forward, summed over shards)."""
+    by_process: dict = {}
+    for r in records:
+        by_process.setdefault((r["host"], r["pid"]), []).append(r)
+    images, start, end = 0, [], []
+    for shards in by_process.values():
+        shards.sort(key=lambda r: r["t_end"])
+        if len(shards) > 1:
+            images += sum(r["rows"] for r in shards[1:])
+            start.append(shards[0]["t_end"])
+            end.append(shards[-1]["t_end"])
+    decode = sum(r["t_decoded"] - r["t_start"] for r in records)
+    forward = sum(r["t_forwarded"] - r["t_forward_start"] for r in records)
+    window = max(end) - min(start) if start else float("nan")
+    return {"steady_images_per_s": round(images / window, 2) if start else None, "steady_images": images,
+            "decode_share": round(decode / (decode + forward), 3), "decode_ms_per_image": round(
+                1000 * decode / sum(r["rows"] for r in records), 1), "processes": len(by_process)}

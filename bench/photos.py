@@ -55,22 +55,29 @@ def run_id(kind: str, precision: str, mode: str) -> str:
     return f"{kind}-{precision}-{mode}".lower().replace(".", "")
 
 
-def inner(kinds: Sequence[str], precisions: Sequence[str], model: dict[str, str]) -> int:
-    """Under spark-submit: both prepares per kind, then every infer, in this one application."""
+def prepares(modes: Sequence[str], max_side: int = MAX_SIDE) -> list[tuple[str, list[str]]]:
+    """The prepares the infer ``modes`` read ("full" for exact and fast, "packed"), then each with ``--decode
+    exact`` (prepare's own speed before its fast decode; the same shards' keys)."""
+    names = (["full"] if {"exact", "fast"} & set(modes) else []) + (["packed"] if "packed" in modes else [])
+    flags = {"full": [], "packed": ["--max-side", str(max_side)]}
+    return [(n, flags[n]) for n in names] + [(f"{n}-exact", flags[n] + ["--decode", "exact"]) for n in names]
+
+
+def inner(kinds: Sequence[str], precisions: Sequence[str], model: dict[str, str], modes: Sequence[str] = MODES,
+          max_side: int = MAX_SIDE) -> int:
+    """Under spark-submit: the prepares per kind, then every infer, in this one application."""
     from infer.main import main as infer
     from prepare.main import main as prepare
 
     for kind in kinds:
         fmt, _ = KINDS[kind]
-        # prepare's own speed with its default fast decode and, before it, --decode exact (the same shards' keys)
-        for name, extra in (("full", []), ("packed", ["--max-side", str(MAX_SIDE)]), ("full-exact", ["--decode", "exact"]),
-                            ("packed-exact", ["--max-side", str(MAX_SIDE), "--decode", "exact"])):
+        for name, extra in prepares(modes, max_side):
             t = time.time()
             assert prepare(["--input", f"s3://{BUCKET}/{kind}/", "--output", f"s3://{BUCKET}/shards/{kind}/{name}/",
                             "--formats", fmt, *extra]) == 0
             print(f"bench-photos: prepare {kind} {name}: {time.time() - t:.1f}s", flush=True)
         for precision in precisions:
-            for mode in MODES:
+            for mode in modes:
                 manifest = f"s3://{BUCKET}/shards/{kind}/{'packed' if mode == 'packed' else 'full'}/manifest.parquet"
                 assert infer(["--manifest", manifest, "--sym-url", model["sym"], "--param-url", model["params"],
                               "--label-url", model["labels"], "--output", f"s3://{BUCKET}/pred/",
@@ -80,40 +87,21 @@ def inner(kinds: Sequence[str], precisions: Sequence[str], model: dict[str, str]
     return 0
 
 
-def steady(records: list[dict]) -> dict:
-    """Steady-state images/s (each Python worker's first shard, which loads the model, left out) and the decode
-    share of stage time."""
-    by_process: dict = {}
-    for r in records:
-        by_process.setdefault((r["host"], r["pid"]), []).append(r)
-    images, start, end = 0, [], []
-    for shards in by_process.values():
-        shards.sort(key=lambda r: r["t_end"])
-        if len(shards) > 1:
-            images += sum(r["rows"] for r in shards[1:])
-            start.append(shards[0]["t_end"])
-            end.append(shards[-1]["t_end"])
-    decode = sum(r["t_decoded"] - r["t_start"] for r in records)
-    forward = sum(r["t_forwarded"] - r["t_forward_start"] for r in records)
-    window = max(end) - min(start) if start else float("nan")
-    return {"steady_images_per_s": round(images / window, 2) if start else None, "steady_images": images,
-            "decode_share": round(decode / (decode + forward), 3), "decode_ms_per_image": round(
-                1000 * decode / sum(r["rows"] for r in records), 1), "processes": len(by_process)}
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=512, help="photos per kind (default 512: 8 shards)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
     p.add_argument("--precisions", default="fp32,int8,bf16")
+    p.add_argument("--modes", default=",".join(MODES), help=f"infer's inputs, a comma list of {', '.join(MODES)}")
+    p.add_argument("--max-side", type=int, default=MAX_SIDE, help=f"prepare's --max-side for packed (default {MAX_SIDE})")
     p.add_argument("--json", default=None, help="where to write the figures (default bench-results/photos-N.json)")
     p.add_argument("--inner", default=None, help=argparse.SUPPRESS)  # JSON of the model URIs, under spark-submit
     a = p.parse_args(argv)
-    kinds, precisions = a.kinds.split(","), a.precisions.split(",")
+    kinds, precisions, modes = a.kinds.split(","), a.precisions.split(","), a.modes.split(",")
     if a.inner:
-        return inner(kinds, precisions, json.loads(a.inner))
+        return inner(kinds, precisions, json.loads(a.inner), modes, a.max_side)
 
-    from bench.measure import run_sampled
+    from bench.measure import run_sampled, steady
     from bench.modelonly import measure as model_only
     from bench.run import converted_models, machine
     from testkit import zoo_builder
@@ -122,11 +110,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         p.error(f"--kinds: unknown {', '.join(unknown)} (known: {', '.join(KINDS)})")
+    if not modes or set(modes) - set(MODES):
+        p.error(f"--modes {a.modes!r}: expected a comma list of {', '.join(MODES)}")
     out_json = a.json or os.path.join(ROOT, "bench-results", f"photos-{a.images}.json")
     os.makedirs(os.path.dirname(out_json), exist_ok=True)
     workdir = os.path.join(ROOT, "bench-results", "work-photos")
     os.makedirs(workdir, exist_ok=True)
-    results: dict = {"machine": machine(), "images_per_kind": a.images, "max_side": MAX_SIDE,
+    results: dict = {"machine": machine(), "images_per_kind": a.images, "max_side": a.max_side,
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": {}}
     with LocalS3() as s3:
         os.environ.update(s3.env)
@@ -138,17 +128,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model_dir = os.path.join(workdir, "model")
         zoo_builder.write_model(model_dir)
         model = zoo_builder.write_model(f"s3://{BUCKET}/model/")
-        dirs = converted_models(model_dir, workdir)
+        dirs = converted_models(model_dir, workdir, precisions=precisions)
         procs = os.cpu_count() or 1
         results["model_only"] = {pr: model_only(dirs[pr], procs, 1, batches=12 if pr == "fp32" else 24)
                                  for pr in precisions}
         print(f"bench-photos: model-only {results['model_only']}", flush=True)
         s = run_sampled(spark_submit_command("bench/photos.py", ["--kinds", a.kinds, "--precisions", a.precisions,
+                                                                 "--modes", a.modes, "--max-side", str(a.max_side),
                                                                  "--inner", json.dumps(model)]), spark_env(s3.env))
         if s.returncode != 0:
             raise SystemExit(f"bench/photos.py (spark-submit) failed ({s.returncode}):\n{s.stdout[-3000:]}\n"
                              f"{s.stderr[-3000:]}")
         print(s.stdout, flush=True)
+        results["s3_server_cpu_s"] = s.caller_cpu_s  # the local S3 server's threads, in this process, meanwhile
         for line in s.stdout.splitlines():  # "bench-photos: prepare KIND NAME: 12.3s", timed inside the application
             if line.startswith("bench-photos: prepare "):
                 kind, name = line.split()[2], line.split()[3].rstrip(":")
@@ -157,9 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "seconds": seconds, "images_per_s": round(a.images / seconds, 2)}
         for kind in kinds:
             results.setdefault("shard_bytes_per_image", {})[kind] = {
-                name: round(_shard_bytes(kind, name) / a.images) for name in ("full", "packed")}
+                name: round(_shard_bytes(kind, name) / a.images) for name, _ in prepares(modes, a.max_side)
+                if "-" not in name}
             for pr in precisions:
-                for mode in MODES:
+                for mode in modes:
                     rid = run_id(kind, pr, mode)
                     f = steady(status.records(status.read_latest(f"s3://{BUCKET}/pred/", rid)))
                     f["ratio_to_model_only"] = (round(f["steady_images_per_s"] / results["model_only"][pr]["images_per_s"],
@@ -182,11 +175,13 @@ def print_table(results: dict) -> None:
     m = results["machine"]
     print(f"\nmachine: {m['cpu']} ({', '.join(m.get('cpu_flags', []))}), {m['cores']} cores; "
           f"{results['images_per_kind']} photos per kind; packed: prepare --max-side {results['max_side']}")
-    print("| photos | precision | model-only img/s | exact: img/s (x model, decode share) | fast | packed |")
-    print("|---|---|---|---|---|---|")
     rows: dict = {}
     for r in results["runs"].values():
         rows.setdefault((r["kind"], r["precision"]), {})[r["mode"]] = r
+    shown = [md for md in MODES if any(md in modes for modes in rows.values())]
+    print("| photos | precision | model-only img/s | " + " | ".join(
+        f"{md}: img/s (x model, decode share)" for md in shown) + " |")
+    print("|---" * (3 + len(shown)) + "|")
     for (kind, pr), modes in rows.items():
         cells = [f"{modes[md]['steady_images_per_s']} ({modes[md]['ratio_to_model_only']}, {modes[md]['decode_share']})"
                  for md in MODES if md in modes]
@@ -196,8 +191,8 @@ def print_table(results: dict) -> None:
             f"{name} {v['images_per_s']}" for name, v in r.items()))
     sizes = results.get("shard_bytes_per_image", {})
     if sizes:
-        print("\nshard bytes per image, as packed / --max-side " + str(results["max_side"]) + ": " + "; ".join(
-            f"{k} {v['full']:,} / {v['packed']:,}" for k, v in sizes.items()))
+        print("\nshard bytes per image (full: as the archive's; packed: --max-side " + str(results["max_side"]) + "): "
+              + "; ".join(f"{k} " + ", ".join(f"{name} {n:,}" for name, n in v.items()) for k, v in sizes.items()))
 
 
 if __name__ == "__main__":

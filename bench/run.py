@@ -35,11 +35,12 @@ import os
 import platform
 import sys
 import time
+from typing import Sequence
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # this process converts models (before mxnet)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.measure import Sample, run_sampled  # noqa: E402
+from bench.measure import Sample, run_sampled, steady  # noqa: E402
 from bench import peers  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
 from common import status, storage  # noqa: E402
@@ -63,16 +64,18 @@ def machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def converted_models(model_dir: str, workdir: str, calibration: int = 256) -> dict[str, str]:
-    """``{precision: directory}``: the test ResNet-18 converted as infer converts it (int8 calibrated on
-    ``calibration`` generated images), each written under the zoo file names for bench/modelonly.py."""
+def converted_models(model_dir: str, workdir: str, calibration: int = 256,
+                     precisions: Sequence[str] = ("bf16", "int8")) -> dict[str, str]:
+    """``{precision: directory}``: the test ResNet-18 (fp32) and its conversions to ``precisions`` as infer
+    converts it (int8 calibrated on ``calibration`` generated images), each written under the zoo file names
+    for bench/modelonly.py."""
     spec = zoo_builder.local_spec(model_dir)
     files = fetch_model(spec)
     sym, arg, aux = check_model(files, spec)
     images = ImageSample(tuple(cifar_like_png(i, seed=99) for i in range(calibration)),
                               tuple(str(i) for i in range(calibration)))
     dirs = {"fp32": model_dir}
-    for p in ("bf16", "int8"):
+    for p in (p for p in precisions if p != "fp32"):
         out = os.path.join(workdir, f"model-{p}")
         os.makedirs(out, exist_ok=True)
         sym_json, params = precision.model_bytes(*precision.convert(sym, arg, aux, p, images))
@@ -194,12 +197,15 @@ def main() -> int:
             m["conversion_s"] = conversion.get("prepare_s", 0.0)
             m["fixed_s_without_conversion"] = round(m["fixed_s"] - m["conversion_s"], 3)
             model_ips = results["model_only_by_precision"][p]["images_per_s"]
+            warm = steady(status.records(status.read_latest(out, f"{p}-big")))  # each worker's first shard left out
             results["precisions"][p] = {
                 "small": {"images": n_small, "wall_s": round(small.wall_s, 3)},
                 "big": {"images": n, "wall_s": round(big.wall_s, 3), "images_per_s": round(n / big.wall_s, 3)},
                 **m, "ratio_steady_to_own_model_only": round(m["steady_images_per_s"] / model_ips, 3),
                 "ratio_steady_to_fp32_model_only": round(m["steady_images_per_s"] / ips, 3),
                 "task_span_images_per_s": st["steady_images_per_s"], "peak_rss_mb": big.peak_rss_mb,
+                "after_first_shards": {**warm, "ratio_to_own_model_only": round(warm["steady_images_per_s"] / model_ips,
+                                                                                3)},
                 "s3_server_cpu_s": big.caller_cpu_s, "s3_server_cpu_share": round(big.caller_cpu_s / ((os.cpu_count() or 1) * big.wall_s), 3)}
             log(f"infer {p}: {results['precisions'][p]}")
             if p == "fp32":

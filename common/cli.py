@@ -55,26 +55,94 @@ def endpoint_from(args: argparse.Namespace) -> Optional[str]:
     return args.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def run_cli(prog: str, body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+# The exit codes, for every command (README "Exit codes").
+DONE = 0
+NOT_DONE = 1  # the job ran and part of it is not done: failed shards, the junk guard, a failure after a write
+BAD_INPUT = 2  # bad arguments or inputs, one line naming the input, and nothing written
+
+
+class Writes:
+    """What a command has begun to write, so that its exit code tells the truth.
+
+    A command calls :meth:`begin` just before each kind of write (and never before a check that can still
+    refuse its input): a user error before the first ``begin`` is exit 2, "nothing written"; any failure
+    after it is exit 1, with a line saying what may have been written and how to finish.
+    """
+
+    def __init__(self) -> None:
+        self.what: list[str] = []
+        self.finish = ""
+
+    def begin(self, what: str, finish: str) -> None:
+        """From here on ``what`` may be written; ``finish`` says how to complete the work if a later step fails."""
+        if what not in self.what:
+            self.what.append(what)
+        self.finish = finish
+
+    @property
+    def started(self) -> bool:
+        """Whether anything may have been written."""
+        return bool(self.what)
+
+    def report(self, prog: str) -> int:
+        """After a failure: print what may be written and how to finish; the exit code."""
+        if not self.started:
+            return BAD_INPUT
+        print(f"{prog}: written before the failure: {'; '.join(self.what)}; to finish: {self.finish}",
+              file=sys.stderr, flush=True)
+        return NOT_DONE
+
+
+def run_cli(prog: str, body: Callable[[argparse.Namespace, Writes], int], parser: argparse.ArgumentParser,
             argv: Optional[Sequence[str]]) -> int:
-    """Parse ``argv``, run ``body``, and turn known errors into ``prog: error: …`` and exit code 2."""
+    """Parse ``argv`` and run ``body(args, writes)``; a failure becomes one line and an honest exit code.
+
+    A user error (:data:`common.errors.USER_ERRORS`) is ``prog: error: …``: exit 2 when nothing was written
+    yet, else exit 1 with what was written and how to finish (:class:`Writes`).  A Spark job that failed as a
+    whole is exit 1.  Anything else is a bug: ``prog: internal error: …`` with where its traceback went
+    (a file, or printed with ``--verbose``), exit 1 — never 2.
+    """
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format=f"{prog}: %(levelname)s %(message)s")
+    writes = Writes()
     try:
-        return body(args)
+        return body(args, writes)
     except USER_ERRORS as e:
         if args.verbose:
             traceback.print_exc()
-        print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - a Spark job that failed as a whole
-        if type(e).__name__ != "Py4JJavaError":
-            raise
-        if args.verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: Spark job failed: {python_cause(str(e))}", file=sys.stderr)
-        return 1
+        print(f"{prog}: error: {first_line(e)}", file=sys.stderr, flush=True)
+        return writes.report(prog)
+    except Exception as e:  # noqa: BLE001 - every other failure is reported, not a traceback on the console
+        if type(e).__name__ == "Py4JJavaError":  # a Spark job that failed as a whole
+            if args.verbose:
+                traceback.print_exc()
+            print(f"{prog}: error: Spark job failed: {python_cause(str(e))}", file=sys.stderr, flush=True)
+        else:
+            print(f"{prog}: internal error: {type(e).__name__}: {first_line(e)} ({_keep_traceback(prog, args.verbose)})",
+                  file=sys.stderr, flush=True)
+        writes.report(prog)
+        return NOT_DONE
+
+
+def _keep_traceback(prog: str, verbose: bool) -> str:
+    """Print the current exception's traceback (``--verbose``) or keep it in a file; says where it went."""
+    if verbose:
+        traceback.print_exc()
+        return "traceback above"
+    import tempfile
+    import time
+
+    text = traceback.format_exc()
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"shardinfer-{prog.split()[-1].replace('.', '-')}-"
+                                    f"{time.strftime('%Y%m%dT%H%M%S')}-", suffix=".traceback.txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return f"a bug: traceback in {path}, or rerun with --verbose"
+    except OSError:
+        traceback.print_exc()
+        return "a bug: traceback above"
 
 
 def exit_process(code: int) -> NoReturn:

@@ -1,8 +1,11 @@
 """The errors a user can act on, in one place: each job prints them as one line naming the input
-(``prog: error: …``, exit 2) instead of a traceback.
+(``prog: error: …``) instead of a traceback, with exit code 2 when nothing was written yet and 1
+after (``common.cli``).  Any other exception is a bug, reported as an internal error.
 
 They live here, not beside the code that raises them, so that a command line can catch them all
-without importing MXNet, Spark or pyarrow (``common.cli`` imports only this module).
+without importing MXNet, Spark or pyarrow (``common.cli`` imports only this module).  They derive
+from the built-in class a caller would expect (``ValueError`` for bad values), but a plain
+``ValueError`` is never taken for a user's mistake.
 """
 
 from __future__ import annotations
@@ -33,8 +36,16 @@ class BadImageError(ValueError):
 
 
 class UsageError(ValueError):
-    """A bad combination of arguments, found before Spark starts."""
+    """A bad argument or combination of arguments (the message names the flag and value)."""
 
 
-# Printed as one line naming the input, no traceback (ValueError: argparse-style bad values).
-USER_ERRORS = (StorageError, ManifestError, ModelError, ShardFormatError, BadImageError, ValueError)
+class GlueError(StorageError):
+    """A Glue Data Catalog problem the user must resolve (the message names database, table and difference)."""
+
+
+class AgreementError(ValueError):
+    """A bf16/int8 model whose top-1 agreement with fp32 is below --min-agreement."""
+
+
+# Printed as one line naming the input, no traceback.
+USER_ERRORS = (StorageError, ManifestError, ModelError, ShardFormatError, BadImageError, UsageError, AgreementError)

@@ -16,11 +16,8 @@ from typing import Optional
 
 from common import storage
 from common.athena import PARQUET_SERDE, Table, hive_type, predictions_table
+from common.errors import GlueError  # noqa: F401 - raised here, defined with the other user errors
 from common.output import PREDICTION_SCHEMA, partition_dir
-
-
-class GlueError(ValueError):
-    """A catalog problem the user must resolve (the message names database, table and difference)."""
 
 
 def _client():
@@ -75,30 +72,28 @@ def ensure_table(database: str, table: str, location: str) -> str:
     return ensure(predictions_table(location, table, database), "use another --glue-table")
 
 
-def ensure(table: Table, hint: str = "use another table name") -> str:
-    """Create ``table.database`` and ``table`` when absent; check an existing table.
+def check_table(database: str, table: str, location: str) -> bool:
+    """Whether the predictions table ``table`` exists (with the right shape); reads only.
 
-    Returns:
-        ``"table created"``, ``"database and table created"`` or ``"exists"``.
+    Raises:
+        GlueError: it exists with another shape (see :func:`ensure`).
+    """
+    return check(predictions_table(location, table, database), "use another --glue-table")
+
+
+def check(table: Table, hint: str = "use another table name") -> bool:
+    """Whether ``table`` exists in the catalog as shardinfer would create it; reads only.
 
     Raises:
         GlueError: the table exists with other columns, partition keys or location, or other properties that
             decide what is read (partition projection); the message ends with ``hint``.
     """
-    glue = _client()
     database, name = table.database, table.name
-    made = []
-    try:
-        glue.get_database(Name=database)
-    except glue.exceptions.EntityNotFoundException:
-        glue.create_database(DatabaseInput={"Name": database, "Description": "shardinfer predictions"})
-        made.append("database")
+    glue = _client()
     try:
         existing = glue.get_table(DatabaseName=database, Name=name)["Table"]
     except glue.exceptions.EntityNotFoundException:
-        glue.create_table(DatabaseName=database, TableInput=table_input(table))
-        made.append("table")
-        return " and ".join(made) + " created"
+        return False
     problems = []
     have, want = _norm(existing.get("StorageDescriptor", {}).get("Columns", [])), _norm(columns(table))
     if have != want:
@@ -120,7 +115,30 @@ def ensure(table: Table, hint: str = "use another table name") -> str:
     if problems:
         raise GlueError(f"Glue table {database}.{name} exists with another shape: {'; '.join(problems)}; "
                         f"{hint} (shardinfer never overwrites a table)")
-    return "exists"
+    return True
+
+
+def ensure(table: Table, hint: str = "use another table name") -> str:
+    """Create ``table.database`` and ``table`` when absent; check an existing table (:func:`check`).
+
+    Returns:
+        ``"table created"``, ``"database and table created"`` or ``"exists"``.
+
+    Raises:
+        GlueError: as :func:`check`.
+    """
+    glue = _client()
+    made = []
+    try:
+        glue.get_database(Name=table.database)
+    except glue.exceptions.EntityNotFoundException:
+        glue.create_database(DatabaseInput={"Name": table.database, "Description": "shardinfer predictions"})
+        made.append("database")
+    if check(table, hint):
+        return "exists"
+    glue.create_table(DatabaseName=table.database, TableInput=table_input(table))
+    made.append("table")
+    return " and ".join(made) + " created"
 
 
 def register_partition(database: str, table: str, location: str, run_id: str) -> str:

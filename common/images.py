@@ -1,4 +1,4 @@
-"""Image formats, checks and the preprocessing contract (DESIGN.md), as pure functions over bytes.
+"""Image formats, checks and the preprocessing contract (docs/reference.md), as pure functions over bytes.
 
 Formats (prepare ``--formats``): a key is a candidate by its extension and is accepted only
 if its content decodes as one of the allowed formats; images over :data:`MAX_PIXELS` are
@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
-from common.errors import BadImageError  # noqa: F401 - raised here, defined with the other user errors
+from common.errors import BadImageError, UsageError  # noqa: F401 - raised here, defined with the other user errors
 
 INPUT_SIZE = 224
 # Larger images are refused before decoding: 100 MP is beyond any camera's photo (a 200 MP
@@ -71,7 +71,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
         return tuple(sorted(FORMATS))
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
-        raise ValueError(f"--formats {text!r}: unknown format {', '.join(unknown) or '(none)'}; "
+        raise UsageError(f"--formats {text!r}: unknown format {', '.join(unknown) or '(none)'}; "
                          f"use a comma list of {', '.join(sorted(FORMATS))}, or all")
     return tuple(sorted(set(names)))
 
@@ -243,7 +243,7 @@ def _triple(values: Sequence[float], what: str) -> tuple[float, float, float]:
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:
-        raise ValueError(f"{what}: expected 1 or 3 values (R,G,B), got {len(values)}")
+        raise UsageError(f"{what}: expected 1 or 3 values (R,G,B), got {len(values)}")
     return values  # type: ignore[return-value]
 
 
@@ -252,14 +252,14 @@ def parse_triple(text: str, what: str) -> tuple[float, float, float]:
     try:
         return _triple([float(v) for v in text.split(",")], what)
     except ValueError as e:
-        raise ValueError(f"{what} {text!r}: {e}" if "expected" not in str(e) else str(e)) from e
+        raise UsageError(f"{what} {text!r}: {e}" if "expected" not in str(e) else str(e)) from e
 
 
 def parse_size(text, what: str = "--image-size") -> tuple[int, int]:
     """``"224"`` -> (224, 224); ``"48x192"`` -> (48, 192): height x width."""
     parts = str(text).lower().split("x")
     if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"{what} {text!r}: expected S or HxW, e.g. 224 or 48x192")
+        raise UsageError(f"{what} {text!r}: expected S or HxW, e.g. 224 or 48x192")
     h, w = (int(parts[0]), int(parts[-1]))
     return h, w
 
@@ -279,7 +279,7 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """infer's preprocessing (DESIGN.md): size S or (H, W), resize mode, channel order, per-channel mean and std."""
+    """infer's preprocessing (docs/reference.md): size S or (H, W), resize mode, channel order, per-channel mean and std."""
 
     size: Union[int, tuple[int, int]] = INPUT_SIZE
     resize: str = "stretch"
@@ -292,15 +292,15 @@ class Preprocessing:
         hw = input_hw(self.size)
         object.__setattr__(self, "size", hw[0] if hw[0] == hw[1] else hw)  # a square size stays one number
         if min(hw) < 8:
-            raise ValueError(f"--image-size must be at least 8, got {size_text(hw)}")
+            raise UsageError(f"--image-size must be at least 8, got {size_text(hw)}")
         if self.channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"--channel-order {self.channel_order!r}: expected one of {', '.join(CHANNEL_ORDERS)}")
+            raise UsageError(f"--channel-order {self.channel_order!r}: expected one of {', '.join(CHANNEL_ORDERS)}")
         if self.resize not in RESIZE_MODES:
-            raise ValueError(f"--resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+            raise UsageError(f"--resize {self.resize!r}: expected one of {', '.join(RESIZE_MODES)}")
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"--std must be positive, got {','.join(f'{s:g}' for s in self.std)}")
+            raise UsageError(f"--std must be positive, got {','.join(f'{s:g}' for s in self.std)}")
         if self.decode not in DECODES:
-            raise ValueError(f"--decode {self.decode!r}: expected one of {', '.join(DECODES)}")
+            raise UsageError(f"--decode {self.decode!r}: expected one of {', '.join(DECODES)}")
 
     @property
     def is_default(self) -> bool:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common import storage
+from common.errors import UsageError
 
 TOP_K_TYPE = pa.list_(
     pa.struct([pa.field("class_id", pa.int32()), pa.field("label", pa.string()), pa.field("prob", pa.float64())])
@@ -82,9 +83,9 @@ class ImageResult:
 
 
 def check_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is a safe partition value, else raise ValueError naming it."""
+    """Return ``run_id`` if it is a safe partition value, else raise UsageError naming it."""
     if not _RUN_ID_RE.match(run_id):
-        raise ValueError(
+        raise UsageError(
             f"run id {run_id!r} is not allowed: use 1-128 characters from A-Z a-z 0-9 . _ - "
             "(no ':' or '/'), starting with a letter or digit"
         )

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import boto3
 import botocore.config
 import botocore.exceptions
-from common.errors import StorageError, NotFound  # noqa: F401 - raised here, defined with the other user errors
+from common.errors import NotFound, StorageError, UsageError  # noqa: F401 - raised here, defined with the other user errors
 
 # S3 answers 503 SlowDown under load and spot clusters see connection resets: boto3's
 # "standard" retry mode retries both with backoff; 10 attempts rides out a minute-long
@@ -44,9 +44,9 @@ class Encryption:
 
     def __post_init__(self) -> None:
         if self.sse not in (None, "AES256", "aws:kms"):
-            raise ValueError(f"--sse {self.sse!r}: expected AES256 or aws:kms")
+            raise UsageError(f"--sse {self.sse!r}: expected AES256 or aws:kms")
         if self.kms_key_id and self.sse != "aws:kms":
-            raise ValueError("--sse-kms-key-id needs --sse aws:kms")
+            raise UsageError("--sse-kms-key-id needs --sse aws:kms")
 
     def put_args(self) -> dict[str, str]:
         """The PutObject arguments that ask for it."""
@@ -100,7 +100,7 @@ def parse_s3(uri: str) -> S3Path:
     rest = uri.split("://", 1)[1]
     bucket, _, key = rest.partition("/")
     if not bucket:
-        raise ValueError(f"{uri!r}: S3 URI has no bucket (expected s3://BUCKET/KEY)")
+        raise UsageError(f"{uri!r}: S3 URI has no bucket (expected s3://BUCKET/KEY)")
     return S3Path(bucket, key)
 
 

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import athena, glue  # noqa: E402
-from common.cli import UsageError, exit_process, run_cli  # noqa: E402
+from common.cli import UsageError, Writes, exit_process, run_cli  # noqa: E402
 from common.output import check_run_id  # noqa: E402
 
 PROG = "athena"
@@ -76,7 +76,7 @@ def statements(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, writes: Writes) -> int:
     """Print the statements, separated by blank lines (or, with --glue-database, create the tables)."""
     if not args.glue_database:
         print("\n\n".join(s + ";" for s in statements(args)))
@@ -84,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
     if args.run_id:
         raise UsageError("--glue-database creates tables; runs are registered by infer --glue-database/--glue-table "
                          "when they complete (or use the printed ALTER TABLE without --glue-database)")
-    for table in tables(args):
+    wanted = tables(args)
+    for table in wanted:  # every table checked before any is created
+        glue.catalog(lambda: glue.check(table, "use another --table or --glue-database"))
+    writes.begin(f"Glue tables in {args.glue_database}", "run the same command again")
+    for table in wanted:
         said = glue.catalog(lambda: glue.ensure(table, "use another --table or --glue-database"))
         print(f"{PROG}: Glue table {table.database}.{table.name} ({table.location}): {said}", flush=True)
     return 0

@@ -31,7 +31,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from common import athena, glue, storage  # noqa: E402
-from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
+from common.cli import (UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
                         run_cli)
 from common.spark import spark_context  # noqa: E402
 from common.manifest import read_manifest  # noqa: E402
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, writes: Writes) -> int:
     """Compact one run; returns the exit code."""
     run_id = check_run_id(args.run_id)
     if bool(args.glue_database) != bool(args.glue_table):
@@ -153,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
                    if o.key.endswith(".parquet"))
     bins = plan_bins(sizes, target_size)
     sc = spark_context(f"shardinfer-compact-{run_id}")
+    writes.begin(f"compacted files under {partition_dir(args.output, run_id)} (the run's own files under --input are "
+                 "never changed)", "run the same compact command again (it writes the same files)")
     results = (sc.parallelize(list(enumerate(bins)), len(bins))
                .map(partial(write_bin, target=args.output, run_id=run_id, endpoint_url=endpoint,
                             encryption=encryption)).collect())
@@ -168,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{PROG}: {len(sizes)} part files, {rows_in} rows -> {len(bins)} files under {out_prefix}"
           f"{f' ({len(stale)} stale files removed)' if stale else ''}", flush=True)
     if args.glue_table:
+        writes.begin(f"the Glue partition run_id={run_id} of {args.glue_database}.{args.glue_table}",
+                     "run the same compact command again (it writes the same files)")
         moved = glue.catalog(lambda: glue.move_partition(args.glue_database, args.glue_table, run_id, out_prefix))
         print(f"{PROG}: Glue table {args.glue_database}.{args.glue_table}: partition run_id={run_id} "
               + (f"now at {moved}" if moved else "is not registered; nothing to update"), flush=True)

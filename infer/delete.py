@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import glue, storage  # noqa: E402
-from common.cli import UsageError, add_common_arguments, endpoint_from, exit_process, run_cli  # noqa: E402
+from common.cli import UsageError, Writes, add_common_arguments, endpoint_from, exit_process, run_cli  # noqa: E402
 from common.output import check_run_id, partition_dir, run_dir  # noqa: E402
 
 PROG = "delete"
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, writes: Writes) -> int:
     """List, then (with --yes) delete; returns the exit code."""
     if not args.output or not args.run_id:
         raise UsageError("--output (infer's --output) and --run-id are both required")
@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.yes:
         print(f"{PROG}: dry run: nothing deleted; add --yes to delete", flush=True)
         return 0
+    writes.begin(f"run {run_id} partly deleted" + (" (its Glue partition first, then its objects)" if partition
+                                                   is not None else ""),
+                 "run the same delete command again: it lists and deletes what is left")
     if partition is not None:  # the table stops showing the run first, then its files go
         glue.catalog(lambda: glue.delete_partition(args.glue_database, args.glue_table, run_id))
     for uris in found.values():

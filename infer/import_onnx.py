@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import storage  # noqa: E402
-from common.cli import UsageError, add_common_arguments, endpoint_from, exit_process, run_cli  # noqa: E402
+from common.cli import UsageError, Writes, add_common_arguments, endpoint_from, exit_process, run_cli  # noqa: E402
 from common.images import parse_size  # noqa: E402
 from common.model import DATA_NAME, params_bytes  # noqa: E402
 from infer.onnx_ops import OnnxImportError, supported  # noqa: E402,F401 - OnnxImportError: raised from here
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, writes: Writes) -> int:
     """Convert, check and write; print the infer flags."""
     try:
         import onnx  # noqa: F401
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     params = params_bytes(converted.arg, converted.aux)
     sym_uri = storage.join(args.output, f"{name}-symbol.json")
     param_uri = storage.join(args.output, f"{name}-0000.params")
+    writes.begin(f"{param_uri} and {sym_uri}", "run the same import_onnx command again")
     storage.write_bytes(param_uri, params, endpoint)
     storage.write_bytes(sym_uri, converted.symbol_json.encode(), endpoint, "application/json")
     ops = ", ".join(f"{op} {n}" for op, n in sorted(converted.nodes.items()))

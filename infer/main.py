@@ -17,7 +17,8 @@ precision is asked for (infer/precision.py), plans task groups from shard id ran
 (infer/plan.py), and collects a compact status per shard, which it writes as one Parquet
 file per invocation (common/status.py); tasks read their own shard rows, and predictions go
 from each task straight to S3.  Run records: infer/runrecord.py.  Exit code 0 when every selected shard is ok, 1 when
-any failed (their ids are printed), 2 for bad arguments or inputs.
+any failed (their ids are printed) or a step after the first write failed (the line says what was written and
+how to finish), 2 for bad arguments or inputs with nothing written (common/cli.py).
 """
 
 from __future__ import annotations
@@ -45,14 +46,14 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 from common import glue, status, storage  # noqa: E402
-from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
-                        first_line, run_cli)
+from common.cli import (UsageError, Writes, add_common_arguments, encryption_from, endpoint_from,  # noqa: E402
+                        exit_process, first_line, run_cli)
 from common.spark import spark_context, stop_in_background, submit_options, task_attempts  # noqa: E402
 from common.manifest import Manifest, check_parts_listed, read_manifest  # noqa: E402
 from common.images import (CHANNEL_ORDERS, DECODES, DEFAULT_DECODE, INPUT_SIZE, RESIZE_MODES, Preprocessing,  # noqa: E402
                            parse_size, parse_triple)
 from common.model import ModelFiles, ModelSpec, check_model_head, fetch_model  # noqa: E402
-from common.output import check_run_id, default_run_id, run_dir  # noqa: E402
+from common.output import check_run_id, default_run_id, partition_dir, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from infer import plan as plan_mod  # noqa: E402
 from infer import precision, report, runrecord  # noqa: E402
@@ -70,7 +71,7 @@ REPORT_AUTO_MAX_SHARDS = 2_000_000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of DESIGN.md."""
+    """The command line (docs/reference.md)."""
     p = argparse.ArgumentParser(prog=PROG, description="Run an MXNet image model over the shards of a manifest and "
                                 "write one Parquet file of predictions per shard.")
     p.add_argument("--manifest", required=True, help="URI of manifest.parquet written by prepare")
@@ -188,8 +189,9 @@ def run_variant(args: argparse.Namespace, prep: Preprocessing) -> str:
 
 
 def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record: Optional[dict], manifest, run_id: str,
-                        endpoint: Optional[str]) -> tuple[ModelSpec, Optional[dict]]:
-    """The spec the executors load, and the conversion record for run.json (None at fp32)."""
+                        endpoint: Optional[str], writing=lambda: None) -> tuple[ModelSpec, Optional[dict]]:
+    """The spec the executors load, and the conversion record for run.json (None at fp32); ``writing`` is
+    called before a converted model is stored."""
     if args.precision == "fp32":
         return spec, None
     done = (record or {}).get("conversion")
@@ -201,7 +203,8 @@ def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record
             return stored, done
     converted = precision.prepare_model(files, spec, args.precision, manifest, args.calibration_images,
                                         args.min_agreement, storage.join(run_dir(args.output, run_id), "model"),
-                                        log=lambda m: print(f"{PROG}: {m}", flush=True), prep=preprocessing(args))
+                                        log=lambda m: print(f"{PROG}: {m}", flush=True), prep=preprocessing(args),
+                                        writing=writing)
     return converted.spec, converted.record
 
 
@@ -311,20 +314,27 @@ def print_dry_run(args: argparse.Namespace, job: Job) -> None:
           f"{math.ceil(plan.groups / TASKS_PER_JOB)} Spark jobs: {plan_mod.describe(plan)}; nothing written", flush=True)
 
 
-def prepare_work(sc, args: argparse.Namespace, job: Job) -> ModelSpec:
+def prepare_work(sc, args: argparse.Namespace, job: Job, writes: Writes) -> ModelSpec:
     """With Spark up and before any shard runs: GPU settings, every needed manifest part's sha256, the Glue
-    table, the model the executors load (converted for a reduced precision) and run.json.  Returns that model."""
+    table, the model the executors load (converted for a reduced precision) and run.json.  Returns that model.
+
+    Every check that can refuse the input comes before the first write (the converted model's)."""
     if args.device == "gpu":
         check_gpu_settings(sc.getConf())
     # before anything is written; the workers meanwhile import what the tasks run (MXNet)
     plan_mod.verify_parts(sc, job.manifest, job.ranges, job.endpoint, warm="infer.task")
-    if args.glue_table:  # before any work: a table of another shape is refused now, not after the run
-        try:
-            made = glue.catalog(lambda: glue.ensure_table(args.glue_database, args.glue_table, args.output))
-        except glue.GlueError as e:
-            raise UsageError(str(e)) from e
+    if args.glue_table:  # a table of another shape is refused now, not after the run
+        glue.catalog(lambda: glue.check_table(args.glue_database, args.glue_table, args.output))
+    finish = (f"run the same infer command again (run_id={job.run_id}): it keeps every shard already written "
+              "(one HEAD each) and does the rest")
+    what = f"the run's files under {partition_dir(args.output, job.run_id)} and {run_dir(args.output, job.run_id)}/"
+    spec, conversion = model_for_executors(args, job.files, job.spec, job.record, job.manifest, job.run_id, job.endpoint,
+                                           writing=lambda: writes.begin(what, finish))
+    writes.begin(what, finish)
+    if args.glue_table:
+        writes.begin(f"the Glue table {args.glue_database}.{args.glue_table} (created when absent)", finish)
+        made = glue.catalog(lambda: glue.ensure_table(args.glue_database, args.glue_table, args.output))
         print(f"{PROG}: Glue table {args.glue_database}.{args.glue_table}: {made}", flush=True)
-    spec, conversion = model_for_executors(args, job.files, job.spec, job.record, job.manifest, job.run_id, job.endpoint)
     if not job.record_matches or (conversion and conversion != (job.record or {}).get("conversion")):
         runrecord.write_run_record(args, job.run_id, job.manifest, job.model_id, conversion, job.endpoint,
                                    job.model_info)
@@ -378,7 +388,7 @@ def finish(args: argparse.Namespace, job: Job, summary: dict, statuses: status.W
     return 1
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, writes: Writes) -> int:
     """Run infer for parsed arguments; returns the exit code."""
     started = time.time()
     job = resolve(args)
@@ -390,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
         print_dry_run(args, job)
         return 0
     sc = spark_context(f"shardinfer-infer-{job.run_id}")
-    spec = prepare_work(sc, args, job)
+    spec = prepare_work(sc, args, job, writes)
     plan = plan_mod.make_plan(m, job.ranges, args.shards_per_task, sc.defaultParallelism, args.precision)
     images = m.num_images if plan.selected == m.num_shards else min(m.num_images, plan.selected * m.batch_size)
     print(f"{PROG}: manifest {m.manifest_id}: {m.num_shards} shards, {m.num_images} images; run_id={job.run_id}; "

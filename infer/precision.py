@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Optional, Union
 import numpy as np
 
 from common import storage
+from common.errors import AgreementError, UsageError
 from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE, Preprocessing, input_hw
 from common.manifest import Manifest
 from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
@@ -33,9 +34,6 @@ PRECISIONS = ("fp32", "bf16", "int8")
 DEFAULT_CALIBRATION_IMAGES = 512
 DEFAULT_MIN_AGREEMENT = 0.99
 
-
-class AgreementError(ValueError):
-    """The converted model disagrees with fp32 on more images than ``--min-agreement`` allows."""
 
 
 def _padded(images: np.ndarray, batch: int) -> np.ndarray:
@@ -129,8 +127,8 @@ def _cannot_run(precision: str, sym_url: str, size) -> Iterator[None]:
 
 def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: Manifest,
                   calibration_images: int, min_agreement: float, model_dir: str, log=print,
-                  prep: Preprocessing = DEFAULT_PREPROCESSING) -> Converted:
-    """Convert, check agreement, and store the model under ``model_dir``.
+                  prep: Preprocessing = DEFAULT_PREPROCESSING, writing=lambda: None) -> Converted:
+    """Convert, check agreement, and store the model under ``model_dir`` (calling ``writing`` first).
 
     Raises:
         AgreementError: top-1 agreement with fp32 below ``min_agreement`` (nothing is stored).
@@ -144,7 +142,7 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: 
     n_cal = min(calibration_images, total // 2) if precision == "int8" else 0
     n_agree = min(calibration_images, total - n_cal)
     if n_agree < 1 or (precision == "int8" and n_cal < 1):
-        raise ValueError(f"--precision {precision}: the manifest holds only {total} image(s), too few to "
+        raise UsageError(f"--precision {precision}: the manifest holds only {total} image(s), too few to "
                          "calibrate and measure agreement with fp32")
     if n_cal < (calibration_images if precision == "int8" else 0) or n_agree < calibration_images:
         log(f"note: the manifest holds {total} images: {n_cal} calibrate, {n_agree} measure agreement")
@@ -170,6 +168,7 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: 
         raise AgreementError(f"{summary}: refused; keep fp32, raise --calibration-images, or lower --min-agreement")
     log(summary)
     sym_json, params = model_bytes(csym, carg, caux)
+    writing()
     name = spec.name
     uris = {"sym": storage.join(model_dir, f"{name}-symbol.json"), "params": storage.join(model_dir, f"{name}-0000.params"),
             "labels": storage.join(model_dir, "synset.txt")}

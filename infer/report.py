@@ -36,7 +36,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from common import storage  # noqa: E402
-from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
+from common.cli import (UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
                         run_cli)
 from common import status  # noqa: E402
 from common.output import check_run_id, run_dir  # noqa: E402
@@ -213,11 +213,14 @@ def render_html(run_id: str, records: list[dict], images: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
-def write_report(output: str, run_id: str, endpoint_url: Optional[str] = None, to: Optional[str] = None) -> str:
-    """Build the report for a run and write it; returns the URI of ``index.html``."""
+def write_report(output: str, run_id: str, endpoint_url: Optional[str] = None, to: Optional[str] = None,
+                 writing=lambda where: None) -> str:
+    """Build the report for a run and write it (calling ``writing(folder)`` first); returns the URI of
+    ``index.html``."""
     records = load_statuses(output, run_id, endpoint_url)
     images = render_images(records)
     dest = to or storage.join(run_dir(output, run_id), "report")
+    writing(dest)
     for name, data in images.items():
         storage.write_bytes(storage.join(dest, name), data, endpoint_url, "image/png")
     index = storage.join(dest, "index.html")
@@ -237,10 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, writes: Writes) -> int:
     """Write the report and print where it is."""
     encryption_from(args)
-    index = write_report(args.output, check_run_id(args.run_id), endpoint_from(args), args.to)
+    index = write_report(args.output, check_run_id(args.run_id), endpoint_from(args), args.to,
+                         writing=lambda where: writes.begin(f"the report under {where}", "run the same command again"))
     print(f"{PROG}: {index}")
     return 0
 

@@ -11,6 +11,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from common.errors import UsageError
 from common.images import DEFAULT_PREPROCESSING, Preprocessing, decode_into
 from common.manifest import Manifest, ShardEntry, read_shards
 from common.shard import fetch_shard
@@ -31,7 +32,7 @@ def sample_plan(shards: Sequence[tuple[int, int]], calibration: int, agreement: 
     want = calibration + agreement
     total = sum(n for _, n in shards)
     if want > total:
-        raise ValueError(f"{want} sample images requested ({calibration} calibration + {agreement} agreement), "
+        raise UsageError(f"{want} sample images requested ({calibration} calibration + {agreement} agreement), "
                          f"the manifest holds {total}")
     if want == 0:
         return [], []

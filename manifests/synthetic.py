@@ -28,6 +28,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from common import storage  # noqa: E402
+from common.cli import Writes, add_common_arguments, endpoint_from, run_cli  # noqa: E402
+from common.errors import UsageError  # noqa: E402
 from common.manifest import (MANIFEST_NAME, SHARD_SCHEMA, SHARDS_PER_PART, compute_manifest_id,  # noqa: E402
                              describe_part, index_to_bytes, part_name, part_to_bytes, rows_digest, shard_name)
 
@@ -76,7 +78,7 @@ def write(images: int, output: str, batch: int = 64, shards_per_part: int = SHAR
           workers: Optional[int] = None, endpoint_url: Optional[str] = None):
     """Write the manifest; returns the index URI and the manifest id."""
     if images < 1 or batch < 1 or shards_per_part < 1:
-        raise ValueError(f"--images, --batch and --shards-per-part must be at least 1 (got {images}, {batch}, "
+        raise UsageError(f"--images, --batch and --shards-per-part must be at least 1 (got {images}, {batch}, "
                          f"{shards_per_part})")
     output = output if output.endswith("/") else output + "/"
     shards = math.ceil(images / batch)
@@ -95,8 +97,8 @@ def write(images: int, output: str, batch: int = 64, shards_per_part: int = SHAR
     return index, manifest_id, len(jobs), sum(p.num_bytes for p, _ in done)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
     p = argparse.ArgumentParser(prog="python -m manifests.synthetic", description="Write a valid format-2 manifest "
                                 "of N made-up images (shards need not exist), for planning and scale tests.")
     p.add_argument("--images", type=int, required=True, help="how many images")
@@ -105,18 +107,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--shards-per-part", type=int, default=SHARDS_PER_PART,
                    help=f"shards per manifest part (default {SHARDS_PER_PART}, as prepare)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
-    p.add_argument("--s3-endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
-    args = p.parse_args(argv)
+    add_common_arguments(p, sse=False)
+    return p
+
+
+def run(args: argparse.Namespace, writes: Writes) -> int:
+    """Write the manifest and say where it is."""
     t0 = time.time()
-    try:
-        index, manifest_id, parts, size = write(args.images, args.output, args.batch, args.shards_per_part,
-                                                args.workers, args.s3_endpoint_url)
-    except (ValueError, storage.StorageError) as e:
-        print(f"synthetic: error: {e}", file=sys.stderr)
-        return 2
+    if args.images < 1 or args.batch < 1 or args.shards_per_part < 1:
+        raise UsageError(f"--images, --batch and --shards-per-part must be at least 1 (got {args.images}, "
+                         f"{args.batch}, {args.shards_per_part})")
+    endpoint = endpoint_from(args)
+    storage.check_buckets([args.output], endpoint)
+    writes.begin(f"manifest parts under {args.output}", "run the same command again")
+    index, manifest_id, parts, size = write(args.images, args.output, args.batch, args.shards_per_part,
+                                            args.workers, endpoint)
     print(f"synthetic: {args.images} images in {math.ceil(args.images / args.batch)} shards, {parts} parts "
           f"({size / 2**20:.1f} MiB) in {time.time() - t0:.1f}s: {index} (manifest_id {manifest_id})", flush=True)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line."""
+    return run_cli("synthetic", run, build_parser(), argv)
 
 
 if __name__ == "__main__":

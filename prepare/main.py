@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import storage  # noqa: E402
-from common.cli import (UsageError, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
-                        run_cli)
+from common.cli import (UsageError, Writes, add_common_arguments, encryption_from, endpoint_from,  # noqa: E402
+                        exit_process, run_cli)
 from common.spark import spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
 from common.images import DECODES, DEFAULT_DECODE, FORMATS, MAX_PIXELS, MIN_MAX_SIDE, parse_formats  # noqa: E402
@@ -53,7 +53,7 @@ DEFAULT_BATCH = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of DESIGN.md."""
+    """The command line (docs/reference.md)."""
     p = argparse.ArgumentParser(prog=PROG, description="Pack the images under a prefix into MXNet RecordIO shards "
                                 "and write manifest.parquet + skipped.parquet.")
     p.add_argument("--input", required=True, help="s3://BUCKET/PREFIX/ (or a local directory) holding the images; "
@@ -232,16 +232,15 @@ def excluded_keys(sc, uris: Sequence[str], settings: PrepareSettings):
         lambda part: ((k, None) for k in part_keys(part, endpoint)))
 
 
-def number_stage(sc, args: argparse.Namespace, found: Listing, settings: PrepareSettings) -> Numbered:
-    """Sorted keys, repeats and ``--exclude-manifest`` keys dropped, numbered (``zipWithIndex``): the same
-    objects always give the same shards."""
+def number_stage(sc, args: argparse.Namespace, found: Listing, excluded) -> Numbered:
+    """Sorted keys, repeats and ``--exclude-manifest`` keys (``excluded``, see :func:`excluded_keys`) dropped,
+    numbered (``zipWithIndex``): the same objects always give the same shards."""
     from pyspark import StorageLevel
 
     spp = args.shards_per_part or min(SHARDS_PER_PART, max(1, math.ceil(
         found.candidates / args.batch / (2 * sc.defaultParallelism))))
     per_part = args.batch * spp
     candidates = found.rows.filter(lambda r: r.candidate).map(lambda r: (r.key, r.etag))
-    excluded = excluded_keys(sc, args.exclude_manifest, settings)
     if excluded is not None:  # an anti-join in Spark: neither side is ever on the driver
         candidates = candidates.subtractByKey(excluded).persist(StorageLevel.MEMORY_AND_DISK)
     keys = (candidates.sortByKey(numPartitions=max(1, min(math.ceil(found.candidates / per_part), 10_000)))
@@ -321,7 +320,7 @@ def refuse(line: str) -> int:
     return 1
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, writes: Writes) -> int:
     """Run prepare for parsed arguments; returns the exit code."""
     settings = settings_from(args)
     endpoint = settings.endpoint_url
@@ -329,11 +328,15 @@ def run(args: argparse.Namespace) -> int:
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
     storage.check_buckets([u for u in (settings.input_uri, settings.output_uri, args.input_list) if u], endpoint)
     manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
+    sc = spark_context("shardinfer-prepare")
+    found = list_stage(sc, args, settings)
+    excluded = excluded_keys(sc, args.exclude_manifest, settings)  # the last check of the input: nothing written yet
+    writes.begin(f"shards, manifest parts and skipped.parquet under {settings.output_uri} (no manifest index: "
+                 "infer refuses the folder until one is written)",
+                 "run the same prepare command again (the same objects give the same shards)")
     if storage.exists(manifest_uri, endpoint):  # the old index must not outlive the parts rewritten under it
         print(f"{PROG}: replacing the manifest at {manifest_uri}", flush=True)
         storage.delete(manifest_uri, endpoint)
-    sc = spark_context("shardinfer-prepare")
-    found = list_stage(sc, args, settings)
     # the guard, by names alone first: a wrong --formats costs a listing, not a packing
     by_name = found.rows.filter(lambda r: not r.candidate).map(lambda r: (r.key, r.reason)).mapPartitions(
         lambda rows: [guard.summarise(rows)]).fold((Counter(), Counter(), 0), guard.merge)
@@ -341,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
     if junk:
         skipped_stage(sc, found, [], settings)
         return refuse(junk)
-    numbered = number_stage(sc, args, found, settings)
+    numbered = number_stage(sc, args, found, excluded)
     outcomes = pack_stage(sc, numbered, settings)
     skipped = skipped_stage(sc, found, outcomes, settings)
     found.rows.unpersist()

@@ -47,7 +47,8 @@ class FaultProxy:
                  max_faults: Optional[int] = None):
         """Configure (not start) a proxy in front of ``upstream`` (``http://host:port``).
 
-        ``only``: a regex on ``"METHOD /path"``; only matching requests may get a fault.
+        ``only``: a regex on ``"METHOD /path"`` (``"POST / AWSGlue.CreatePartition"`` for a JSON API: its
+        ``X-Amz-Target`` follows); only matching requests may get a fault.
         ``max_faults``: stop injecting after this many.
         """
         u = urllib.parse.urlsplit(upstream)
@@ -156,7 +157,8 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                fault, delay = proxy._decide(f"{self.command} {self.path}")
+                target = self.headers.get("X-Amz-Target")  # the operation of a JSON API (Glue's "AWSGlue.CreateTable")
+                fault, delay = proxy._decide(f"{self.command} {self.path}" + (f" {target}" if target else ""))
                 if fault == "503":
                     return self._error(503, "SlowDown", "Please reduce your request rate.")
                 if fault == "500":

@@ -80,7 +80,7 @@ def test_schema_follows_design(parts):
 
 
 def _reference_top5(png: bytes, mod, labels):
-    """The DESIGN.md preprocessing written out independently, and a plain mx.mod.Module of batch 1."""
+    """The documented preprocessing written out independently, and a plain mx.mod.Module of batch 1."""
     img = ImageOps.exif_transpose(Image.open(io.BytesIO(png)))
     if img.mode == "I;16":  # 16-bit gray: the top 8 bits (Pillow's convert would clip at 255)
         img = Image.fromarray((np.asarray(img, dtype=np.uint16) // 256).astype(np.uint8), "L")

@@ -13,7 +13,7 @@ BENCH_N ?= 2560
 BENCH_PEER_SIZES ?= 10240
 BENCH_PHOTOS ?= 512
 
-.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python test test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python lint test test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -76,7 +76,15 @@ trino: setup
 test-spark4: setup
 	$(PY) -m pytest -m "not node and not yarn and not trino and not once and not spread and not corpus" --durations=15
 
-test-once: setup
+# The lint gate (pyproject.toml [tool.ruff]): pyflakes, import order and a complexity limit over the tree, docstrings
+# of common/'s public functions, and every relative link and section the docs name (scripts/check_links.py).
+# make test runs it first on the once line.
+lint: setup
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/ruff check --no-cache --select D1 --ignore D105,D107 common
+	$(PY) scripts/check_links.py
+
+test-once: setup lint
 	$(PY) -m pytest -p no:cacheprovider -m "(once or spread) and not corpus" --durations=10
 
 test-spark35: setup-spark35

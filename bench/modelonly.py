@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def child(model_dir: str, batches: int, go_file: str, ready_file: str) -> None:
     import numpy as np
 
-    from testkit import zoo_builder
     from common.model import Predictor
+    from testkit import zoo_builder
 
     # the same file names whatever the precision: bench/run.py writes each converted model to its own directory
     p = Predictor(zoo_builder.local_spec(model_dir))

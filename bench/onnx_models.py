@@ -27,9 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def _reduced(converted, x, fp32_model, fp32_s: float, precision: str, rounds: int) -> dict:
     """The model converted as infer's --precision does (AMP bf16, or oneDNN int8 calibrated on 2 batches of
     this input's kind): its speed over fp32 MXNet, and its top-1 agreement with fp32 on ``x``."""
-    import numpy as np
-
     import mxnet as mx
+    import numpy as np
 
     from common.model import BoundModel
 
@@ -66,6 +65,7 @@ def _reduced(converted, x, fp32_model, fp32_s: float, precision: str, rounds: in
 
 def measure_one(name: str, threads: int, batch: int, rounds: int, precisions: tuple = ()) -> dict:
     """Run in a child process (OMP_NUM_THREADS must be set before MXNet loads)."""
+    import mxnet as mx
     import numpy as np
     import onnxruntime as ort
 
@@ -73,8 +73,6 @@ def measure_one(name: str, threads: int, batch: int, rounds: int, precisions: tu
     from infer import onnx_check, onnx_graph
     from testkit import onnx_corpus
     from testkit.corpus import MODELS_DIR
-
-    import mxnet as mx
 
     with open(os.path.join(MODELS_DIR, f"{name}.onnx"), "rb") as f:
         data = onnx_corpus.fill(f.read())

@@ -40,18 +40,18 @@ from typing import Sequence
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # this process converts models (before mxnet)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.measure import Sample, run_sampled, steady  # noqa: E402
 from bench import peers  # noqa: E402
+from bench.measure import Sample, run_sampled, steady  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
 from common import status, storage  # noqa: E402
-from testkit import zoo_builder  # noqa: E402
 from common.model import check_model, fetch_model  # noqa: E402
-from testkit.testdata import cifar_like_png  # noqa: E402
 from infer import precision  # noqa: E402
 from infer.cpu import cpu_info  # noqa: E402
 from infer.sample import Sample as ImageSample  # noqa: E402
+from testkit import zoo_builder  # noqa: E402
 from testkit.faultproxy import FaultProxy  # noqa: E402
 from testkit.localdev import ROOT, LocalS3, spark_env, spark_submit_command, upload_cifar_like  # noqa: E402
+from testkit.testdata import cifar_like_png  # noqa: E402
 
 BUCKET = "bench"
 

@@ -21,11 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from common import storage  # noqa: E402
-
-from testkit import zoo_builder  # noqa: E402
-from common.spark import spark_context  # noqa: E402
 from common.images import preprocess  # noqa: E402
 from common.model import ModelSpec, get_predictor  # noqa: E402
+from common.spark import spark_context  # noqa: E402
+from testkit import zoo_builder  # noqa: E402
 
 
 def predict_batch(keys: list[str], bucket: str, spec: ModelSpec) -> list[str]:

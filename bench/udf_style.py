@@ -22,7 +22,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import storage  # noqa: E402
-
 from testkit import zoo_builder  # noqa: E402
 
 
@@ -41,7 +40,7 @@ def main() -> int:
     t0 = time.time()
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import SparkSession
-    from pyspark.sql.types import ArrayType, FloatType, StructField, StructType, IntegerType
+    from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
 
     spark = SparkSession.builder.appName(f"udf-{a.variant}").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -1,0 +1,1 @@
+"""What both jobs share: storage, formats, the manifest, the model, the command line."""

@@ -29,6 +29,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
 from common.errors import BadImageError, UsageError  # noqa: F401 - raised here, defined with the other user errors
 
 INPUT_SIZE = 224

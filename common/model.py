@@ -19,8 +19,8 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 
 from common import storage
-from common.images import INPUT_SIZE, input_hw
 from common.errors import ModelError  # noqa: F401 - raised here, defined with the other user errors
+from common.images import INPUT_SIZE, input_hw
 
 DATA_NAME = "data"
 

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import boto3
 import botocore.config
 import botocore.exceptions
+
 from common.errors import NotFound, StorageError, UsageError  # noqa: F401 - raised here, defined with the other user errors
 
 # S3 answers 503 SlowDown under load and spot clusters see connection resets: boto3's
@@ -340,6 +341,7 @@ class RangedFile(io.RawIOBase):
         self.requests = 0
 
     def fetch(self, start: int, end: int) -> None:
+        """Read bytes ``start``..``end`` ahead in one request, unless already held."""
         start, end = max(0, start), min(self.size, end)
         if end > start and not self._covered(start, end):
             self.segments.append((start, read_range(self.uri, start, end, self.endpoint_url)))
@@ -352,19 +354,24 @@ class RangedFile(io.RawIOBase):
         return None
 
     def readable(self) -> bool:
+        """io's protocol: readable."""
         return True
 
     def seekable(self) -> bool:
+        """io's protocol: seekable."""
         return True
 
     def tell(self) -> int:
+        """io's protocol: the position."""
         return self.pos
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        """io's protocol: move the position (nothing is read until :meth:`readinto`)."""
         self.pos = {0: offset, 1: self.pos + offset, 2: self.size + offset}[whence]
         return self.pos
 
     def readinto(self, b) -> int:
+        """io's protocol: fill ``b`` from held bytes, fetching what is missing."""
         n = max(0, min(len(b), self.size - self.pos))
         data = self._covered(self.pos, self.pos + n)
         if data is None:

@@ -31,13 +31,19 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from common import athena, glue, storage  # noqa: E402
-from common.cli import (UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
-                        run_cli)
-from common.spark import spark_context  # noqa: E402
+from common.cli import UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process, run_cli  # noqa: E402
 from common.manifest import read_manifest  # noqa: E402
+from common.output import (  # noqa: E402
+    PARQUET_CONTENT_TYPE,
+    PREDICTION_SCHEMA,
+    check_run_id,
+    part_key,
+    partition_dir,
+    run_record_key,
+    table_to_parquet,
+)
+from common.spark import spark_context  # noqa: E402
 from common.status import failed_ids  # noqa: E402
-from common.output import (PARQUET_CONTENT_TYPE, PREDICTION_SCHEMA, check_run_id, part_key, partition_dir,  # noqa: E402
-                           run_record_key, table_to_parquet)
 from infer.plan import present_mask  # noqa: E402
 
 PROG = "compact"

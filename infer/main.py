@@ -46,15 +46,31 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 from common import glue, status, storage  # noqa: E402
-from common.cli import (UsageError, Writes, add_common_arguments, encryption_from, endpoint_from,  # noqa: E402
-                        exit_process, first_line, run_cli)
-from common.spark import spark_context, stop_in_background, submit_options, task_attempts  # noqa: E402
+from common.cli import (  # noqa: E402
+    UsageError,
+    Writes,
+    add_common_arguments,
+    encryption_from,
+    endpoint_from,
+    exit_process,
+    first_line,
+    run_cli,
+)
+from common.images import (  # noqa: E402
+    CHANNEL_ORDERS,
+    DECODES,
+    DEFAULT_DECODE,
+    INPUT_SIZE,
+    RESIZE_MODES,
+    Preprocessing,
+    parse_size,
+    parse_triple,
+)
 from common.manifest import Manifest, check_parts_listed, read_manifest  # noqa: E402
-from common.images import (CHANNEL_ORDERS, DECODES, DEFAULT_DECODE, INPUT_SIZE, RESIZE_MODES, Preprocessing,  # noqa: E402
-                           parse_size, parse_triple)
 from common.model import ModelFiles, ModelSpec, check_model_head, fetch_model  # noqa: E402
 from common.output import check_run_id, default_run_id, partition_dir, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
+from common.spark import spark_context, stop_in_background, submit_options, task_attempts  # noqa: E402
 from infer import plan as plan_mod  # noqa: E402
 from infer import precision, report, runrecord  # noqa: E402
 from infer.task import InferSettings, run_group  # noqa: E402

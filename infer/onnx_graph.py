@@ -285,9 +285,8 @@ def image_input(model, source: str):
 
 
 def _evaluate(proto, feeds: list, opset: int, where: str) -> list:
-    from onnx.reference import ReferenceEvaluator
-
     from onnx import helper
+    from onnx.reference import ReferenceEvaluator
 
     names = [i for i in proto.input if i]
     try:
@@ -309,9 +308,8 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
         OnnxImportError: an opset outside 7-21, not one image input, or a node that cannot be converted (named).
     """
     import mxnet as mx
-    from onnx import numpy_helper
-
     import onnx
+    from onnx import numpy_helper
 
     opset = opset_of(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -349,38 +347,10 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
         if proto.domain not in ("", "ai.onnx"):
             raise OnnxImportError(f"{where}: operator domain {proto.domain!r} is not supported")
         node = Node(op, list(proto.input), list(proto.output), _attrs(proto), layer, where)
-        present = [i for i in proto.input if i]
-        if all(i in g.known for i in present):
-            for part in fused.get(proto.name, [proto]):  # a fused node is folded as the nodes it replaced
-                feeds = [g.known[i] for i in part.input if i]
-                first = _evaluate(part, [f[0] for f in feeds], opset, where)
-                second = first if all(_same(*f) for f in feeds) else _evaluate(part, [f[1] for f in feeds], opset,
-                                                                                 where)
-                for name, one, two in zip(part.output, first, second):
-                    if name:
-                        g.known[name] = (one, two)
+        if _fold(g, proto, node, fused, opset, where):
             folded += 1
             continue
-        if op in ("Shape", "Size") and present and present[0] in g.values:
-            shapes = [np.array(s, dtype=np.int64) for s in g.probe_shapes(present[0])]
-            if op == "Size":
-                values = [np.array(np.prod(s), dtype=np.int64) for s in shapes]
-            else:
-                start, end = int(node.attr("start", 0)), node.attr("end", None)
-                values = [s[start: None if end is None else int(end)] for s in shapes]
-            g.known[proto.output[0]] = tuple(values)
-            folded += 1
-            continue
-        try:
-            out = converter_for(op, opset, where)(g, node)
-        except OnnxImportError:
-            raise
-        except mx.base.MXNetError as e:
-            raise OnnxImportError(f"{where}: MXNet cannot express this node: {_mx_reason(e)}") from e
-        except Exception as e:  # noqa: BLE001 - a node of a form no converter expects: named, never a traceback
-            raise OnnxImportError(f"{where}: this form of {op} is not supported ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''})") from e
-        outs = out if isinstance(out, list) else [out]
+        outs = _convert_node(g, node, opset, where)
         for name, sym in zip(proto.output, outs):
             if name:
                 g.values[name] = sym
@@ -402,6 +372,48 @@ def convert(model, source: str, size: Optional[tuple[int, int]] = None) -> Conve
                      {k: v for k, v in g.aux.items() if k in keep_aux}, tuple(fixed) if fixed else None, probe,
                      layout, producer.get(final, ""), opset, input_name, batch, nodes=counts, folded=folded,
                      fused=_count(n.op_type for n in graph.node if n.name in fused), tensors=tensors)
+
+
+def _fold(g: "Graph", proto, node: Node, fused: dict, opset: int, where: str) -> bool:
+    """Fold ``proto`` into known values when it can be computed now: every input known (evaluated at both probe
+    batch sizes; a fused node as the nodes it replaced), or ``Shape``/``Size`` of an image value.  Returns whether
+    it was folded."""
+    present = [i for i in proto.input if i]
+    if all(i in g.known for i in present):
+        for part in fused.get(proto.name, [proto]):
+            feeds = [g.known[i] for i in part.input if i]
+            first = _evaluate(part, [f[0] for f in feeds], opset, where)
+            second = first if all(_same(*f) for f in feeds) else _evaluate(part, [f[1] for f in feeds], opset, where)
+            for name, one, two in zip(part.output, first, second):
+                if name:
+                    g.known[name] = (one, two)
+        return True
+    if proto.op_type in ("Shape", "Size") and present and present[0] in g.values:
+        shapes = [np.array(s, dtype=np.int64) for s in g.probe_shapes(present[0])]
+        if proto.op_type == "Size":
+            values = [np.array(np.prod(s), dtype=np.int64) for s in shapes]
+        else:
+            start, end = int(node.attr("start", 0)), node.attr("end", None)
+            values = [s[start: None if end is None else int(end)] for s in shapes]
+        g.known[proto.output[0]] = tuple(values)
+        return True
+    return False
+
+
+def _convert_node(g: "Graph", node: Node, opset: int, where: str) -> list:
+    """The MXNet symbols of one node's outputs, from its converter; any failure named as the node's."""
+    import mxnet as mx
+
+    try:
+        out = converter_for(node.op, opset, where)(g, node)
+    except OnnxImportError:
+        raise
+    except mx.base.MXNetError as e:
+        raise OnnxImportError(f"{where}: MXNet cannot express this node: {_mx_reason(e)}") from e
+    except Exception as e:  # noqa: BLE001 - a node of a form no converter expects: named, never a traceback
+        raise OnnxImportError(f"{where}: this form of {node.op} is not supported ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    return out if isinstance(out, list) else [out]
 
 
 def _count(items) -> dict:

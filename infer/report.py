@@ -35,10 +35,11 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from common import storage  # noqa: E402
-from common.cli import (UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process,  # noqa: E402
-                        run_cli)
-from common import status  # noqa: E402
+from common import (
+    status,  # noqa: E402
+    storage,  # noqa: E402
+)
+from common.cli import UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process, run_cli  # noqa: E402
 from common.output import check_run_id, run_dir  # noqa: E402
 
 PROG = "report"

@@ -39,8 +39,20 @@ from common import storage
 from common.images import DEFAULT_PREPROCESSING, Preprocessing, decode_into
 from common.manifest import ShardEntry, read_shards
 from common.model import ModelError, ModelSpec, get_predictor, task_device, top_k
-from common.output import (META_INPUT_DIGEST, META_INVOCATION, META_ROWS, META_ROWS_ERROR, PARQUET_CONTENT_TYPE, STATUS_OK,
-                           ConflictError, ImageResult, input_digest, part_key, predictions_table, table_to_parquet)
+from common.output import (
+    META_INPUT_DIGEST,
+    META_INVOCATION,
+    META_ROWS,
+    META_ROWS_ERROR,
+    PARQUET_CONTENT_TYPE,
+    STATUS_OK,
+    ConflictError,
+    ImageResult,
+    input_digest,
+    part_key,
+    predictions_table,
+    table_to_parquet,
+)
 from common.shard import ShardError, ShardFormatError, fetch_shard
 from common.status import ShardStatus
 

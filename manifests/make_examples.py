@@ -22,9 +22,25 @@ from datetime import datetime, timezone
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.images import Original  # noqa: E402
-from common.manifest import (META_BATCH, META_CREATED, META_INPUT, META_MANIFEST_ID, META_NUM_IMAGES,  # noqa: E402
-                             META_NUM_SKIPPED, META_VERSION, V2_SHARD_SCHEMA, ShardEntry, compute_manifest_id, describe_part,
-                             index_to_bytes, part_name, part_to_bytes, rows_digest, shard_table, skipped_to_bytes)
+from common.manifest import (  # noqa: E402
+    META_BATCH,
+    META_CREATED,
+    META_INPUT,
+    META_MANIFEST_ID,
+    META_NUM_IMAGES,
+    META_NUM_SKIPPED,
+    META_VERSION,
+    V2_SHARD_SCHEMA,
+    ShardEntry,
+    compute_manifest_id,
+    describe_part,
+    index_to_bytes,
+    part_name,
+    part_to_bytes,
+    rows_digest,
+    shard_table,
+    skipped_to_bytes,
+)
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
 CREATED = datetime(2026, 11, 26, 0, 0, 0, tzinfo=timezone.utc)

@@ -30,8 +30,18 @@ import pyarrow.compute as pc  # noqa: E402
 from common import storage  # noqa: E402
 from common.cli import Writes, add_common_arguments, endpoint_from, run_cli  # noqa: E402
 from common.errors import UsageError  # noqa: E402
-from common.manifest import (MANIFEST_NAME, SHARD_SCHEMA, SHARDS_PER_PART, compute_manifest_id,  # noqa: E402
-                             describe_part, index_to_bytes, part_name, part_to_bytes, rows_digest, shard_name)
+from common.manifest import (  # noqa: E402
+    MANIFEST_NAME,
+    SHARD_SCHEMA,
+    SHARDS_PER_PART,
+    compute_manifest_id,
+    describe_part,
+    index_to_bytes,
+    part_name,
+    part_to_bytes,
+    rows_digest,
+    shard_name,
+)
 
 PER_CLASS = 1300
 SHARD_BYTES = 64 * 2_900  # about a CIFAR-sized PNG per record

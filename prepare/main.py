@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections import Counter
 import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -35,15 +35,24 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import storage  # noqa: E402
-from common.cli import (UsageError, Writes, add_common_arguments, encryption_from, endpoint_from,  # noqa: E402
-                        exit_process, run_cli)
-from common.spark import spark_context  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
+from common.cli import UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process, run_cli  # noqa: E402
 from common.images import DECODES, DEFAULT_DECODE, FORMATS, MAX_PIXELS, MIN_MAX_SIDE, parse_formats  # noqa: E402
-from common.manifest import (MANIFEST_NAME, PARTS_DIR, SHARDS_PER_PART, SKIPPED_NAME, SKIPPED_SCHEMA,  # noqa: E402
-                             PartEntry, compute_manifest_id, index_to_bytes, part_keys, read_manifest)
+from common.manifest import (  # noqa: E402
+    MANIFEST_NAME,
+    PARTS_DIR,
+    SHARDS_PER_PART,
+    SKIPPED_NAME,
+    SKIPPED_SCHEMA,
+    PartEntry,
+    compute_manifest_id,
+    index_to_bytes,
+    part_keys,
+    read_manifest,
+)
 from common.output import PARQUET_CONTENT_TYPE  # noqa: E402
 from common.progress import Progress  # noqa: E402
+from common.spark import spark_context  # noqa: E402
 from prepare import guard, listing  # noqa: E402
 from prepare.tasks import Candidate, PartOutcome, PrepareSettings, write_part  # noqa: E402
 

@@ -13,8 +13,16 @@ from typing import Iterator, Optional, Sequence
 
 from common import storage
 from common.images import DEFAULT_DECODE, DEFAULT_FORMATS, admit
-from common.manifest import (PartEntry, ShardEntry, describe_part, part_name, part_to_bytes, rows_digest, shard_name,
-                             shard_table)
+from common.manifest import (
+    PartEntry,
+    ShardEntry,
+    describe_part,
+    part_name,
+    part_to_bytes,
+    rows_digest,
+    shard_name,
+    shard_table,
+)
 from common.output import PARQUET_CONTENT_TYPE
 from common.shard import pack_shard
 

@@ -8,11 +8,11 @@ as README.md documents them, reads the predictions back and prints a summary.
 from __future__ import annotations
 
 import argparse
-import shutil
 import io
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections import Counter
@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyarrow.parquet as pq  # noqa: E402
 
 from common import storage  # noqa: E402
-
 from testkit import zoo_builder  # noqa: E402
 from testkit.localdev import ROOT, LocalS3, run_spark_submit, spark_submit_command, upload_cifar_like  # noqa: E402
 

@@ -107,92 +107,8 @@ class FaultProxy:
 
     def start(self) -> "FaultProxy":
         """Listen on 127.0.0.1 and a free port."""
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    out = b""
-                    while True:
-                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                        if size == 0:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                                pass
-                            return out
-                        out += self.rfile.read(size)
-                        self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _reset(self) -> None:
-                # SO_LINGER 0: close sends a TCP RST, the client sees "connection reset by peer"
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.close_connection = True
-                self.connection.close()
-
-            def _error(self, status: int, code: str, msg: str) -> None:
-                body = _XML.format(code=code, msg=msg).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-                conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                    if body or self.command in ("PUT", "POST"):
-                        headers["Content-Length"] = str(len(body))
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    return resp.status, resp.getheaders(), data
-                finally:
-                    conn.close()
-
-            def _handle(self) -> None:
-                body = self._body()
-                target = self.headers.get("X-Amz-Target")  # the operation of a JSON API (Glue's "AWSGlue.CreateTable")
-                fault, delay = proxy._decide(f"{self.command} {self.path}" + (f" {target}" if target else ""))
-                if fault == "503":
-                    return self._error(503, "SlowDown", "Please reduce your request rate.")
-                if fault == "500":
-                    return self._error(500, "InternalError", "We encountered an internal error. Please try again.")
-                if fault == "reset":
-                    return self._reset()
-                if fault == "expired":
-                    return self._error(400, "ExpiredToken", "The provided token has expired.")
-                if delay:
-                    time.sleep(delay)
-                status, headers, data = self._forward(body)
-                if fault == "reset_after":
-                    return self._reset()
-                self.send_response(status)
-                for k, v in headers:
-                    if k.lower() not in _HOP and not (k.lower() == "content-length" and self.command != "HEAD"):
-                        self.send_header(k, v)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
-
-        class Server(http.server.ThreadingHTTPServer):
-            def handle_error(self, request, client_address) -> None:
-                # a client that goes away (a killed executor, a reset we sent) is not the proxy's error
-                import sys
-
-                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-                    super().handle_error(request, client_address)
-
-        self._server = Server(("127.0.0.1", 0), Handler)
+        handler = type("Handler", (_Handler,), {"proxy": self})
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -209,3 +125,91 @@ class FaultProxy:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One request: forwarded to the upstream server, or answered with the fault the proxy decides."""
+
+    proxy: "FaultProxy"  # set per proxy by FaultProxy.start
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _reset(self) -> None:
+        # SO_LINGER 0: close sends a TCP RST, the client sees "connection reset by peer"
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def _error(self, status: int, code: str, msg: str) -> None:
+        body = _XML.format(code=code, msg=msg).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        conn = http.client.HTTPConnection(*self.proxy.upstream, timeout=120)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+            if body or self.command in ("PUT", "POST"):
+                headers["Content-Length"] = str(len(body))
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, resp.getheaders(), data
+        finally:
+            conn.close()
+
+    def _handle(self) -> None:
+        body = self._body()
+        target = self.headers.get("X-Amz-Target")  # the operation of a JSON API (Glue's "AWSGlue.CreateTable")
+        fault, delay = self.proxy._decide(f"{self.command} {self.path}" + (f" {target}" if target else ""))
+        if fault == "503":
+            return self._error(503, "SlowDown", "Please reduce your request rate.")
+        if fault == "500":
+            return self._error(500, "InternalError", "We encountered an internal error. Please try again.")
+        if fault == "reset":
+            return self._reset()
+        if fault == "expired":
+            return self._error(400, "ExpiredToken", "The provided token has expired.")
+        if delay:
+            time.sleep(delay)
+        status, headers, data = self._forward(body)
+        if fault == "reset_after":
+            return self._reset()
+        self.send_response(status)
+        for k, v in headers:
+            if k.lower() not in _HOP and not (k.lower() == "content-length" and self.command != "HEAD"):
+                self.send_header(k, v)
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # a client that goes away (a killed executor, a reset we sent) is not the proxy's error
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)

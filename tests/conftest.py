@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from common import storage
-
 from testkit import localdev, zoo_builder
 from testkit.localdev import LocalS3, upload_cifar_like
 from testkit.testdata import cifar_like_image, cifar_like_png

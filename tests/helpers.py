@@ -17,7 +17,6 @@ from common.manifest import read_manifest as read_index
 from common.output import META_INVOCATION, partition_dir
 from testkit.localdev import ROOT, run_spark_submit, spark_env, upload_cifar_like
 
-
 # Where a test checks plumbing (keys, parts, statuses, retries), not the model's answers, infer runs the
 # test ResNet-18 on 64x64 input: the same layers and code path at a twelfth of the forward pass's cost.
 PLUMBING_IMAGE_SIZE = 64

@@ -19,7 +19,6 @@ import sqlglot
 from sqlglot import exp
 
 from common import athena, glue, storage
-
 from common.manifest import ShardEntry, write_manifest
 from common.output import PREDICTION_SCHEMA
 from common.shard import pack_shard

@@ -9,10 +9,8 @@ import mxnet as mx
 import pytest
 
 from common import storage
-
 from testkit import zoo_builder
-from testkit.localdev import ROOT, run_spark_submit
-from testkit.localdev import free_port
+from testkit.localdev import ROOT, free_port, run_spark_submit
 from tests.helpers import infer_args, run_main, run_python
 
 EXAMPLES = os.path.join(ROOT, "manifests", "examples")

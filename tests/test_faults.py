@@ -12,9 +12,16 @@ import pytest
 
 from common import storage
 from testkit.faultproxy import FaultProxy
-from testkit.localdev import run_spark_submit, spark_submit_command, spark_env, upload_cifar_like
-from tests.helpers import (assert_exactly_once, infer_args, part_objects, part_versions, read_manifest, run_id_from,
-                           statuses)
+from testkit.localdev import run_spark_submit, spark_env, spark_submit_command, upload_cifar_like
+from tests.helpers import (
+    assert_exactly_once,
+    infer_args,
+    part_objects,
+    part_versions,
+    read_manifest,
+    run_id_from,
+    statuses,
+)
 
 pytestmark = pytest.mark.spark  # every test here runs the jobs
 

@@ -15,12 +15,18 @@ import pytest
 
 from common import manifest as manifest_mod
 from common import status, storage
-from common.status import ShardStatus
-from common.manifest import (FORMAT_VERSION, ManifestError, ShardEntry, iter_shards, manifest_from_bytes, read_shards,
-                             write_manifest)
+from common.manifest import (
+    FORMAT_VERSION,
+    ManifestError,
+    ShardEntry,
+    iter_shards,
+    manifest_from_bytes,
+    read_shards,
+    write_manifest,
+)
 from common.model import ModelSpec
-from common.output import (ImageResult, check_run_id, default_run_id, part_key, predictions_table,
-                           table_to_parquet)
+from common.output import ImageResult, check_run_id, default_run_id, part_key, predictions_table, table_to_parquet
+from common.status import ShardStatus
 from infer.plan import make_plan
 from infer.task import InferSettings, run_group
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from common import storage
-from testkit.faultproxy import FaultProxy
 from infer.plan import Plan, group_count, ids_to_ranges, shards_per_task
+from testkit.faultproxy import FaultProxy
 from tests.helpers import assert_exactly_once, infer_args, part_objects, prepared, read_manifest, statuses, submit
 
 

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from common import storage
-
 from testkit import zoo_builder
 from testkit.localdev import run_spark_submit
-from tests.helpers import read_manifest, statuses as read_statuses
+from tests.helpers import read_manifest
+from tests.helpers import statuses as read_statuses
 
 pytestmark = pytest.mark.spark  # every test here runs the jobs
 

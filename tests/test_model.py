@@ -9,9 +9,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from testkit import zoo_builder
 from common.images import preprocess
 from common.model import ModelError, ModelSpec, Predictor, check_model, fetch_model, read_labels, top_k
+from testkit import zoo_builder
 from testkit.testdata import cifar_like_png
 
 pytestmark = pytest.mark.once  # the model's numbers: the same on either Spark line

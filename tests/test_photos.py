@@ -15,9 +15,25 @@ import pytest
 from PIL import Image, ImageDraw
 
 from common import storage
-from common.images import (Preprocessing, check_image, decode_rgb, parse_formats, parse_triple, preprocess,
-                           skip_reason_for_key)
-from common.model import HEAD_APPLIED, HEAD_SOFTMAX, ModelError, ModelFiles, ModelSpec, Predictor, check_model_head, read_labels
+from common.images import (
+    Preprocessing,
+    check_image,
+    decode_rgb,
+    parse_formats,
+    parse_triple,
+    preprocess,
+    skip_reason_for_key,
+)
+from common.model import (
+    HEAD_APPLIED,
+    HEAD_SOFTMAX,
+    ModelError,
+    ModelFiles,
+    ModelSpec,
+    Predictor,
+    check_model_head,
+    read_labels,
+)
 from testkit import zoo_builder
 from testkit.photos import photo_archive
 from tests.helpers import assert_exactly_once, output_rows, read_manifest, run_main

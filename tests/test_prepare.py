@@ -136,8 +136,8 @@ def test_batch_must_be_positive(capsys):
 
 def test_bad_image_leaves_its_shard_one_short_and_moves_no_other(s3, spark):
     """65 candidates, one undecodable: shard 0 holds the 63 good images of the first 64, shard 1 the 65th."""
-    from testkit.localdev import upload_cifar_like
     from prepare.main import main
+    from testkit.localdev import upload_cifar_like
 
     s3.create_bucket("stale")
     upload_cifar_like("s3://stale/in/", 64, seed=61, endpoint_url=s3.endpoint_url)

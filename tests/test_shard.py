@@ -122,7 +122,8 @@ def test_image_record_iter_reads_a_shard(tmp_path):
     batch = next(iter(it))
     assert batch.data[0].shape == (6, 3, 32, 32)
     # OpenCV decodes BGR->RGB the same pixels Pillow sees for record 0
-    from PIL import Image
     import io
+
+    from PIL import Image
     ref = np.asarray(Image.open(io.BytesIO(cifar_like_png(0))).convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
     assert np.array_equal(batch.data[0].asnumpy()[0], ref)

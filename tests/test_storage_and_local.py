@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from common import storage
-
-from testkit import zoo_builder
 from common.model import ModelError, ModelSpec, Predictor
+from testkit import zoo_builder
 from testkit.testdata import cifar_like_png
 
 

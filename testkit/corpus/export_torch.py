@@ -21,6 +21,7 @@ import torchvision  # noqa: E402
 
 from testkit.corpus import run, save  # noqa: E402
 
+
 class _LayerVariety(torch.nn.Module):
     """The layers image models use beyond the classifiers above, in one small CNN (what the exporter writes for
     each: InstanceNormalization, Elu, PRelu, Selu, LpPool, ceil-mode MaxPool, ConvTranspose, nearest and bilinear

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from common import athena, status, storage
 from common.cli import UsageError
-from common.images import DEFAULT_DECODE, DEFAULT_PREPROCESSING, INPUT_SIZE
+from common.images import DEFAULT_PREPROCESSING
 from common.manifest import Manifest
 from common.output import partition_dir, run_dir, run_record_key
 
@@ -80,38 +80,29 @@ def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, 
                         "application/json")
 
 
+# Flags the rerun command sets itself (the run and the selection) or leaves out (they change no output).
+_NOT_PASSED_ON = {"--run-id", "--shards", "--only-missing", "--only-failed", "--dry-run", "--verbose", "--help"}
+
+
 def rerun_command(args: argparse.Namespace, run_id: str, submit: Optional[list[str]] = None,
                   script: str = "infer/main.py") -> str:
     """The exact command that reruns this run's failed shards: ``submit`` are the spark-submit options of
-    the running application (:func:`common.spark.submit_options`; the documented defaults without it)."""
-    cmd = ["spark-submit", *(submit or ["--properties-file", "spark-defaults.conf"]), script,
-           "--manifest", args.manifest, "--sym-url", args.sym_url, "--param-url", args.param_url]
-    if args.label_url:
-        cmd += ["--label-url", args.label_url]
-    cmd += ["--output", args.output, "--run-id", run_id]
-    for flag, value, default in (("--image-size", args.image_size, str(INPUT_SIZE)), ("--resize", args.resize, "stretch"),
-                                 ("--channel-order", args.channel_order, "rgb"),
-                                 ("--mean", args.mean, "0,0,0"), ("--std", args.std, "1,1,1"),
-                                 ("--output-layer", args.output_layer, None),
-                                 ("--decode", args.decode, DEFAULT_DECODE)):
-        if value != default:
-            cmd += [flag, str(value)]
-    if args.top_k != 5:
-        cmd += ["--top-k", str(args.top_k)]
-    if args.device != "cpu":
-        cmd += ["--device", args.device]
-    if args.precision != "fp32":
-        cmd += ["--precision", args.precision]
-    if args.shards_per_task is not None:
-        cmd += ["--shards-per-task", str(args.shards_per_task)]
-    if args.s3_endpoint_url:
-        cmd += ["--s3-endpoint-url", args.s3_endpoint_url]
-    for flag, value in (("--sse", args.sse), ("--sse-kms-key-id", args.sse_kms_key_id),
-                        ("--glue-database", getattr(args, "glue_database", None)),
-                        ("--glue-table", getattr(args, "glue_table", None))):
-        if value:
-            cmd += [flag, value]
-    return shlex.join(cmd + ["--only-failed"])
+    the running application (:func:`common.spark.submit_options`; the documented defaults without it).
+
+    Derived from infer's parser: every flag whose value differs from its default is passed on as given, so a
+    new flag needs no line here (tests/test_rerun.py parses the command back)."""
+    from infer.main import build_parser
+
+    cmd = ["spark-submit", *(submit or ["--properties-file", "spark-defaults.conf"]), script]
+    for action in build_parser()._actions:  # argparse's own list of the parser's options
+        if not action.option_strings or action.option_strings[0] in _NOT_PASSED_ON:
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1]  # the long form
+        cmd += [flag] if action.nargs == 0 else [flag, str(value)]
+    return shlex.join(cmd + ["--run-id", run_id, "--only-failed"])
 
 
 def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,

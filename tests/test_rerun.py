@@ -89,3 +89,36 @@ def test_size_and_channel_order_are_in_the_rerun_command_the_run_id_and_the_part
         base + ["--image-size", "48x192"]), build_parser().parse_args(base + ["--channel-order", "bgr"]))}
     assert len(variants) == 4, variants
     assert preprocessing(args).record()["image_size"] == "48x192"
+
+
+def test_every_flag_that_shapes_the_output_round_trips_through_the_rerun_command():
+    """The rerun command is derived from infer's parser: parsed back, it gives the run's arguments (only the
+    selection becomes --only-failed), whatever flag a later change adds."""
+    from infer.main import build_parser
+    from infer.runrecord import rerun_command
+
+    parser = build_parser()
+    given = ["--manifest", "s3://b/m.parquet", "--sym-url", "s3://b/s.json", "--param-url", "s3://b/p.params",
+             "--label-url", "s3://b/l.txt", "--output", "s3://b/out/", "--run-id", "r1", "--top-k", "3",
+             "--image-size", "48x192", "--resize", "shorter-side-crop", "--channel-order", "bgr",
+             "--mean", "1,2,3", "--std", "4,5,6", "--decode", "exact", "--shards-per-task", "7",
+             "--precision", "int8", "--calibration-images", "96", "--min-agreement", "0.95",
+             "--glue-database", "db", "--glue-table", "t", "--force", "--sse", "aws:kms", "--sse-kms-key-id",
+             "alias/k", "--s3-endpoint-url", "http://127.0.0.1:9000", "--shards", "3,5-6"]
+    args = parser.parse_args(given)
+    argv = shlex.split(rerun_command(args, "r1"))
+    back = parser.parse_args(argv[argv.index("infer/main.py") + 1:])
+    expected = {**vars(args), "shards": None, "only_failed": True}
+    assert vars(back) == expected
+    # the flags that cannot go with int8, in a second run
+    embeddings = parser.parse_args(given[:10] + ["--output-layer", "flatten0_output", "--device", "gpu", "--top-k", "0"])
+    argv2 = shlex.split(rerun_command(embeddings, "r2"))
+    assert vars(parser.parse_args(argv2[4:])) == {**vars(embeddings), "run_id": "r2", "only_failed": True}
+    # every option of the parser is either passed on or one of the few the rerun sets or drops on purpose
+    from infer.runrecord import _NOT_PASSED_ON
+
+    options = {a.option_strings[-1] for a in parser._actions if a.option_strings}
+    passed = {a for a in argv + argv2 if a.startswith("--")} - {"--properties-file"}
+    assert options - passed <= _NOT_PASSED_ON, options - passed
+    plain = parser.parse_args(given[:10])
+    assert shlex.split(rerun_command(plain, "r1"))[4:] == given[:10] + ["--run-id", "r1", "--only-failed"]

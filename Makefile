@@ -76,12 +76,14 @@ trino: setup
 test-spark4: setup
 	$(PY) -m pytest -m "not node and not yarn and not trino and not once and not spread and not corpus" --durations=15
 
-# The lint gate (pyproject.toml [tool.ruff]): pyflakes, import order and a complexity limit over the tree, docstrings
-# of common/'s public functions, and every relative link and section the docs name (scripts/check_links.py).
+# The lint gate (pyproject.toml [tool.ruff], [tool.mypy]): pyflakes, import order and a complexity limit over the
+# tree, docstrings of common/'s public functions, mypy over common/, and every relative link and section the docs
+# name (scripts/check_links.py).
 # make test runs it first on the once line.
 lint: setup
 	$(VENV)/bin/ruff check --no-cache .
 	$(VENV)/bin/ruff check --no-cache --select D1 --ignore D105,D107 common
+	$(VENV)/bin/mypy --no-incremental common
 	$(PY) scripts/check_links.py
 
 test-once: setup lint

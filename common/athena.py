@@ -114,7 +114,7 @@ def predictions_table(location: str, table: str = "predictions", database: Optio
     injected`` takes the run id from each query's ``WHERE run_id = '…'``.
     """
     location = storage.as_folder(location)
-    props = (("parquet.compression", "ZSTD"),)
+    props: tuple[tuple[str, str], ...] = (("parquet.compression", "ZSTD"),)
     if projection:
         props += _projection(f"{location}{PARTITION_COLUMN}=${{{PARTITION_COLUMN}}}/")
     return Table(table, database, PREDICTION_SCHEMA, location, (PARTITION_COLUMN,), properties=props)

@@ -229,7 +229,7 @@ def admit(data: bytes, key: str, formats: Sequence[str] = DEFAULT_FORMATS, max_s
         return Admitted(None, data)
     w, h = header.size if (header.size[0] >= header.size[1]) == (img.size[0] >= img.size[1]) else header.size[::-1]
     size = (max_side, round(h * max_side / w)) if w <= h else (round(w * max_side / h), max_side)
-    small = img.resize(size, Image.LANCZOS)
+    small = img.resize(size, Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     if header.format in FORMATS["jpeg"][1]:
         small.save(buf, format="JPEG", quality=PACK_JPEG_QUALITY, subsampling=0)
@@ -349,12 +349,12 @@ class Preprocessing:
         h, w = self.hw
         gap = REDUCING_GAP if self.decode == "fast" else None
         if self.resize == "stretch":
-            return img.resize((w, h), Image.LANCZOS, reducing_gap=gap)
+            return img.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=gap)
         iw, ih = img.size
         ch, cw = self._cover
         scale = max(cw / iw, ch / ih)  # square: the shorter side becomes round(S * 256 / 224)
         nw, nh = max(cw, round(iw * scale)), max(ch, round(ih * scale))
-        img = img.resize((nw, nh), Image.LANCZOS, reducing_gap=gap)
+        img = img.resize((nw, nh), Image.Resampling.LANCZOS, reducing_gap=gap)
         left, top = (nw - w) // 2, (nh - h) // 2
         return img.crop((left, top, left + w, top + h))
 

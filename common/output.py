@@ -145,7 +145,10 @@ def embedding_column(results: Sequence[ImageResult], embeddings: Optional[np.nda
 def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], shard_id: int, model: str,
                       manifest_id: str, inferred_at: datetime, embeddings: Optional[np.ndarray] = None) -> pa.Table:
     """Build one shard's rows in the output schema (``embeddings``: the output layer's rows, or None)."""
-    top_k, c1, l1, p1 = [], [], [], []
+    top_k: list[Optional[list[dict]]] = []
+    c1: list[Optional[int]] = []
+    l1: list[Optional[str]] = []
+    p1: list[Optional[float]] = []
     for r in results:
         if r.class_ids is None or r.probs is None:
             top_k.append(None)
@@ -153,11 +156,11 @@ def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], sha
             l1.append(None)
             p1.append(None)
             continue
-        entries = [{"class_id": int(c), "label": labels[int(c)], "prob": float(p)} for c, p in zip(r.class_ids, r.probs)]
-        top_k.append(entries)
-        c1.append(entries[0]["class_id"])
-        l1.append(entries[0]["label"])
-        p1.append(entries[0]["prob"])
+        ids, probs = [int(c) for c in r.class_ids], [float(p) for p in r.probs]
+        top_k.append([{"class_id": c, "label": labels[c], "prob": p} for c, p in zip(ids, probs)])
+        c1.append(ids[0])
+        l1.append(labels[ids[0]])
+        p1.append(probs[0])
     n = len(results)
     return pa.Table.from_pydict(
         {

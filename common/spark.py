@@ -30,7 +30,7 @@ def spark_context(app_name: str):
               flush=True)
     sc = SparkContext.getOrCreate(conf)
     sc.setLogLevel(os.environ.get("SHARDINFER_SPARK_LOG_LEVEL", "WARN"))
-    sc.shardinfer_started = not existing
+    setattr(sc, "shardinfer_started", not existing)  # an attribute of our own on Spark's object (not in its stubs)
     return sc
 
 

@@ -553,7 +553,8 @@ def list_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[lis
     """
     if is_s3(prefix_uri):
         p = parse_s3(prefix_uri)
-        objects, folders = [], []
+        objects: list[ObjectInfo] = []
+        folders: list[str] = []
         with _errors(prefix_uri):
             pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(
                 Bucket=p.bucket, Prefix=p.key, Delimiter="/")

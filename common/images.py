@@ -25,12 +25,15 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from common.errors import BadImageError, UsageError  # noqa: F401 - raised here, defined with the other user errors
+
+if TYPE_CHECKING:
+    from common.manifest import Original
 
 INPUT_SIZE = 224
 # Larger images are refused before decoding: 100 MP is beyond any camera's photo (a 200 MP
@@ -182,16 +185,6 @@ MIN_MAX_SIDE = 8  # the smallest --image-size infer takes
 
 
 @dataclass(frozen=True)
-class Original:
-    """What the manifest keeps of an image that prepare stored downscaled (its header's size)."""
-
-    width: int
-    height: int
-    num_bytes: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class Admitted:
     """prepare's verdict on one object: skipped (``reason``), or the bytes its shard stores.
 
@@ -235,6 +228,8 @@ def admit(data: bytes, key: str, formats: Sequence[str] = DEFAULT_FORMATS, max_s
         small.save(buf, format="JPEG", quality=PACK_JPEG_QUALITY, subsampling=0)
     else:
         small.save(buf, format="PNG")
+    from common.manifest import Original  # the manifest's format (it imports pyarrow; images alone need not)
+
     return Admitted(None, buf.getvalue(), Original(header.size[0], header.size[1], len(data),
                                                    hashlib.sha256(data).hexdigest()))
 

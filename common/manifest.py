@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 
 from common import storage
 from common.errors import ManifestError  # noqa: F401 - raised here, defined with the other user errors
-from common.images import Original
 
 FORMAT_VERSION = "3"
 READABLE_VERSIONS = ("1", "2", "3")
@@ -102,6 +101,16 @@ class ShardEntry:
     keys: tuple[str, ...]
     # prepare --max-side: per key, None or the original of an image stored downscaled (None: none was)
     originals: Optional[tuple[Optional[Original], ...]] = None
+
+
+@dataclass(frozen=True)
+class Original:
+    """What the manifest keeps of an image that prepare stored downscaled (its header's size, bytes, sha256)."""
+
+    width: int
+    height: int
+    num_bytes: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -376,8 +385,10 @@ _FOOTERS_LOCK = threading.Lock()
 _FOOTERS_MAX = 16
 
 
-def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[str]) -> pa.Table:
-    """The row groups of ``part`` that hold its rows at ``offsets`` (a footer GET unless cached, then one GET)."""
+def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[str], originals: bool = False
+               ) -> pa.Table:
+    """The row groups of ``part`` that hold its rows at ``offsets`` (a footer GET unless cached, then one GET);
+    with ``originals``, also that column where the part has it (format 3)."""
     with _FOOTERS_LOCK:
         meta = _FOOTERS.get((part.uri, part.sha256))
     try:
@@ -397,11 +408,17 @@ def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[s
     starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
     groups = sorted({int(np.searchsorted(starts, o, side="right") - 1) for o in offsets})
     # one GET for every needed column chunk (what a task runs needs no originals)
-    return f.read(groups, columns=V2_SHARD_SCHEMA.names)
+    columns = V2_SHARD_SCHEMA.names + ([ORIGINALS.name] if originals and ORIGINALS.name in md.schema.to_arrow_schema().names
+                                       else [])
+    return f.read(groups, columns=columns)
 
 
-def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Optional[str] = None) -> list[ShardEntry]:
+def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Optional[str] = None,
+                originals: bool = False) -> list[ShardEntry]:
     """The rows of ``shard_ids`` (in the order given), reading only the row groups that hold them.
+
+    ``originals`` is read only when asked for (``originals=True``: prepare ``--max-side``'s record of the images
+    it stored downscaled); a task, which needs none, leaves that column unread and its entries' ``originals`` None.
 
     Raises:
         ManifestError: an id outside the manifest, or a part that disagrees with the index.
@@ -412,11 +429,13 @@ def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Opti
     found: dict[int, ShardEntry] = {}
     for part_id, ids in by_part.items():
         part = manifest.parts[part_id]
-        table = _part_rows(part, [i - part.first_shard_id for i in ids], endpoint_url)
+        table = _part_rows(part, [i - part.first_shard_id for i in ids], endpoint_url, originals)
         cols = table.to_pydict()
         for row, sid in enumerate(cols["shard_id"]):
+            kept = cols.get(ORIGINALS.name, [None] * len(cols["shard_id"]))[row]
             found[sid] = ShardEntry(sid, cols["uri"][row], cols["num_records"][row], cols["num_bytes"][row],
-                                    cols["sha256"][row], tuple(cols["keys"][row]))
+                                    cols["sha256"][row], tuple(cols["keys"][row]),
+                                    None if kept is None else tuple(None if o is None else Original(**o) for o in kept))
     out = []
     for sid in shard_ids:
         e = found.get(sid)

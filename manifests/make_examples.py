@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.images import Original  # noqa: E402
 from common.manifest import (  # noqa: E402
     META_BATCH,
     META_CREATED,
@@ -31,6 +30,7 @@ from common.manifest import (  # noqa: E402
     META_NUM_SKIPPED,
     META_VERSION,
     V2_SHARD_SCHEMA,
+    Original,  # noqa: E402
     ShardEntry,
     compute_manifest_id,
     describe_part,

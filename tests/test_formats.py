@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -73,6 +74,24 @@ def test_a_task_reads_only_its_row_groups(tmp_path):
         assert len(reads) == 1  # the footer is cached per process
     finally:
         storage.read_range = real
+
+
+def test_originals_are_read_when_asked_for_and_only_then(tmp_path):
+    """prepare --max-side's record of the images it stored downscaled: kept by read_shards(originals=True) as
+    pyarrow reads the part; a task's read (the default) leaves the column unread."""
+    from common.manifest import Original
+
+    big = Original(4032, 3024, 3_385_725, "ab" * 32)
+    entries = _entries(4)
+    entries[1] = dataclasses.replace(entries[1], originals=(big,))
+    entries[2] = dataclasses.replace(entries[2], originals=(None, big))
+    m = write_manifest(entries, f"{tmp_path}/", "s3://b/in/", 64)
+    got = read_shards(m, [2, 1, 0], originals=True)
+    column = pq.read_table(m.parts[0].uri).column("originals").to_pylist()  # pyarrow's own reading of the part
+    assert [e.originals for e in got] == [(None, big), (big,), None]
+    assert [None if c is None else tuple(None if o is None else Original(**o) for o in c) for c in column] == [
+        e.originals for e in entries]
+    assert [e.originals for e in read_shards(m, [2, 1])] == [None, None]
 
 
 def test_manifest_rejects_gaps(tmp_path):

@@ -11,14 +11,15 @@ from tests.helpers import ROOT
 
 def _loaded(modules: str) -> set[str]:
     code = (f"import sys, {modules}\n"
-            "print(' '.join(m for m in ('mxnet', 'pyspark', 'onnx') if m in sys.modules))")
+            "print(' '.join(m for m in ('mxnet', 'pyspark', 'onnx', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 
 
 @pytest.mark.parametrize("modules, absent", [
     ("infer.athena, infer.report, infer.plan, infer.compact, infer.runrecord, infer.delete", {"mxnet", "onnx"}),
-    ("common.cli, common.progress, common.manifest, common.storage, common.output, common.status", {"mxnet", "pyspark"}),
+    ("common.cli, common.progress, common.manifest, common.storage, common.output, common.status", {"mxnet", "pyspark",
+                                                                                                  "PIL"}),
 ])
 def test_light_commands_do_not_import_mxnet(modules, absent):
     assert not _loaded(modules) & absent

@@ -35,7 +35,8 @@ def add_common_arguments(p: argparse.ArgumentParser, sse: bool = True) -> None:
 
 
 def encryption_from(args: argparse.Namespace):
-    """The :class:`common.storage.Encryption` of the flags, now in force for this process's writes.
+    """The :class:`common.storage.Encryption` of the flags: the job passes it to every write (and its tasks get
+    it in their settings).
 
     Raises:
         UsageError: ``--sse-kms-key-id`` without ``--sse aws:kms``.
@@ -46,7 +47,6 @@ def encryption_from(args: argparse.Namespace):
         enc = storage.Encryption(getattr(args, "sse", None), getattr(args, "sse_kms_key_id", None))
     except ValueError as e:
         raise UsageError(str(e)) from e
-    storage.use_encryption(enc)
     return enc
 
 

@@ -282,7 +282,8 @@ def index_to_bytes(parts: Sequence[PartEntry], manifest_id: str, input_uri: str,
 
 def write_manifest(entries: Sequence[ShardEntry], output_uri: str, input_uri: str, batch_size: int,
                    num_skipped: int = 0, endpoint_url: Optional[str] = None,
-                   shards_per_part: int = SHARDS_PER_PART, created_at: Optional[datetime] = None) -> Manifest:
+                   shards_per_part: int = SHARDS_PER_PART, created_at: Optional[datetime] = None,
+                   encryption: Optional[storage.Encryption] = None) -> Manifest:
     """Write a complete manifest (parts, then the index) for shard rows held in memory.
 
     prepare writes its parts from its tasks instead; this serves small manifests (examples, tools).
@@ -295,13 +296,13 @@ def write_manifest(entries: Sequence[ShardEntry], output_uri: str, input_uri: st
         table = shard_table(entries[start : start + shards_per_part])
         uri = storage.join(output_uri, part_name(part_id))
         data = part_to_bytes(table, uri)
-        storage.write_bytes(uri, data, endpoint_url)
+        storage.write_bytes(uri, data, endpoint_url, encryption=encryption)
         parts.append(describe_part(part_id, uri, table, data))
         digests.append(rows_digest(table))
     manifest_id = compute_manifest_id(digests)
     index_uri = storage.join(output_uri, MANIFEST_NAME)
     storage.write_bytes(index_uri, index_to_bytes(parts, manifest_id, input_uri, batch_size, num_skipped, created_at),
-                        endpoint_url)
+                        endpoint_url, encryption=encryption)
     return read_manifest(index_uri, endpoint_url)
 
 

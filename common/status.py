@@ -179,9 +179,9 @@ class Writer:
     MAX_ERRORS = 1000
 
     def __init__(self, output_prefix: str, run_id: str, started: float, invocation: str,
-                 endpoint_url: Optional[str] = None) -> None:
+                 endpoint_url: Optional[str] = None, encryption: Optional[storage.Encryption] = None) -> None:
         self.uri = status_key(output_prefix, run_id, started, invocation)
-        self.endpoint_url = endpoint_url
+        self.endpoint_url, self.encryption = endpoint_url, encryption
         self._tmp = tempfile.NamedTemporaryFile(suffix=".parquet", delete=False)
         self._tmp.close()
         self._writer = pq.ParquetWriter(self._tmp.name, STATUS_SCHEMA, compression="zstd",
@@ -220,7 +220,8 @@ class Writer:
         try:
             if self.shards == 0:
                 return None
-            storage.upload_file(self._tmp.name, self.uri, self.endpoint_url, PARQUET_CONTENT_TYPE)
+            storage.upload_file(self._tmp.name, self.uri, self.endpoint_url, PARQUET_CONTENT_TYPE,
+                                encryption=self.encryption)
             return self.uri
         finally:
             os.unlink(self._tmp.name)

@@ -57,16 +57,8 @@ class Encryption:
         return out
 
 
-# What every write of this process asks for: set once by the driver from its flags, and by
-# each Spark task from its settings (a reused executor process may serve several steps).
-_ENCRYPTION = Encryption()
-
-
-def use_encryption(encryption: Optional[Encryption]) -> None:
-    """Make every following write of this process (:func:`write_bytes`, :func:`put_if_absent`,
-    :func:`upload_file`) carry ``encryption``."""
-    global _ENCRYPTION
-    _ENCRYPTION = encryption or Encryption()
+def _put_args(encryption: Optional[Encryption]) -> dict[str, str]:
+    return encryption.put_args() if encryption else {}
 
 
 
@@ -157,18 +149,19 @@ def _code(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _errors(uri: str, bucket: bool = False) -> Iterator[None]:
+def _errors(uri: str, bucket: bool = False, encryption: Optional[Encryption] = None) -> Iterator[None]:
     """Every S3 call runs inside this: any failure leaves as a :class:`StorageError` naming ``uri``
-    (``bucket``: the call was about the bucket itself)."""
+    (``bucket``: the call was about the bucket itself; ``encryption``: what a write asked for)."""
     try:
         yield
     except StorageError:
         raise
     except Exception as e:  # noqa: BLE001 - translated with the URI
-        raise _translate(uri, e, bucket) from e
+        raise _translate(uri, e, bucket, encryption) from e
 
 
-def _translate(uri: str, exc: Exception, bucket: bool = False) -> StorageError:
+def _translate(uri: str, exc: Exception, bucket: bool = False, encryption: Optional[Encryption] = None
+               ) -> StorageError:
     """Turn a botocore error into a StorageError that names ``uri`` (never credentials)."""
     if isinstance(exc, botocore.exceptions.ClientError):
         code = _code(exc)
@@ -179,7 +172,7 @@ def _translate(uri: str, exc: Exception, bucket: bool = False) -> StorageError:
         if code in _DENIED and bucket:
             return StorageError(f"{uri}: access to bucket {parse_s3(uri).bucket!r} denied (check credentials and policy)")
         if code in _DENIED and exc.operation_name in ("PutObject", "CreateMultipartUpload"):
-            hint = ("" if _ENCRYPTION.sse else "; if the bucket's policy requires server-side encryption, "
+            hint = ("" if encryption and encryption.sse else "; if the bucket's policy requires server-side encryption, "
                     "pass --sse AES256 or --sse aws:kms")
             return StorageError(f"{uri}: write denied (S3 {code}){hint}")
         return StorageError(f"{uri}: S3 error {code}: {msg}")
@@ -238,17 +231,19 @@ def _read_local(uri: str, start: int = 0, length: int = -1) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None,
-                content_type: str = "application/octet-stream", metadata: Optional[dict[str, str]] = None) -> None:
+                content_type: str = "application/octet-stream", metadata: Optional[dict[str, str]] = None,
+                encryption: Optional[Encryption] = None) -> None:
     """Write a whole object with one PUT (or a local file via a rename, so readers never see half).
 
     ``metadata`` becomes S3 user metadata (``x-amz-meta-*``); for a local file it goes to a
-    hidden sidecar ``.<name>.meta.json``, which Athena, Hive and pyarrow skip.
+    hidden sidecar ``.<name>.meta.json``, which Athena, Hive and pyarrow skip.  ``encryption``: the
+    step's ``--sse`` (every write of the jobs passes it: tests/test_storage_and_local.py checks).
     """
     if is_s3(uri):
         p = parse_s3(uri)
-        with _errors(uri):
+        with _errors(uri, encryption=encryption):
             s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
-                                               Metadata=metadata or {}, **_ENCRYPTION.put_args())
+                                               Metadata=metadata or {}, **_put_args(encryption))
         return
     if is_http(uri):
         raise StorageError(f"{uri}: cannot write to an http(s) URL")
@@ -258,7 +253,7 @@ def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None,
 
 
 def put_if_absent(uri: str, data: bytes, metadata: dict[str, str], endpoint_url: Optional[str] = None,
-                  content_type: str = "application/octet-stream") -> bool:
+                  content_type: str = "application/octet-stream", encryption: Optional[Encryption] = None) -> bool:
     """Create an object only if nothing is at ``uri`` yet: S3 ``PUT`` with ``If-None-Match: *``.
 
     Returns:
@@ -266,10 +261,10 @@ def put_if_absent(uri: str, data: bytes, metadata: dict[str, str], endpoint_url:
     """
     if is_s3(uri):
         p = parse_s3(uri)
-        with _errors(uri):
+        with _errors(uri, encryption=encryption):
             try:
                 s3_client(endpoint_url).put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentType=content_type,
-                                                   Metadata=metadata, IfNoneMatch="*", **_ENCRYPTION.put_args())
+                                                   Metadata=metadata, IfNoneMatch="*", **_put_args(encryption))
                 return True
             except botocore.exceptions.ClientError as e:
                 if _code(e) in _EXISTS:  # the caller compares digests with the object that stands
@@ -414,14 +409,14 @@ class RangedParquet:
 
 
 def upload_file(path: str, uri: str, endpoint_url: Optional[str] = None,
-                content_type: str = "application/octet-stream") -> None:
+                content_type: str = "application/octet-stream", encryption: Optional[Encryption] = None) -> None:
     """Publish a local file at ``uri`` as one object (boto3's managed transfer: multipart when large, and
     the object appears only when every part is there)."""
     if is_s3(uri):
         p = parse_s3(uri)
-        with _errors(uri):
+        with _errors(uri, encryption=encryption):
             s3_client(endpoint_url).upload_file(path, p.bucket, p.key,
-                                                ExtraArgs={"ContentType": content_type, **_ENCRYPTION.put_args()})
+                                                ExtraArgs={"ContentType": content_type, **_put_args(encryption)})
         return
     if is_http(uri):
         raise StorageError(f"{uri}: cannot write to an http(s) URL")

@@ -92,7 +92,6 @@ def _current_schema(table: pa.Table) -> pa.Table:
 def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_url: Optional[str],
               encryption: Optional[storage.Encryption] = None) -> tuple[str, int, int]:
     """Spark task: concatenate one bin's part files into one Parquet object; returns (uri, rows in, rows out)."""
-    storage.use_encryption(encryption)
     index, uris = item
     tables = [_current_schema(pq.read_table(io.BytesIO(storage.read_bytes(u, endpoint_url)))) for u in uris]
     for u, t in zip(uris, tables):
@@ -101,7 +100,7 @@ def write_bin(item: tuple[int, list[str]], target: str, run_id: str, endpoint_ur
     table = pa.concat_tables(tables).combine_chunks()
     key = part_key(target, run_id, index)  # numbered by bin
     data = table_to_parquet(table, key)
-    storage.write_bytes(key, data, endpoint_url, PARQUET_CONTENT_TYPE)
+    storage.write_bytes(key, data, endpoint_url, PARQUET_CONTENT_TYPE, encryption=encryption)
     return key, sum(t.num_rows for t in tables), pq.read_metadata(io.BytesIO(data)).num_rows
 
 

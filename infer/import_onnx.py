@@ -102,8 +102,8 @@ def run(args: argparse.Namespace, writes: Writes) -> int:
     sym_uri = storage.join(args.output, f"{name}-symbol.json")
     param_uri = storage.join(args.output, f"{name}-0000.params")
     writes.begin(f"{param_uri} and {sym_uri}", "run the same import_onnx command again")
-    storage.write_bytes(param_uri, params, endpoint)
-    storage.write_bytes(sym_uri, converted.symbol_json.encode(), endpoint, "application/json")
+    storage.write_bytes(param_uri, params, endpoint, encryption=None)  # no --sse: the bucket's default applies
+    storage.write_bytes(sym_uri, converted.symbol_json.encode(), endpoint, "application/json", encryption=None)
     ops = ", ".join(f"{op} {n}" for op, n in sorted(converted.nodes.items()))
     print(f"{PROG}: {args.model}: opset {converted.opset}, {sum(converted.nodes.values())} nodes ({ops}), "
           f"{converted.folded} folded at import; {len(converted.arg) + len(converted.aux)} parameters")

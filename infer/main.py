@@ -205,7 +205,8 @@ def run_variant(args: argparse.Namespace, prep: Preprocessing) -> str:
 
 
 def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record: Optional[dict], manifest, run_id: str,
-                        endpoint: Optional[str], writing=lambda: None) -> tuple[ModelSpec, Optional[dict]]:
+                        endpoint: Optional[str], writing=lambda: None, encryption: Optional[storage.Encryption] = None
+                        ) -> tuple[ModelSpec, Optional[dict]]:
     """The spec the executors load, and the conversion record for run.json (None at fp32); ``writing`` is
     called before a converted model is stored."""
     if args.precision == "fp32":
@@ -220,7 +221,7 @@ def model_for_executors(args: argparse.Namespace, files, spec: ModelSpec, record
     converted = precision.prepare_model(files, spec, args.precision, manifest, args.calibration_images,
                                         args.min_agreement, storage.join(run_dir(args.output, run_id), "model"),
                                         log=lambda m: print(f"{PROG}: {m}", flush=True), prep=preprocessing(args),
-                                        writing=writing)
+                                        writing=writing, encryption=encryption)
     return converted.spec, converted.record
 
 
@@ -345,7 +346,7 @@ def prepare_work(sc, args: argparse.Namespace, job: Job, writes: Writes) -> Mode
               "(one HEAD each) and does the rest")
     what = f"the run's files under {partition_dir(args.output, job.run_id)} and {run_dir(args.output, job.run_id)}/"
     spec, conversion = model_for_executors(args, job.files, job.spec, job.record, job.manifest, job.run_id, job.endpoint,
-                                           writing=lambda: writes.begin(what, finish))
+                                           writing=lambda: writes.begin(what, finish), encryption=job.encryption)
     writes.begin(what, finish)
     if args.glue_table:
         writes.begin(f"the Glue table {args.glue_database}.{args.glue_table} (created when absent)", finish)
@@ -353,7 +354,7 @@ def prepare_work(sc, args: argparse.Namespace, job: Job, writes: Writes) -> Mode
         print(f"{PROG}: Glue table {args.glue_database}.{args.glue_table}: {made}", flush=True)
     if not job.record_matches or (conversion and conversion != (job.record or {}).get("conversion")):
         runrecord.write_run_record(args, job.run_id, job.manifest, job.model_id, conversion, job.endpoint,
-                                   job.model_info)
+                                   job.model_info, job.encryption)
     return spec
 
 
@@ -381,10 +382,11 @@ def finish(args: argparse.Namespace, job: Job, summary: dict, statuses: status.W
               f"python -m infer.report --output {args.output} --run-id {run_id}", flush=True)
     else:
         try:
-            print(f"{PROG}: report {report.write_report(args.output, run_id, endpoint)}", flush=True)
+            print(f"{PROG}: report {report.write_report(args.output, run_id, endpoint, encryption=job.encryption)}",
+                  flush=True)
         except Exception as e:  # noqa: BLE001 - a report problem never fails the run
             print(f"{PROG}: warning: no run report: {first_line(e)}", file=sys.stderr, flush=True)
-    complete = not failed and runrecord.write_athena_sql(args, run_id, job.manifest, endpoint)
+    complete = not failed and runrecord.write_athena_sql(args, run_id, job.manifest, endpoint, job.encryption)
     if args.glue_table:
         where = f"Glue table {args.glue_database}.{args.glue_table}"
         if complete:
@@ -423,7 +425,7 @@ def run(args: argparse.Namespace, writes: Writes) -> int:
           f"model {job.model_id}; running {plan.selected} shards in {plan.groups} tasks of up to {plan.per_task}",
           flush=True)
     settings = task_settings(sc, args, job, spec)
-    statuses = status.Writer(args.output, job.run_id, started, settings.invocation, job.endpoint)
+    statuses = status.Writer(args.output, job.run_id, started, settings.invocation, job.endpoint, job.encryption)
     if m.num_shards <= REPORT_AUTO_MAX_SHARDS:  # the report's imports, while the driver waits for the tasks
         threading.Thread(target=report.warm_up, name="shardinfer-report-imports", daemon=True).start()
     with Progress(sc, PROG, plan.selected, images) as progress:
@@ -436,7 +438,8 @@ def run(args: argparse.Namespace, writes: Writes) -> int:
     summary = runrecord.summarise(statuses, args, job.run_id, m, job.model_id, time.time() - started, plan.groups,
                                   plan.per_task, submit, os.path.join(here, "main.py"))
     storage.write_bytes(storage.join(run_dir(args.output, job.run_id), "summary.json"),
-                        json.dumps(summary, indent=1).encode(), job.endpoint, "application/json")
+                        json.dumps(summary, indent=1).encode(), job.endpoint, "application/json",
+                        encryption=job.encryption)
     try:
         return finish(args, job, summary, statuses, status_uri)
     finally:

@@ -127,7 +127,8 @@ def _cannot_run(precision: str, sym_url: str, size) -> Iterator[None]:
 
 def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: Manifest,
                   calibration_images: int, min_agreement: float, model_dir: str, log=print,
-                  prep: Preprocessing = DEFAULT_PREPROCESSING, writing=lambda: None) -> Converted:
+                  prep: Preprocessing = DEFAULT_PREPROCESSING, writing=lambda: None,
+                  encryption: Optional[storage.Encryption] = None) -> Converted:
     """Convert, check agreement, and store the model under ``model_dir`` (calling ``writing`` first).
 
     Raises:
@@ -172,9 +173,9 @@ def prepare_model(files: ModelFiles, spec: ModelSpec, precision: str, manifest: 
     name = spec.name
     uris = {"sym": storage.join(model_dir, f"{name}-symbol.json"), "params": storage.join(model_dir, f"{name}-0000.params"),
             "labels": storage.join(model_dir, "synset.txt")}
-    storage.write_bytes(uris["sym"], sym_json, spec.endpoint_url, "application/json")
-    storage.write_bytes(uris["params"], params, spec.endpoint_url)
-    storage.write_bytes(uris["labels"], labels_text(files), spec.endpoint_url, "text/plain")
+    storage.write_bytes(uris["sym"], sym_json, spec.endpoint_url, "application/json", encryption=encryption)
+    storage.write_bytes(uris["params"], params, spec.endpoint_url, encryption=encryption)
+    storage.write_bytes(uris["labels"], labels_text(files), spec.endpoint_url, "text/plain", encryption=encryption)
     sha = hashlib.sha256(params).hexdigest()
     stored = ModelSpec(uris["sym"], uris["params"], uris["labels"], spec.batch_size, spec.endpoint_url,
                        params_sha256=sha, device=spec.device, precision=precision,

@@ -215,7 +215,7 @@ def render_html(run_id: str, records: list[dict], images: Sequence[str]) -> str:
 
 
 def write_report(output: str, run_id: str, endpoint_url: Optional[str] = None, to: Optional[str] = None,
-                 writing=lambda where: None) -> str:
+                 writing=lambda where: None, encryption: Optional[storage.Encryption] = None) -> str:
     """Build the report for a run and write it (calling ``writing(folder)`` first); returns the URI of
     ``index.html``."""
     records = load_statuses(output, run_id, endpoint_url)
@@ -223,9 +223,10 @@ def write_report(output: str, run_id: str, endpoint_url: Optional[str] = None, t
     dest = to or storage.join(run_dir(output, run_id), "report")
     writing(dest)
     for name, data in images.items():
-        storage.write_bytes(storage.join(dest, name), data, endpoint_url, "image/png")
+        storage.write_bytes(storage.join(dest, name), data, endpoint_url, "image/png", encryption=encryption)
     index = storage.join(dest, "index.html")
-    storage.write_bytes(index, render_html(run_id, records, list(images)).encode(), endpoint_url, "text/html")
+    storage.write_bytes(index, render_html(run_id, records, list(images)).encode(), endpoint_url, "text/html",
+                        encryption=encryption)
     return index
 
 
@@ -243,9 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, writes: Writes) -> int:
     """Write the report and print where it is."""
-    encryption_from(args)
     index = write_report(args.output, check_run_id(args.run_id), endpoint_from(args), args.to,
-                         writing=lambda where: writes.begin(f"the report under {where}", "run the same command again"))
+                         writing=lambda where: writes.begin(f"the report under {where}", "run the same command again"),
+                         encryption=encryption_from(args))
     print(f"{PROG}: {index}")
     return 0
 

@@ -69,7 +69,8 @@ def check_run_record(record: Optional[dict], args: argparse.Namespace, run_id: s
 
 
 def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
-                     conversion: Optional[dict], endpoint_url: Optional[str], model_info: Optional[dict] = None) -> None:
+                     conversion: Optional[dict], endpoint_url: Optional[str], model_info: Optional[dict] = None,
+                     encryption: Optional[storage.Encryption] = None) -> None:
     """Write ``run.json``: manifest, model, precision (with its samples, agreement and CPU), --top-k, the
     preprocessing, how probabilities are made, and the output layer."""
     record = {"run_id": run_id, "manifest": args.manifest, "manifest_id": manifest.manifest_id, "model": model_id,
@@ -77,7 +78,7 @@ def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, 
               "precision": args.precision, "conversion": conversion, **(model_info or {}),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     storage.write_bytes(run_record_key(args.output, run_id), json.dumps(record, indent=1).encode(), endpoint_url,
-                        "application/json")
+                        "application/json", encryption=encryption)
 
 
 # Flags the rerun command sets itself (the run and the selection) or leaves out (they change no output).
@@ -137,7 +138,8 @@ def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, ma
     }
 
 
-def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, endpoint_url: Optional[str]) -> bool:
+def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, endpoint_url: Optional[str],
+                     encryption: Optional[storage.Encryption] = None) -> bool:
     """Once every shard of the manifest is ok (latest statuses of all invocations), leave the Athena
     statements in ``_runs/<run_id>/``; returns whether the run is complete."""
     latest = status.read_latest(args.output, run_id, endpoint_url, ["status"])
@@ -147,6 +149,7 @@ def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, 
               "not done); athena.sql is written when every shard is done", flush=True)
         return False
     uri = storage.join(run_dir(args.output, run_id), "athena.sql")
-    storage.write_bytes(uri, athena.run_statements(args.output, run_id).encode(), endpoint_url, "text/plain")
+    storage.write_bytes(uri, athena.run_statements(args.output, run_id).encode(), endpoint_url, "text/plain",
+                        encryption=encryption)
     print(f"{PROG}: run complete: Athena statements in {uri}", flush=True)
     return True

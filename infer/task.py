@@ -220,8 +220,10 @@ def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings)
     meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results)), META_ROWS_ERROR: str(rows_error),
             META_INVOCATION: settings.invocation}
     if settings.force:
-        storage.write_bytes(key, data, settings.endpoint_url, PARQUET_CONTENT_TYPE, metadata=meta)
-    elif not storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_CONTENT_TYPE):
+        storage.write_bytes(key, data, settings.endpoint_url, PARQUET_CONTENT_TYPE, metadata=meta,
+                            encryption=settings.encryption)
+    elif not storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_CONTENT_TYPE,
+                                   encryption=settings.encryption):
         # another copy of this task (or an earlier try whose reply was lost) got there first
         existing = _existing(key, digest, settings)
         if existing is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
@@ -280,7 +282,6 @@ def run_group(group: int, plan, settings: InferSettings, counter=None) -> bytes:
     Returns:
         The group's statuses, packed by :func:`common.status.pack`.
     """
-    storage.use_encryption(settings.encryption)
     entries = read_shards(plan.manifest, plan.group_ids(group), settings.endpoint_url)
     return status_file.pack(run_entries(entries, settings, counter, group))
 

@@ -80,7 +80,7 @@ def write_part(job: tuple) -> tuple:
     table = part_table(first, count, images, batch, output)
     uri = storage.join(output, part_name(part_id))
     data = part_to_bytes(table, uri)
-    storage.write_bytes(uri, data, endpoint, "application/vnd.apache.parquet")
+    storage.write_bytes(uri, data, endpoint, "application/vnd.apache.parquet", encryption=None)  # no --sse here
     return describe_part(part_id, uri, table, data), rows_digest(table)
 
 
@@ -103,7 +103,8 @@ def write(images: int, output: str, batch: int = 64, shards_per_part: int = SHAR
     manifest_id = compute_manifest_id([d for _, d in done])
     index = storage.join(output, MANIFEST_NAME)
     storage.write_bytes(index, index_to_bytes([p for p, _ in done], manifest_id, "s3://synthetic/imagenet21k/train/",
-                                              batch, 0), endpoint_url, "application/vnd.apache.parquet")
+                                              batch, 0), endpoint_url, "application/vnd.apache.parquet",
+                        encryption=None)
     return index, manifest_id, len(jobs), sum(p.num_bytes for p, _ in done)
 
 

@@ -116,7 +116,6 @@ def write_skipped(rows, uri: str, endpoint_url, encryption: storage.Encryption) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    storage.use_encryption(encryption)
     count = 0
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, SKIPPED_NAME)
@@ -130,7 +129,7 @@ def write_skipped(rows, uri: str, endpoint_url, encryption: storage.Encryption) 
                     chunk = []
             writer.write_table(pa.Table.from_pylist([{"key": k, "reason": r} for k, r in chunk], SKIPPED_SCHEMA))
             count += len(chunk)
-        storage.upload_file(path, uri, endpoint_url, PARQUET_CONTENT_TYPE)
+        storage.upload_file(path, uri, endpoint_url, PARQUET_CONTENT_TYPE, encryption=encryption)
     return [count]
 
 
@@ -316,11 +315,13 @@ def publish(settings: PrepareSettings, manifest_uri: str, parts: Sequence[PartEn
     listed = (storage.object_uri(parts_dir, o.key) for o in storage.list_objects(parts_dir, endpoint))
     storage.delete_objects([u for u in listed if u not in wanted], endpoint)  # an earlier manifest's, with more parts
     storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, settings.batch_size,
-                                                     skipped, max_side=settings.max_side), endpoint, PARQUET_CONTENT_TYPE)
+                                                     skipped, max_side=settings.max_side), endpoint, PARQUET_CONTENT_TYPE,
+                        encryption=settings.encryption)
     # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds
     # the shards). See `python -m infer.athena --manifest-output`.
     storage.write_bytes(storage.join(symlink_location(settings.output_uri, "skipped"), "symlink.txt"),
-                        (storage.join(settings.output_uri, SKIPPED_NAME) + "\n").encode(), endpoint, "text/plain")
+                        (storage.join(settings.output_uri, SKIPPED_NAME) + "\n").encode(), endpoint, "text/plain",
+                        encryption=settings.encryption)
 
 
 def refuse(line: str) -> int:

@@ -102,7 +102,6 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     Raises:
         StorageError: a GET or a PUT failed (an object changed since listing fails its ETag check).
     """
-    storage.use_encryption(settings.encryption)
     batches = [candidates[i : i + settings.batch_size] for i in range(0, len(candidates), settings.batch_size)]
     entries, bad = [], []
     for i, (batch, images) in enumerate(zip(batches, fetch_batches(batches, settings))):
@@ -116,7 +115,7 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
         data = pack_shard([a.data for _, a in keep])
         shard_id = first_shard_id + i
         uri = storage.join(settings.output_uri, shard_name(shard_id))
-        storage.write_bytes(uri, data, settings.endpoint_url)
+        storage.write_bytes(uri, data, settings.endpoint_url, encryption=settings.encryption)
         originals = tuple(a.original for _, a in keep)
         entries.append(ShardEntry(shard_id=shard_id, uri=uri, num_records=len(keep), num_bytes=len(data),
                                   sha256=hashlib.sha256(data).hexdigest(), keys=tuple(k for k, _ in keep),
@@ -124,5 +123,5 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     table = shard_table(entries)
     uri = storage.join(settings.output_uri, part_name(part_id))
     data = part_to_bytes(table, uri)
-    storage.write_bytes(uri, data, settings.endpoint_url, PARQUET_CONTENT_TYPE)
+    storage.write_bytes(uri, data, settings.endpoint_url, PARQUET_CONTENT_TYPE, encryption=settings.encryption)
     return PartOutcome(describe_part(part_id, uri, table, data), rows_digest(table), tuple(bad))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import os
 import threading
 
 import pyarrow.parquet as pq
@@ -80,3 +81,27 @@ def test_both_jobs_on_local_paths(spark, tmp_path, model_files):
     assert sorted(r["key"] for r in rows) == sorted(str(images / f"{i}.png") for i in range(5))
     skipped = pq.read_table(str(shards / "skipped.parquet")).to_pylist()
     assert skipped == [{"key": str(images / "notes.txt"), "reason": "not a .png key"}]
+
+
+def test_every_write_of_the_jobs_says_its_encryption():
+    """No module-level state decides how an object is written: each call of storage's three writes in the jobs'
+    packages passes ``encryption=`` (the step's --sse from its settings, or None where a command has no --sse), so
+    a new write cannot silently go out unencrypted.  Can fail: it finds the calls by parsing the code."""
+    import ast
+
+    from tests.helpers import ROOT
+
+    writes = {"write_bytes", "put_if_absent", "upload_file"}
+    calls, missing = 0, []
+    for package in ("common", "infer", "prepare", "manifests"):
+        for name in sorted(os.listdir(os.path.join(ROOT, package))):
+            if not name.endswith(".py") or (package, name) == ("common", "storage.py"):
+                continue
+            path = os.path.join(ROOT, package, name)
+            for node in ast.walk(ast.parse(open(path).read(), path)):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in writes \
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "storage":
+                    calls += 1
+                    if not any(k.arg == "encryption" for k in node.keywords):
+                        missing.append(f"{package}/{name}:{node.lineno}")
+    assert calls >= 20 and missing == []

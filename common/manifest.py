@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import storage
+from common import ranged, storage
 from common.errors import ManifestError  # noqa: F401 - raised here, defined with the other user errors
 
 FORMAT_VERSION = "3"
@@ -393,7 +393,7 @@ def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[s
     with _FOOTERS_LOCK:
         meta = _FOOTERS.get((part.uri, part.sha256))
     try:
-        f = storage.RangedParquet(part.uri, part.num_bytes, endpoint_url, tail=_TAIL, metadata=meta)
+        f = ranged.RangedParquet(part.uri, part.num_bytes, endpoint_url, tail=_TAIL, metadata=meta)
     except storage.StorageError:
         raise
     except Exception as e:  # noqa: BLE001

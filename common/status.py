@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common import storage
+from common import ranged, storage
 from common.output import PARQUET_CONTENT_TYPE, run_dir
 
 STATUS_DIR = "status"
@@ -232,7 +232,7 @@ def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_u
     if size <= whole_read:
         return pq.read_table(io.BytesIO(storage.read_bytes(uri, endpoint_url)), columns=columns)
     # the footer: ~3 KB per row group (one per Spark job of 20,000 tasks)
-    return storage.RangedParquet(uri, size, endpoint_url).read(columns=columns)
+    return ranged.RangedParquet(uri, size, endpoint_url).read(columns=columns)
 
 
 def read_latest(output_prefix: str, run_id: str, endpoint_url: Optional[str] = None,

@@ -85,7 +85,7 @@ def preprocessing_stages(payloads: Sequence[bytes], prep: Preprocessing, repeat:
 
     def normalise() -> None:
         for i, img in enumerate(resized):
-            out[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            prep.normalise_into(img, out[i])
 
     stages = {"unpack": best_of(lambda: (hashlib.sha256(data).hexdigest(), unpack_shard(data, "shard")), repeat),
               "decode": best_of(lambda: [prep.decode_image(p, "k") for p in payloads], repeat),

@@ -43,11 +43,7 @@ def encryption_from(args: argparse.Namespace):
     """
     from common import storage
 
-    try:
-        enc = storage.Encryption(getattr(args, "sse", None), getattr(args, "sse_kms_key_id", None))
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    return enc
+    return storage.Encryption(getattr(args, "sse", None), getattr(args, "sse_kms_key_id", None))
 
 
 def endpoint_from(args: argparse.Namespace) -> Optional[str]:

@@ -355,7 +355,11 @@ class Preprocessing:
 
     def into(self, img: Image.Image, out: np.ndarray) -> None:
         """Write an RGB image into ``out`` (3 x H x W float32), channels in this order, normalised."""
-        pixels = np.asarray(self.resized(img), dtype=np.uint8)
+        self.normalise_into(self.resized(img), out)
+
+    def normalise_into(self, resized: Image.Image, out: np.ndarray) -> None:
+        """The last step of :meth:`into`: an H x W RGB image as ``out``'s float32 CHW, channels ordered, normalised."""
+        pixels = np.asarray(resized, dtype=np.uint8)
         out[...] = (pixels if self.channel_order == "rgb" else pixels[:, :, ::-1]).transpose(2, 0, 1)
         if self.mean != (0.0, 0.0, 0.0):
             out -= np.asarray(self.mean, dtype=np.float32)[:, None, None]

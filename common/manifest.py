@@ -432,8 +432,9 @@ def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Opti
         part = manifest.parts[part_id]
         table = _part_rows(part, [i - part.first_shard_id for i in ids], endpoint_url, originals)
         cols = table.to_pydict()
+        kept_originals = cols.get(ORIGINALS.name) or [None] * len(cols["shard_id"])
         for row, sid in enumerate(cols["shard_id"]):
-            kept = cols.get(ORIGINALS.name, [None] * len(cols["shard_id"]))[row]
+            kept = kept_originals[row]
             found[sid] = ShardEntry(sid, cols["uri"][row], cols["num_records"][row], cols["num_bytes"][row],
                                     cols["sha256"][row], tuple(cols["keys"][row]),
                                     None if kept is None else tuple(None if o is None else Original(**o) for o in kept))

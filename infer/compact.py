@@ -158,8 +158,9 @@ def run(args: argparse.Namespace, writes: Writes) -> int:
                    if o.key.endswith(".parquet"))
     bins = plan_bins(sizes, target_size)
     sc = spark_context(f"shardinfer-compact-{run_id}")
+    finish = "run the same compact command again (it writes the same files)"
     writes.begin(f"compacted files under {partition_dir(args.output, run_id)} (the run's own files under --input are "
-                 "never changed)", "run the same compact command again (it writes the same files)")
+                 "never changed)", finish)
     results = (sc.parallelize(list(enumerate(bins)), len(bins))
                .map(partial(write_bin, target=args.output, run_id=run_id, endpoint_url=endpoint,
                             encryption=encryption)).collect())
@@ -175,8 +176,7 @@ def run(args: argparse.Namespace, writes: Writes) -> int:
     print(f"{PROG}: {len(sizes)} part files, {rows_in} rows -> {len(bins)} files under {out_prefix}"
           f"{f' ({len(stale)} stale files removed)' if stale else ''}", flush=True)
     if args.glue_table:
-        writes.begin(f"the Glue partition run_id={run_id} of {args.glue_database}.{args.glue_table}",
-                     "run the same compact command again (it writes the same files)")
+        writes.begin(f"the Glue partition run_id={run_id} of {args.glue_database}.{args.glue_table}", finish)
         moved = glue.catalog(lambda: glue.move_partition(args.glue_database, args.glue_table, run_id, out_prefix))
         print(f"{PROG}: Glue table {args.glue_database}.{args.glue_table}: partition run_id={run_id} "
               + (f"now at {moved}" if moved else "is not registered; nothing to update"), flush=True)

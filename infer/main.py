@@ -185,11 +185,8 @@ def preprocessing(args: argparse.Namespace) -> Preprocessing:
     Raises:
         UsageError: a bad --image-size, --resize, --mean or --std (named).
     """
-    try:
-        return Preprocessing(parse_size(args.image_size), args.resize, parse_triple(args.mean, "--mean"),
-                             parse_triple(args.std, "--std"), args.decode, args.channel_order)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+    return Preprocessing(parse_size(args.image_size), args.resize, parse_triple(args.mean, "--mean"),
+                         parse_triple(args.std, "--std"), args.decode, args.channel_order)
 
 
 def run_variant(args: argparse.Namespace, prep: Preprocessing) -> str:

@@ -147,12 +147,8 @@ def settings_from(args: argparse.Namespace) -> PrepareSettings:
         raise UsageError(f"--max-side must be at least {MIN_MAX_SIDE} pixels, got {args.max_side}")
     if args.shards_per_part is not None and args.shards_per_part < 1:
         raise UsageError(f"--shards-per-part must be at least 1, got {args.shards_per_part}")
-    try:
-        formats = parse_formats(args.formats)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
     return PrepareSettings(storage.as_folder(args.input), storage.as_folder(args.output), args.batch,
-                           endpoint_from(args), formats, encryption_from(args), args.max_side, args.decode)
+                           endpoint_from(args), parse_formats(args.formats), encryption_from(args), args.max_side, args.decode)
 
 
 @dataclass

@@ -13,7 +13,7 @@ BENCH_N ?= 2560
 BENCH_PEER_SIZES ?= 10240
 BENCH_PHOTOS ?= 512
 
-.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python lint test test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python lint flag-docs test test-unit test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -74,23 +74,34 @@ trino: setup
 	@$(PY) -m testkit.trino
 
 test-spark4: setup
-	$(PY) -m pytest -m "not node and not yarn and not trino and not once and not spread and not corpus" --durations=15
+	$(PY) -m pytest -m "not unit and not node and not yarn and not trino and not once and not spread and not corpus" --durations=15
 
 # The lint gate (pyproject.toml [tool.ruff], [tool.mypy]): pyflakes, import order and a complexity limit over the
-# tree, docstrings of common/'s public functions, mypy over common/, and every relative link and section the docs
-# name (scripts/check_links.py).
+# tree, docstrings of common/'s public functions, mypy over common/, every relative link and section the docs
+# name (scripts/check_links.py), and docs/reference.md's flag tables equal to the parsers (scripts/flag_docs.py).
 # make test runs it first on the once line.
 lint: setup
 	$(VENV)/bin/ruff check --no-cache .
 	$(VENV)/bin/ruff check --no-cache --select D1 --ignore D105,D107 common
 	$(VENV)/bin/mypy --no-incremental common
 	$(PY) scripts/check_links.py
+	$(PY) scripts/flag_docs.py --check
+
+# docs/reference.md's flag tables, rewritten from the jobs' parsers (make lint fails when they differ).
+flag-docs: setup
+	$(PY) scripts/flag_docs.py
+
+# The unit layer (tests/unit/, marker `unit`): one test file per module, mirroring the packages, no Spark, real
+# local files and the local S3 server; under a minute. make test runs it on the once line, after the lint gate,
+# in the same pytest session as that line's other tests (they share the test model it builds).
+test-unit: setup
+	$(PY) -m pytest -p no:cacheprovider tests/unit --durations=5
 
 test-once: setup lint
-	$(PY) -m pytest -p no:cacheprovider -m "(once or spread) and not corpus" --durations=10
+	$(PY) -m pytest -p no:cacheprovider -m "((once or spread) and not corpus) or unit" --durations=10
 
 test-spark35: setup-spark35
-	$(PY35) -m pytest -p no:cacheprovider -m "spark and not node and not yarn and not trino and not once and not corpus" --durations=10
+	$(PY35) -m pytest -p no:cacheprovider -m "spark and not unit and not node and not yarn and not trino and not once and not corpus" --durations=10
 
 # The systems line also runs the ONNX corpus (marker `corpus`: every real export imported and compared with ONNX
 # Runtime, three through infer): version-independent, and this line had the most room.

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from common.errors import USER_ERRORS, UsageError  # noqa: F401 - UsageError: the jobs raise it from here
 
@@ -32,18 +32,6 @@ def add_common_arguments(p: argparse.ArgumentParser, sse: bool = True) -> None:
         "Credentials always come from boto3's default chain, never from the command line.",
     )
     p.add_argument("--verbose", action="store_true", help="show Python tracebacks and INFO logs")
-
-
-def encryption_from(args: argparse.Namespace):
-    """The :class:`common.storage.Encryption` of the flags: the job passes it to every write (and its tasks get
-    it in their settings).
-
-    Raises:
-        UsageError: ``--sse-kms-key-id`` without ``--sse aws:kms``.
-    """
-    from common import storage
-
-    return storage.Encryption(getattr(args, "sse", None), getattr(args, "sse_kms_key_id", None))
 
 
 def endpoint_from(args: argparse.Namespace) -> Optional[str]:
@@ -89,9 +77,12 @@ class Writes:
         return NOT_DONE
 
 
-def run_cli(prog: str, body: Callable[[argparse.Namespace, Writes], int], parser: argparse.ArgumentParser,
-            argv: Optional[Sequence[str]]) -> int:
+def run_cli(prog: str, body: Callable[[Any, Writes], int], parser: argparse.ArgumentParser,
+            argv: Optional[Sequence[str]], settings: Optional[Callable[[argparse.Namespace], Any]] = None) -> int:
     """Parse ``argv`` and run ``body(args, writes)``; a failure becomes one line and an honest exit code.
+
+    With ``settings`` (a job's ``Config.from_args``), ``body`` gets the job's settings object built from the
+    parsed flags instead of them; its checks raise user errors before anything is written (exit 2).
 
     A user error (:data:`common.errors.USER_ERRORS`) is ``prog: error: …``: exit 2 when nothing was written
     yet, else exit 1 with what was written and how to finish (:class:`Writes`).  A Spark job that failed as a
@@ -103,7 +94,7 @@ def run_cli(prog: str, body: Callable[[argparse.Namespace, Writes], int], parser
                         format=f"{prog}: %(levelname)s %(message)s")
     writes = Writes()
     try:
-        return body(args, writes)
+        return body(settings(args) if settings else args, writes)
     except USER_ERRORS as e:
         if args.verbose:
             traceback.print_exc()

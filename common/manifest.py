@@ -281,7 +281,7 @@ def index_to_bytes(parts: Sequence[PartEntry], manifest_id: str, input_uri: str,
 
 
 def write_manifest(entries: Sequence[ShardEntry], output_uri: str, input_uri: str, batch_size: int,
-                   num_skipped: int = 0, endpoint_url: Optional[str] = None,
+                   num_skipped: int = 0, endpoint_url: storage.Endpoint = None,
                    shards_per_part: int = SHARDS_PER_PART, created_at: Optional[datetime] = None,
                    encryption: Optional[storage.Encryption] = None) -> Manifest:
     """Write a complete manifest (parts, then the index) for shard rows held in memory.
@@ -375,7 +375,7 @@ def manifest_from_bytes(data: bytes, uri: str) -> Manifest:
                     max_side=int(meta[META_MAX_SIDE]) if meta.get(META_MAX_SIDE) else None)
 
 
-def read_manifest(uri: str, endpoint_url: Optional[str] = None) -> Manifest:
+def read_manifest(uri: str, endpoint_url: storage.Endpoint = None) -> Manifest:
     """Read the index at ``uri`` (one GET)."""
     return manifest_from_bytes(storage.read_bytes(uri, endpoint_url), uri)
 
@@ -386,7 +386,7 @@ _FOOTERS_LOCK = threading.Lock()
 _FOOTERS_MAX = 16
 
 
-def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[str], originals: bool = False
+def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: storage.Endpoint, originals: bool = False
                ) -> pa.Table:
     """The row groups of ``part`` that hold its rows at ``offsets`` (a footer GET unless cached, then one GET);
     with ``originals``, also that column where the part has it (format 3)."""
@@ -414,7 +414,7 @@ def _part_rows(part: PartEntry, offsets: Sequence[int], endpoint_url: Optional[s
     return f.read(groups, columns=columns)
 
 
-def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Optional[str] = None,
+def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: storage.Endpoint = None,
                 originals: bool = False) -> list[ShardEntry]:
     """The rows of ``shard_ids`` (in the order given), reading only the row groups that hold them.
 
@@ -449,7 +449,7 @@ def read_shards(manifest: Manifest, shard_ids: Sequence[int], endpoint_url: Opti
     return out
 
 
-def part_keys(part: PartEntry, endpoint_url: Optional[str] = None) -> list[str]:
+def part_keys(part: PartEntry, endpoint_url: storage.Endpoint = None) -> list[str]:
     """Every key of one part (one GET of the part, its ``keys`` column decoded): prepare's
     ``--exclude-manifest`` reads each excluded part in a task of its own."""
     try:
@@ -461,7 +461,7 @@ def part_keys(part: PartEntry, endpoint_url: Optional[str] = None) -> list[str]:
     return table.column("keys").combine_chunks().flatten().to_pylist()
 
 
-def iter_shards(manifest: Manifest, endpoint_url: Optional[str] = None) -> Iterator[ShardEntry]:
+def iter_shards(manifest: Manifest, endpoint_url: storage.Endpoint = None) -> Iterator[ShardEntry]:
     """Every shard row, part by part (one part's rows in memory at a time): for tests and small tools."""
     for part in manifest.parts:
         yield from read_shards(manifest, range(part.first_shard_id, part.first_shard_id + part.num_shards),
@@ -471,7 +471,7 @@ def iter_shards(manifest: Manifest, endpoint_url: Optional[str] = None) -> Itera
 # ----------------------------------------------------------------------------- integrity
 
 
-def check_parts_listed(manifest: Manifest, endpoint_url: Optional[str] = None) -> None:
+def check_parts_listed(manifest: Manifest, endpoint_url: storage.Endpoint = None) -> None:
     """Every part the index names is there with the size it gives: one LIST of ``manifest/`` per 1,000 parts.
 
     A version-1 manifest is its own one part, already read whole: nothing to list.
@@ -496,7 +496,7 @@ def check_parts_listed(manifest: Manifest, endpoint_url: Optional[str] = None) -
                                 f"{p.num_bytes}: it changed after prepare wrote the index; rerun prepare")
 
 
-def part_problem(part: PartEntry, endpoint_url: Optional[str] = None) -> Optional[str]:
+def part_problem(part: PartEntry, endpoint_url: storage.Endpoint = None) -> Optional[str]:
     """Why the part file differs from its index row (size, then sha256), or None when it matches (one GET)."""
     try:
         data = storage.read_bytes(part.uri, endpoint_url)

@@ -34,7 +34,7 @@ class ModelSpec:
     param_url: str
     label_url: str
     batch_size: int = 64
-    endpoint_url: Optional[str] = None
+    endpoint_url: storage.Endpoint = None
     # When set, the params file must have this digest: every executor of a run uses the
     # exact model the driver checked, even if the object is replaced mid-run.
     params_sha256: Optional[str] = None

@@ -16,7 +16,7 @@ class RangedFile(io.RawIOBase):
     (pyarrow's Parquet reader reads footer and column chunks through it); :meth:`fetch` reads a
     span ahead in one request, and ``requests`` counts them."""
 
-    def __init__(self, uri: str, size: int, endpoint_url: Optional[str]) -> None:
+    def __init__(self, uri: str, size: int, endpoint_url: storage.Endpoint) -> None:
         super().__init__()
         self.uri, self.size, self.endpoint_url = uri, size, endpoint_url
         self.pos = 0
@@ -69,7 +69,7 @@ class RangedParquet:
     """A Parquet file read by byte ranges: its footer with one GET of the last ``tail`` bytes (none when
     ``metadata`` is already known), then one GET spanning every column chunk a read needs."""
 
-    def __init__(self, uri: str, size: int, endpoint_url: Optional[str], tail: int = 1024 * 1024,
+    def __init__(self, uri: str, size: int, endpoint_url: storage.Endpoint, tail: int = 1024 * 1024,
                  metadata=None) -> None:
         self.file = RangedFile(uri, size, endpoint_url)
         if metadata is None:

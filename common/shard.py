@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mxnet import recordio
 
@@ -154,7 +154,7 @@ class ShardError(RuntimeError):
     """A shard that cannot be processed as a whole (damaged, wrong size)."""
 
 
-def fetch_shard(entry: "ShardEntry", endpoint_url: Optional[str]) -> list[bytes]:
+def fetch_shard(entry: "ShardEntry", endpoint_url: storage.Endpoint) -> list[bytes]:
     """The shard's image payloads in record order, after checking size, sha256 and record count.
 
     Raises:

@@ -179,7 +179,7 @@ class Writer:
     MAX_ERRORS = 1000
 
     def __init__(self, output_prefix: str, run_id: str, started: float, invocation: str,
-                 endpoint_url: Optional[str] = None, encryption: Optional[storage.Encryption] = None) -> None:
+                 endpoint_url: storage.Endpoint = None, encryption: Optional[storage.Encryption] = None) -> None:
         self.uri = status_key(output_prefix, run_id, started, invocation)
         self.endpoint_url, self.encryption = endpoint_url, encryption
         self._tmp = tempfile.NamedTemporaryFile(suffix=".parquet", delete=False)
@@ -227,7 +227,7 @@ class Writer:
             os.unlink(self._tmp.name)
 
 
-def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_url: Optional[str],
+def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_url: storage.Endpoint,
                whole_read: int = _WHOLE_READ) -> pa.Table:
     if size <= whole_read:
         return pq.read_table(io.BytesIO(storage.read_bytes(uri, endpoint_url)), columns=columns)
@@ -235,7 +235,7 @@ def _read_file(uri: str, size: int, columns: Optional[Sequence[str]], endpoint_u
     return ranged.RangedParquet(uri, size, endpoint_url).read(columns=columns)
 
 
-def read_latest(output_prefix: str, run_id: str, endpoint_url: Optional[str] = None,
+def read_latest(output_prefix: str, run_id: str, endpoint_url: storage.Endpoint = None,
                 columns: Optional[Sequence[str]] = None, whole_read: int = _WHOLE_READ) -> pa.Table:
     """Every shard's latest status row of a run (by shard id); an empty table when it has none.
 
@@ -261,7 +261,7 @@ def read_latest(output_prefix: str, run_id: str, endpoint_url: Optional[str] = N
     return t.take(pa.array(keep))
 
 
-def failed_ids(output_prefix: str, run_id: str, endpoint_url: Optional[str] = None) -> np.ndarray:
+def failed_ids(output_prefix: str, run_id: str, endpoint_url: storage.Endpoint = None) -> np.ndarray:
     """Shard ids whose latest status is failed (sorted)."""
     t = read_latest(output_prefix, run_id, endpoint_url, FAILED_COLUMNS)
     return t.filter(pc.not_equal(t.column("status"), "ok")).column("shard_id").to_numpy().astype(np.int64)

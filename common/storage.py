@@ -1,9 +1,12 @@
 """Every byte that crosses the network or the disk goes through here: ``s3://``, ``http(s)://`` and local paths.
 
-The S3 endpoint comes from ``AWS_ENDPOINT_URL`` (boto3 reads it itself) or from an explicit
-``endpoint_url`` passed down from ``--s3-endpoint-url``; credentials come only from boto3's
-default chain.  One client is built per (process, endpoint) and reused: a client is not
-picklable, so Spark tasks carry the endpoint string and call :func:`s3_client` where they run.
+How a job reaches S3 is its :class:`Store`, built once from its flags and carried in its settings to every
+task: the endpoint (``--s3-endpoint-url``, else ``AWS_ENDPOINT_URL``, else AWS), the encryption of every
+object it writes (``--sse``) and the retries.  Each function takes it as its ``endpoint_url`` argument (a bare
+endpoint string, or None, means the default retries); writes take the encryption as an argument of their own,
+so no write is encrypted, or not, by anything but its caller.  Credentials come only from boto3's default
+chain.  One client is built per (process, endpoint, retries) and reused: a client is not picklable, so Spark
+tasks carry the Store and call :func:`s3_client` where they run.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import boto3
 import botocore.config
@@ -26,12 +29,14 @@ import botocore.exceptions
 from common.errors import NotFound, StorageError, UsageError  # noqa: F401 - raised here, defined with the other user errors
 
 # S3 answers 503 SlowDown under load and spot clusters see connection resets: boto3's
-# "standard" retry mode retries both with backoff; 10 attempts rides out a minute-long
-# brown-out.  Pool size covers the per-task fetch threads.
-_RETRIES = {"mode": "standard", "max_attempts": 10}
+# "standard" retry mode retries both with backoff; botocore's max_attempts 10 (10 retries after the
+# first request: botocore reports total_max_attempts 11) rides out a minute-long brown-out.  Pool size
+# covers the per-task fetch threads.
+DEFAULT_ATTEMPTS = 10
 _POOL = 32
 
-_CLIENTS: dict[tuple[int, Optional[str]], object] = {}
+# A cache of clients (built from the Store alone), not state that decides anything.
+_CLIENTS: dict[tuple[int, Optional[str], int], object] = {}
 _LOCK = threading.Lock()
 
 
@@ -59,6 +64,29 @@ class Encryption:
 def _put_args(encryption: Optional[Encryption]) -> dict[str, str]:
     return encryption.put_args() if encryption else {}
 
+
+@dataclass(frozen=True)
+class Store:
+    """How a job reaches its objects: endpoint, encryption of its writes, retries; picklable, so it travels in
+    the job's task settings (see the module's docstring)."""
+
+    endpoint_url: Optional[str] = None
+    encryption: Encryption = Encryption()
+    max_attempts: int = DEFAULT_ATTEMPTS  # boto3 "standard" retries: 503 SlowDown, resets, 5xx
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise UsageError(f"S3 max_attempts must be at least 1, got {self.max_attempts}")
+
+
+# What the functions below take as ``endpoint_url``: a Store, an endpoint URL, or None (AWS or AWS_ENDPOINT_URL).
+Endpoint = Union[Store, str, None]
+
+
+def _where(endpoint: Endpoint) -> tuple[Optional[str], int]:
+    if isinstance(endpoint, Store):
+        return endpoint.endpoint_url, endpoint.max_attempts
+    return endpoint, DEFAULT_ATTEMPTS
 
 
 
@@ -115,19 +143,20 @@ def parent(uri: str) -> str:
     return uri.rsplit("/", 1)[0] if "/" in uri else "."
 
 
-def s3_client(endpoint_url: Optional[str] = None):
-    """The boto3 S3 client of this process for ``endpoint_url`` (None: boto3's own resolution)."""
-    key = (os.getpid(), endpoint_url)
+def s3_client(endpoint_url: Endpoint = None):
+    """The boto3 S3 client of this process for a :class:`Store` or an endpoint (None: boto3's own resolution)."""
+    url, attempts = _where(endpoint_url)
+    key = (os.getpid(), url, attempts)
     with _LOCK:
         client = _CLIENTS.get(key)
         if client is None:
             config = botocore.config.Config(
-                retries=_RETRIES,
+                retries={"mode": "standard", "max_attempts": attempts},
                 max_pool_connections=_POOL,
                 connect_timeout=10,
                 read_timeout=60,
             )
-            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+            client = boto3.session.Session().client("s3", endpoint_url=url, config=config)
             _CLIENTS[key] = client
         return client
 
@@ -183,7 +212,7 @@ def _translate(uri: str, exc: Exception, bucket: bool = False, encryption: Optio
     return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
 
 
-def read_bytes(uri: str, endpoint_url: Optional[str] = None, if_match: Optional[str] = None) -> bytes:
+def read_bytes(uri: str, endpoint_url: Endpoint = None, if_match: Optional[str] = None) -> bytes:
     """Read a whole object or file.
 
     Args:
@@ -229,7 +258,7 @@ def _read_local(uri: str, start: int = 0, length: int = -1) -> bytes:
         raise StorageError(f"{uri}: {e}") from e
 
 
-def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None,
+def write_bytes(uri: str, data: bytes, endpoint_url: Endpoint = None,
                 content_type: str = "application/octet-stream", metadata: Optional[dict[str, str]] = None,
                 encryption: Optional[Encryption] = None) -> None:
     """Write a whole object with one PUT (or a local file via a rename, so readers never see half).
@@ -251,7 +280,7 @@ def write_bytes(uri: str, data: bytes, endpoint_url: Optional[str] = None,
     _write_local(uri, data)
 
 
-def put_if_absent(uri: str, data: bytes, metadata: dict[str, str], endpoint_url: Optional[str] = None,
+def put_if_absent(uri: str, data: bytes, metadata: dict[str, str], endpoint_url: Endpoint = None,
                   content_type: str = "application/octet-stream", encryption: Optional[Encryption] = None) -> bool:
     """Create an object only if nothing is at ``uri`` yet: S3 ``PUT`` with ``If-None-Match: *``.
 
@@ -282,7 +311,7 @@ def put_if_absent(uri: str, data: bytes, metadata: dict[str, str], endpoint_url:
         os.unlink(tmp)
 
 
-def read_metadata(uri: str, endpoint_url: Optional[str] = None) -> Optional[dict[str, str]]:
+def read_metadata(uri: str, endpoint_url: Endpoint = None) -> Optional[dict[str, str]]:
     """The user metadata of an object (S3 HEAD) or a local file's sidecar; None if the object is absent."""
     if is_s3(uri):
         p = parse_s3(uri)
@@ -302,7 +331,7 @@ def read_metadata(uri: str, endpoint_url: Optional[str] = None) -> Optional[dict
         return {}
 
 
-def read_range(uri: str, start: int, end: int, endpoint_url: Optional[str] = None) -> bytes:
+def read_range(uri: str, start: int, end: int, endpoint_url: Endpoint = None) -> bytes:
     """Bytes ``[start, end)`` of an object or file (one ranged S3 GET).
 
     Raises:
@@ -322,7 +351,7 @@ def read_range(uri: str, start: int, end: int, endpoint_url: Optional[str] = Non
     return _read_local(uri, start, end - start)
 
 
-def upload_file(path: str, uri: str, endpoint_url: Optional[str] = None,
+def upload_file(path: str, uri: str, endpoint_url: Endpoint = None,
                 content_type: str = "application/octet-stream", encryption: Optional[Encryption] = None) -> None:
     """Publish a local file at ``uri`` as one object (boto3's managed transfer: multipart when large, and
     the object appears only when every part is there)."""
@@ -342,7 +371,7 @@ def upload_file(path: str, uri: str, endpoint_url: Optional[str] = None,
     os.replace(tmp, uri)
 
 
-def check_buckets(uris: Iterable[str], endpoint_url: Optional[str] = None) -> None:
+def check_buckets(uris: Iterable[str], endpoint_url: Endpoint = None) -> None:
     """:func:`check_bucket` once per distinct S3 bucket among ``uris`` (the first URI names it in errors)."""
     seen: set[str] = set()
     for uri in uris:
@@ -351,19 +380,20 @@ def check_buckets(uris: Iterable[str], endpoint_url: Optional[str] = None) -> No
             check_bucket(uri, endpoint_url)
 
 
-def check_bucket(uri: str, endpoint_url: Optional[str] = None) -> None:
+def check_bucket(uri: str, endpoint_url: Endpoint = None) -> None:
     """Fail fast, naming ``uri``, if its bucket is missing, forbidden or the endpoint unreachable (S3 only)."""
     if not is_s3(uri):
         return
     p = parse_s3(uri)
-    if endpoint_url:
+    url, _ = _where(endpoint_url)
+    if url:
         # A wrong endpoint would otherwise cost a minute of retries: one plain TCP connect says it in seconds.
-        u = urllib.parse.urlsplit(endpoint_url)
+        u = urllib.parse.urlsplit(url)
         port = u.port or (443 if u.scheme == "https" else 80)
         try:
             socket.create_connection((u.hostname, port), timeout=5).close()
         except OSError as e:
-            raise StorageError(f"{uri}: cannot reach the S3 endpoint {endpoint_url} ({e})") from e
+            raise StorageError(f"{uri}: cannot reach the S3 endpoint {url} ({e})") from e
     with _errors(uri, bucket=True):
         s3_client(endpoint_url).head_bucket(Bucket=p.bucket)
 
@@ -404,7 +434,7 @@ class ObjectInfo:
         return cls(path, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
 
 
-def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
+def list_objects(prefix_uri: str, endpoint_url: Endpoint = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
     """List every object under a prefix, paginated (``page_size`` keys per request), in S3's key order.
 
     For a local directory the keys are absolute paths, walked in sorted order.
@@ -429,7 +459,7 @@ def list_objects(prefix_uri: str, endpoint_url: Optional[str] = None, page_size:
             yield ObjectInfo.of_file(path, os.stat(path))
 
 
-def list_page(prefix_uri: str, endpoint_url: Optional[str] = None, max_keys: int = 1000) -> tuple[list[ObjectInfo], bool]:
+def list_page(prefix_uri: str, endpoint_url: Endpoint = None, max_keys: int = 1000) -> tuple[list[ObjectInfo], bool]:
     """The first page of a listing (one request) and whether there is more; a local directory is one page."""
     if is_s3(prefix_uri):
         p = parse_s3(prefix_uri)
@@ -439,7 +469,7 @@ def list_page(prefix_uri: str, endpoint_url: Optional[str] = None, max_keys: int
     return list(list_objects(prefix_uri, endpoint_url)), False
 
 
-def peek_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[int, list[str], bool]:
+def peek_level(prefix_uri: str, endpoint_url: Endpoint = None) -> tuple[int, list[str], bool]:
     """The first page (one request) of :func:`list_level`: ``(objects on it, sub-prefix URIs on it, more pages?)``."""
     if is_s3(prefix_uri):
         p = parse_s3(prefix_uri)
@@ -451,7 +481,7 @@ def peek_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[int
     return len(objects), folders, False
 
 
-def list_level(prefix_uri: str, endpoint_url: Optional[str] = None) -> tuple[list[ObjectInfo], list[str]]:
+def list_level(prefix_uri: str, endpoint_url: Endpoint = None) -> tuple[list[ObjectInfo], list[str]]:
     """One level under a prefix: the objects directly in it, and the URIs of its sub-prefixes ("folders").
 
     S3: ``ListObjectsV2`` with ``Delimiter="/"`` (one request per 1,000 entries); a local
@@ -489,12 +519,12 @@ def object_uri(prefix_uri: str, key: str) -> str:
     return key
 
 
-def exists(uri: str, endpoint_url: Optional[str] = None) -> bool:
+def exists(uri: str, endpoint_url: Endpoint = None) -> bool:
     """True if the object or file exists (one S3 HEAD)."""
     return read_metadata(uri, endpoint_url) is not None
 
 
-def delete_objects(uris: Sequence[str], endpoint_url: Optional[str] = None) -> int:
+def delete_objects(uris: Sequence[str], endpoint_url: Endpoint = None) -> int:
     """Delete many objects or files (absent ones are fine): on S3 one DeleteObjects request per 1,000 keys of a
     bucket.  Returns how many were asked for.
 
@@ -521,7 +551,7 @@ def delete_objects(uris: Sequence[str], endpoint_url: Optional[str] = None) -> i
     return len(uris)
 
 
-def delete(uri: str, endpoint_url: Optional[str] = None) -> None:
+def delete(uri: str, endpoint_url: Endpoint = None) -> None:
     """Delete one object or file (absent is fine)."""
     if is_s3(uri):
         p = parse_s3(uri)

@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import glue, storage  # noqa: E402
-from common.cli import UsageError, Writes, add_common_arguments, endpoint_from, exit_process, run_cli  # noqa: E402
+from common.cli import UsageError, Writes, add_common_arguments, exit_process, run_cli  # noqa: E402
 from common.output import check_run_id, partition_dir, run_dir  # noqa: E402
+from common.settings import from_flags, store_from  # noqa: E402
 
 PROG = "delete"
 SHOWN = 5  # keys listed per location in the dry run
@@ -46,42 +48,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, writes: Writes) -> int:
+@dataclass(frozen=True)
+class DeleteConfig:
+    """Every flag of delete, checked (:meth:`from_args`), and the Store."""
+
+    output: str
+    run_id: str
+    glue_database: Optional[str]
+    glue_table: Optional[str]
+    yes: bool
+    s3_endpoint_url: Optional[str]
+    verbose: bool
+    store: storage.Store  # derived from the flags
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "DeleteConfig":
+        """The settings of parsed flags.
+
+        Raises:
+            UsageError: the offending flag and value.
+        """
+        if not args.output or not args.run_id:
+            raise UsageError("--output (infer's --output) and --run-id are both required")
+        check_run_id(args.run_id)
+        if bool(args.glue_database) != bool(args.glue_table):
+            raise UsageError("--glue-database and --glue-table go together")
+        return from_flags(cls, args, store=store_from(args))
+
+
+def run(config: DeleteConfig, writes: Writes) -> int:
     """List, then (with --yes) delete; returns the exit code."""
-    if not args.output or not args.run_id:
-        raise UsageError("--output (infer's --output) and --run-id are both required")
-    run_id = check_run_id(args.run_id)
-    if bool(args.glue_database) != bool(args.glue_table):
-        raise UsageError("--glue-database and --glue-table go together")
-    endpoint = endpoint_from(args)
-    storage.check_buckets([args.output], endpoint)
-    locations = (partition_dir(args.output, run_id), storage.as_folder(run_dir(args.output, run_id)))
+    run_id, endpoint = config.run_id, config.store
+    storage.check_buckets([config.output], endpoint)
+    locations = (partition_dir(config.output, run_id), storage.as_folder(run_dir(config.output, run_id)))
     found = {loc: [storage.object_uri(loc, o.key) for o in storage.list_objects(loc, endpoint)]
              for loc in locations}
     partition = None
-    if args.glue_table:
-        partition = glue.catalog(lambda: glue.partition_location(args.glue_database, args.glue_table, run_id))
+    if config.glue_table:
+        partition = glue.catalog(lambda: glue.partition_location(config.glue_database, config.glue_table, run_id))
     total = sum(len(v) for v in found.values())
     if not total and partition is None:
-        print(f"{PROG}: run {run_id}: nothing under {args.output} (and no Glue partition): nothing to delete")
+        print(f"{PROG}: run {run_id}: nothing under {config.output} (and no Glue partition): nothing to delete")
         return 0
-    verb = "deleting" if args.yes else "would delete"
+    verb = "deleting" if config.yes else "would delete"
     for loc, uris in found.items():
         print(f"{PROG}: {verb} {len(uris)} objects under {loc}"
               + "".join(f"\n    {u}" for u in uris[:SHOWN]) + (f"\n    … and {len(uris) - SHOWN} more" if
                                                              len(uris) > SHOWN else ""), flush=True)
-    if args.glue_table:
-        what = (f"the partition run_id={run_id} of {args.glue_database}.{args.glue_table} (at {partition})"
-                if partition is not None else f"no partition run_id={run_id} in {args.glue_database}.{args.glue_table}")
+    if config.glue_table:
+        what = (f"the partition run_id={run_id} of {config.glue_database}.{config.glue_table} (at {partition})"
+                if partition is not None else f"no partition run_id={run_id} in {config.glue_database}.{config.glue_table}")
         print(f"{PROG}: {verb if partition is not None else 'Glue:'} {what}", flush=True)
-    if not args.yes:
+    if not config.yes:
         print(f"{PROG}: dry run: nothing deleted; add --yes to delete", flush=True)
         return 0
     writes.begin(f"run {run_id} partly deleted" + (" (its Glue partition first, then its objects)" if partition
                                                    is not None else ""),
                  "run the same delete command again: it lists and deletes what is left")
     if partition is not None:  # the table stops showing the run first, then its files go
-        glue.catalog(lambda: glue.delete_partition(args.glue_database, args.glue_table, run_id))
+        glue.catalog(lambda: glue.delete_partition(config.glue_database, config.glue_table, run_id))
     for uris in found.values():
         storage.delete_objects(uris, endpoint)
     print(f"{PROG}: run {run_id} deleted ({total} objects{', its Glue partition' if partition is not None else ''})",
@@ -91,7 +116,7 @@ def run(args: argparse.Namespace, writes: Writes) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point."""
-    return run_cli(PROG, run, build_parser(), argv)
+    return run_cli(PROG, run, build_parser(), argv, settings=DeleteConfig.from_args)
 
 
 if __name__ == "__main__":

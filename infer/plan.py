@@ -11,12 +11,11 @@ ids itself (:meth:`Plan.group_ids`) and reads only those rows from the manifest.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
@@ -26,6 +25,9 @@ from common.manifest import Manifest, ManifestError, part_problem, parts_of_rang
 from common.output import part_file_id, partition_dir
 from common.spark import import_in_background
 from common.status import failed_ids
+
+if TYPE_CHECKING:
+    from infer.settings import InferConfig
 
 # Shards per Spark task, by precision.  Measured (docs/benchmarks.md, 2 cores, AVX-512 VNNI):
 # each task costs ~0.2 s that the pipeline cannot hide (Spark's local per-task cost, the
@@ -84,7 +86,7 @@ def _part_ids(objects: Iterable[storage.ObjectInfo]) -> list[int]:
     return [i for o in objects if o.size > 0 and (i := part_file_id(o.key)) is not None]
 
 
-def present_mask(output: str, run_id: str, num_shards: int, endpoint_url: Optional[str]) -> np.ndarray:
+def present_mask(output: str, run_id: str, num_shards: int, endpoint_url: storage.Endpoint) -> np.ndarray:
     """``mask[i]``: shard *i*'s part file exists in the run's partition (one bit per shard).
 
     A partition of up to 1,000 files is one LIST; a larger one is listed over the 100
@@ -109,7 +111,7 @@ def present_mask(output: str, run_id: str, num_shards: int, endpoint_url: Option
     return mask
 
 
-def select(args: argparse.Namespace, manifest: Manifest, run_id: str, endpoint_url: Optional[str]) -> np.ndarray:
+def select(args: "InferConfig", manifest: Manifest, run_id: str, endpoint_url: storage.Endpoint) -> np.ndarray:
     """The shard id ranges this invocation runs."""
     n = manifest.num_shards
     if args.shards:
@@ -202,7 +204,7 @@ def describe(plan: Plan, shown: int = 20) -> str:
 VERIFY_PARTS_PER_TASK = 8
 
 
-def verify_parts(sc, manifest: Manifest, ranges: np.ndarray, endpoint_url: Optional[str],
+def verify_parts(sc, manifest: Manifest, ranges: np.ndarray, endpoint_url: storage.Endpoint,
                  warm: Optional[str] = None) -> None:
     """Before any shard runs: every manifest part holding a selected shard matches its index row
     (size and sha256), checked by a Spark stage that reads each part once; the driver gets back

@@ -39,8 +39,9 @@ from common import (
     status,  # noqa: E402
     storage,  # noqa: E402
 )
-from common.cli import UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process, run_cli  # noqa: E402
+from common.cli import UsageError, Writes, add_common_arguments, exit_process, run_cli  # noqa: E402
 from common.output import check_run_id, run_dir  # noqa: E402
+from common.settings import store_from  # noqa: E402
 
 PROG = "report"
 STAGES = (("fetch", "t_start", "t_fetched", "#4e79a7"), ("decode", "t_fetched", "t_decoded", "#f28e2b"),
@@ -50,7 +51,7 @@ IMAGES = ("timeline.png", "throughput.png", "shard_times.png")
 MAX_DRAWN = 20_000
 
 
-def load_statuses(output: str, run_id: str, endpoint_url: Optional[str] = None) -> list[dict]:
+def load_statuses(output: str, run_id: str, endpoint_url: storage.Endpoint = None) -> list[dict]:
     """Every shard's status record of a run, by shard id; UsageError when there is none."""
     latest = status.read_latest(output, run_id, endpoint_url)
     if latest.num_rows == 0:
@@ -214,7 +215,7 @@ def render_html(run_id: str, records: list[dict], images: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
-def write_report(output: str, run_id: str, endpoint_url: Optional[str] = None, to: Optional[str] = None,
+def write_report(output: str, run_id: str, endpoint_url: storage.Endpoint = None, to: Optional[str] = None,
                  writing=lambda where: None, encryption: Optional[storage.Encryption] = None) -> str:
     """Build the report for a run and write it (calling ``writing(folder)`` first); returns the URI of
     ``index.html``."""
@@ -244,9 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, writes: Writes) -> int:
     """Write the report and print where it is."""
-    index = write_report(args.output, check_run_id(args.run_id), endpoint_from(args), args.to,
+    store = store_from(args)
+    index = write_report(args.output, check_run_id(args.run_id), store, args.to,
                          writing=lambda where: writes.begin(f"the report under {where}", "run the same command again"),
-                         encryption=encryption_from(args))
+                         encryption=store.encryption)
     print(f"{PROG}: {index}")
     return 0
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import time
@@ -17,11 +16,12 @@ from common.cli import UsageError
 from common.images import DEFAULT_PREPROCESSING
 from common.manifest import Manifest
 from common.output import partition_dir, run_dir, run_record_key
+from infer.settings import InferConfig, build_parser
 
 PROG = "infer"
 
 
-def read_run_record(output: str, run_id: str, endpoint_url: Optional[str]) -> Optional[dict]:
+def read_run_record(output: str, run_id: str, endpoint_url: storage.Endpoint) -> Optional[dict]:
     """``run.json`` of the run, or None for a new run."""
     try:
         return json.loads(storage.read_bytes(run_record_key(output, run_id), endpoint_url))
@@ -29,7 +29,7 @@ def read_run_record(output: str, run_id: str, endpoint_url: Optional[str]) -> Op
         return None
 
 
-def check_run_record(record: Optional[dict], args: argparse.Namespace, run_id: str, manifest: Manifest,
+def check_run_record(record: Optional[dict], args: InferConfig, run_id: str, manifest: Manifest,
                      model_id: str, model_info: Optional[dict] = None) -> bool:
     """A run belongs to one manifest, one model (and precision) and one --top-k: refuse a mismatch.
 
@@ -68,8 +68,8 @@ def check_run_record(record: Optional[dict], args: argparse.Namespace, run_id: s
     return record.get("model") == model_id and record.get("top_k") == args.top_k and same_shape
 
 
-def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
-                     conversion: Optional[dict], endpoint_url: Optional[str], model_info: Optional[dict] = None,
+def write_run_record(args: InferConfig, run_id: str, manifest: Manifest, model_id: str,
+                     conversion: Optional[dict], endpoint_url: storage.Endpoint, model_info: Optional[dict] = None,
                      encryption: Optional[storage.Encryption] = None) -> None:
     """Write ``run.json``: manifest, model, precision (with its samples, agreement and CPU), --top-k, the
     preprocessing, how probabilities are made, and the output layer."""
@@ -85,15 +85,13 @@ def write_run_record(args: argparse.Namespace, run_id: str, manifest: Manifest, 
 _NOT_PASSED_ON = {"--run-id", "--shards", "--only-missing", "--only-failed", "--dry-run", "--verbose", "--help"}
 
 
-def rerun_command(args: argparse.Namespace, run_id: str, submit: Optional[list[str]] = None,
+def rerun_command(args: InferConfig, run_id: str, submit: Optional[list[str]] = None,
                   script: str = "infer/main.py") -> str:
     """The exact command that reruns this run's failed shards: ``submit`` are the spark-submit options of
     the running application (:func:`common.spark.submit_options`; the documented defaults without it).
 
-    Derived from infer's parser: every flag whose value differs from its default is passed on as given, so a
-    new flag needs no line here (tests/test_rerun.py parses the command back)."""
-    from infer.main import build_parser
-
+    Derived from infer's parser and settings: every flag whose value differs from its parser's default is passed
+    on as given, so a new flag needs no line here (tests/test_rerun.py parses the command back)."""
     cmd = ["spark-submit", *(submit or ["--properties-file", "spark-defaults.conf"]), script]
     for action in build_parser()._actions:  # argparse's own list of the parser's options
         if not action.option_strings or action.option_strings[0] in _NOT_PASSED_ON:
@@ -106,7 +104,7 @@ def rerun_command(args: argparse.Namespace, run_id: str, submit: Optional[list[s
     return shlex.join(cmd + ["--run-id", run_id, "--only-failed"])
 
 
-def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, manifest: Manifest, model_id: str,
+def summarise(statuses: status.Writer, args: InferConfig, run_id: str, manifest: Manifest, model_id: str,
               elapsed: float, groups: int, per_task: int, submit: Optional[list[str]] = None,
               script: str = "infer/main.py") -> dict:
     """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``, from the
@@ -138,7 +136,7 @@ def summarise(statuses: status.Writer, args: argparse.Namespace, run_id: str, ma
     }
 
 
-def write_athena_sql(args: argparse.Namespace, run_id: str, manifest: Manifest, endpoint_url: Optional[str],
+def write_athena_sql(args: InferConfig, run_id: str, manifest: Manifest, endpoint_url: storage.Endpoint,
                      encryption: Optional[storage.Encryption] = None) -> bool:
     """Once every shard of the manifest is ok (latest statuses of all invocations), leave the Athena
     statements in ``_runs/<run_id>/``; returns whether the run is complete."""

@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from common import storage
 from common.errors import UsageError
 from common.images import DEFAULT_PREPROCESSING, Preprocessing, decode_into
 from common.manifest import Manifest, ShardEntry, read_shards
@@ -75,7 +76,7 @@ class Sample:
             yield out[[i for i in range(len(out)) if i not in bad]] if bad else out
 
 
-def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]], endpoint_url: Optional[str],
+def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]], endpoint_url: storage.Endpoint,
                 prep: Preprocessing = DEFAULT_PREPROCESSING, threads: int = 8) -> Sample:
     """Fetch the shards that hold ``items`` (``(shard_id, record)`` pairs, in parallel) and keep those records."""
     by_id = {e.shard_id: e for e in entries}
@@ -86,7 +87,7 @@ def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]],
                   prep)
 
 
-def sample_shards(manifest: Manifest, want: int, endpoint_url: Optional[str],
+def sample_shards(manifest: Manifest, want: int, endpoint_url: storage.Endpoint,
                   per_shard: int = SAMPLE_PER_SHARD) -> list[ShardEntry]:
     """Rows of shards evenly spaced across the manifest holding at least ``want`` images (read from
     their parts' row groups only; the whole manifest only when it is that small)."""

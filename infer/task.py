@@ -1,10 +1,10 @@
 """infer's Spark task: a group of consecutive selected shards in, one Parquet object per shard out, and a
 compact status per shard back to the driver.
 
-For each shard::
+For each shard, five named stages::
 
-    HEAD (already done?) -> fetch (one GET, sha256 checked) -> unpack records -> decode + preprocess
-    -> forward in batches of the bound size -> top-k -> Parquet in memory, read back -> one PUT
+    check (HEAD: already done?) -> fetch (one GET, sha256 checked, records unpacked) -> decode (+ preprocess)
+    -> predict (forward in batches of the bound size, top-k) -> write (Parquet in memory, read back, one PUT)
 
 A task runs its shards in order as a small pipeline on three threads: while the model runs on
 shard *i* (the task's own thread), a prefetch thread fetches and decodes shard *i + 1* and a
@@ -13,8 +13,9 @@ ahead, so memory stays bounded (two input batches per task).  Everything that wa
 stays per shard: its own object, status, conditional PUT and input digest; a permanent
 error is recorded for that shard alone while the task goes on.
 
-The task gets its group index; the broadcast :class:`infer.plan.Plan` turns it into shard ids,
-and the task reads those shards' rows from their manifest part itself (two ranged GETs).
+The Spark task (:func:`run_group`, a thin adapter) gets its group index; the broadcast
+:class:`infer.plan.Plan` turns it into shard ids, the task reads those shards' rows from their manifest part
+itself (two ranged GETs) and hands them to :func:`run_entries`, which needs no Spark.
 Everything else the task needs travels in :class:`InferSettings` (strings and numbers); the
 model is built once per executor Python process by :func:`common.model.get_predictor`.
 Statuses go back to the driver as compressed Arrow IPC (common/status.py), which writes
@@ -68,7 +69,8 @@ class InferSettings:
     top_k: int = 5
     # Spark's tries per task: the task records "failed" only on its last try and raises before.
     attempts: int = 1
-    endpoint_url: Optional[str] = None
+    # endpoint, --sse (every part file carries it) and retries of every request the task makes
+    store: storage.Store = storage.Store()
     # Overwrite part files even when they exist with a different input digest.
     force: bool = False
     # Unique per infer invocation: a try that finds its own invocation's file knows an earlier
@@ -79,8 +81,6 @@ class InferSettings:
     digest_extra: str = ""
     # --image-size, --resize, --mean, --std
     prep: Preprocessing = DEFAULT_PREPROCESSING
-    # --sse, --sse-kms-key-id: every part file carries it
-    encryption: storage.Encryption = storage.Encryption()
 
 
 
@@ -96,7 +96,7 @@ def shard_digest(entry: ShardEntry, settings: InferSettings) -> str:
 
 def _existing(key: str, digest: str, settings: InferSettings) -> Optional[dict]:
     """The part file's metadata if ``key`` holds this very work, None if absent; ConflictError otherwise."""
-    meta = storage.read_metadata(key, settings.endpoint_url)
+    meta = storage.read_metadata(key, settings.store)
     if meta is None:
         return None
     if meta.get(META_INPUT_DIGEST) == digest:
@@ -176,29 +176,29 @@ class _Buffers:
         return self._arrays[i][:rows]
 
 
-def _prepare(entry: ShardEntry, settings: InferSettings, buffers: _Buffers) -> _Prepared:
-    """Prefetch stage: is the work already there?  If not, fetch, check and decode the shard."""
-    t0 = time.time()
-    prep = _Prepared(entry, ShardStatus(entry.shard_id, entry.uri, t_start=t0),
-                     part_key(settings.output_prefix, settings.run_id, entry.shard_id), shard_digest(entry, settings))
-    try:
-        if not settings.force:
-            meta = _existing(prep.key, prep.digest, settings)
-            if meta is not None:  # a retry, a speculative copy or a rerun: the work is there already
-                prep.done = _already_done(prep.status, prep.key, meta, settings)
-                return prep
-        payloads = fetch_shard(entry, settings.endpoint_url)
-        prep.status.t_fetched = time.time()
-        prep.batch = buffers.take(len(payloads))
-        prep.errors = decode_into(payloads, entry.keys, prep.batch, settings.prep)
-        prep.status.t_decoded = time.time()
-    except Exception as e:  # noqa: BLE001 - handed to the task thread, which applies the retry policy
-        prep.error = e
-    return prep
+def check(prep: _Prepared, settings: InferSettings) -> Optional[ShardStatus]:
+    """Stage 1 (prefetch thread): the shard's status when its part file holds this very work already (a retry, a
+    speculative copy or a rerun: one HEAD), else None.  Raises ConflictError for a file of other input."""
+    if settings.force:
+        return None
+    meta = _existing(prep.key, prep.digest, settings)
+    return None if meta is None else _already_done(prep.status, prep.key, meta, settings)
 
 
-def _forward(prep: _Prepared, settings: InferSettings) -> list[ImageResult]:
-    """Model stage (the task's own thread)."""
+def fetch(entry: ShardEntry, settings: InferSettings) -> list[bytes]:
+    """Stage 2 (prefetch thread): the shard's images, one GET, its sha256 checked (common.shard)."""
+    return fetch_shard(entry, settings.store)
+
+
+def decode(prep: _Prepared, payloads: list[bytes], settings: InferSettings, buffers: _Buffers) -> None:
+    """Stage 3 (prefetch thread): every image decoded and preprocessed into the model's input batch; an image that
+    does not decode is an error of its row alone."""
+    prep.batch = buffers.take(len(payloads))
+    prep.errors = decode_into(payloads, prep.entry.keys, prep.batch, settings.prep)
+
+
+def predict(prep: _Prepared, settings: InferSettings) -> list[ImageResult]:
+    """Stage 4 (the task's own thread): the forward passes, top-k and the output layer."""
     predictor, loaded = get_predictor(settings.model)
     s = prep.status
     s.model_loaded, s.model_load_s = loaded, round(predictor.load_seconds, 3) if loaded else 0.0
@@ -209,8 +209,8 @@ def _forward(prep: _Prepared, settings: InferSettings) -> list[ImageResult]:
     return image_results(prep.entry.keys, prep.errors, ids, probs)
 
 
-def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) -> ShardStatus:
-    """Writer stage: Parquet in memory, checked, then one (conditional) PUT."""
+def write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) -> ShardStatus:
+    """Stage 5 (writer thread): Parquet in memory, checked, then one (conditional) PUT."""
     status, key, digest = prep.status, prep.key, prep.digest
     predictor, _ = get_predictor(settings.model)
     table = predictions_table(results, predictor.labels, prep.entry.shard_id, predictor.model_id, settings.manifest_id,
@@ -220,16 +220,32 @@ def _write(prep: _Prepared, results: list[ImageResult], settings: InferSettings)
     meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results)), META_ROWS_ERROR: str(rows_error),
             META_INVOCATION: settings.invocation}
     if settings.force:
-        storage.write_bytes(key, data, settings.endpoint_url, PARQUET_CONTENT_TYPE, metadata=meta,
-                            encryption=settings.encryption)
-    elif not storage.put_if_absent(key, data, meta, settings.endpoint_url, PARQUET_CONTENT_TYPE,
-                                   encryption=settings.encryption):
+        storage.write_bytes(key, data, settings.store, PARQUET_CONTENT_TYPE, metadata=meta,
+                            encryption=settings.store.encryption)
+    elif not storage.put_if_absent(key, data, meta, settings.store, PARQUET_CONTENT_TYPE,
+                                   encryption=settings.store.encryption):
         # another copy of this task (or an earlier try whose reply was lost) got there first
         existing = _existing(key, digest, settings)
         if existing is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
             raise storage.StorageError(f"{key}: conditional PUT refused but no object is there yet")
         return _already_done(status, key, existing, settings)
     return status.done("written", key, len(results), rows_error, len(data))
+
+
+def _prepare(entry: ShardEntry, settings: InferSettings, buffers: _Buffers) -> _Prepared:
+    """The prefetch thread's work for one shard: check, fetch, decode; an error is kept for the task thread."""
+    prep = _Prepared(entry, ShardStatus(entry.shard_id, entry.uri, t_start=time.time()),
+                     part_key(settings.output_prefix, settings.run_id, entry.shard_id), shard_digest(entry, settings))
+    try:
+        prep.done = check(prep, settings)
+        if prep.done is None:
+            payloads = fetch(entry, settings)
+            prep.status.t_fetched = time.time()
+            decode(prep, payloads, settings, buffers)
+            prep.status.t_decoded = time.time()
+    except Exception as e:  # noqa: BLE001 - handed to the task thread, which applies the retry policy
+        prep.error = e
+    return prep
 
 
 def failed_status(entry: ShardEntry, e: BaseException) -> ShardStatus:
@@ -276,19 +292,27 @@ class _Group:
 
 
 def run_group(group: int, plan, settings: InferSettings, counter=None) -> bytes:
-    """The Spark task for group ``group`` of ``plan`` (an :class:`infer.plan.Plan`, broadcast):
-    its shard rows from the manifest, then :func:`run_entries`.
+    """The Spark task for group ``group`` of ``plan`` (an :class:`infer.plan.Plan`, broadcast): the thin adapter
+    between Spark and :func:`run_entries` — its shard rows from the manifest, its try number and resources from
+    Spark's TaskContext.
 
     Returns:
         The group's statuses, packed by :func:`common.status.pack`.
     """
-    entries = read_shards(plan.manifest, plan.group_ids(group), settings.endpoint_url)
-    return status_file.pack(run_entries(entries, settings, counter, group))
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    entries = read_shards(plan.manifest, plan.group_ids(group), settings.store)
+    statuses = run_entries(entries, settings, counter, group, attempt=ctx.attemptNumber() if ctx is not None else 0,
+                           resources=ctx.resources() if ctx is not None else None)
+    return status_file.pack(statuses)
 
 
-def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=None,
-                task: int = 0) -> list[ShardStatus]:
-    """The shards of one group in order, pipelined, and the retry policy.
+def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=None, task: int = 0,
+                attempt: int = 0, resources=None) -> list[ShardStatus]:
+    """The shards of one group in order, pipelined through the stages (:func:`check`, :func:`fetch`,
+    :func:`decode` on a prefetch thread; :func:`predict` on this one; :func:`write` on a writer thread), and the
+    retry policy.  Needs no Spark: ``attempt`` is the task's try (0 first), ``resources`` Spark's for the task.
 
     A shard whose failure another try may fix makes the whole task fail *after* the other
     shards are done, so Spark retries the group and the retry skips every shard already
@@ -298,12 +322,9 @@ def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=
     Returns:
         One status record per shard, by shard id.
     """
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    group = _Group(settings, ctx.attemptNumber() if ctx is not None else 0, counter, task)
+    group = _Group(settings, attempt, counter, task)
     try:  # --device gpu: the GPU Spark assigned this task
-        device = task_device(settings.model.device, ctx.resources() if ctx is not None else None)
+        device = task_device(settings.model.device, resources)
     except ModelError as e:
         for entry in entries:
             group.record(failed_status(entry, e))
@@ -312,9 +333,9 @@ def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=
         settings = replace(settings, model=replace(settings.model, device=device))
     buffers = _Buffers(settings.prep.hw)
 
-    def write(prep: _Prepared, results: list[ImageResult]) -> None:
+    def write_recorded(prep: _Prepared, results: list[ImageResult]) -> None:
         try:
-            status = _write(prep, results, settings)
+            status = write(prep, results, settings)
         except Exception as e:  # noqa: BLE001 - every failure is either retried or recorded
             status = group.failed(prep.entry, e)
         if status is not None:
@@ -335,7 +356,7 @@ def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=
             try:
                 if prep.error is not None:
                     raise prep.error
-                results = _forward(prep, settings)
+                results = predict(prep, settings)
             except Exception as e:  # noqa: BLE001
                 status = group.failed(prep.entry, e)
                 if status is not None:
@@ -343,7 +364,7 @@ def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=
                 continue
             if pending is not None:
                 pending.result()  # at most one write in flight
-            pending = writer.submit(write, prep, results)
+            pending = writer.submit(write_recorded, prep, results)
             recorded.append(pending)
         for future in recorded:
             future.result()

@@ -81,7 +81,7 @@ def _key_prefix(input_uri: str) -> str:
     return storage.parse_s3(input_uri).key if storage.is_s3(input_uri) else input_uri
 
 
-def plan_prefix(input_uri: str, endpoint_url: Optional[str]) -> tuple[list[Source], list[Listed]]:
+def plan_prefix(input_uri: str, endpoint_url: storage.Endpoint) -> tuple[list[Source], list[Listed]]:
     """The listing of ``--input``: sub-prefix Sources for tasks, and the objects directly under it.
 
     The driver lists ``--input`` one level deep (every page: those objects it holds).  A
@@ -115,7 +115,7 @@ def _bucket_of_arn(arn: str) -> str:
     return arn.split(":::", 1)[-1] if arn.startswith("arn:") else arn
 
 
-def plan_list(list_uri: str, input_uri: str, endpoint_url: Optional[str]) -> list[Source]:
+def plan_list(list_uri: str, input_uri: str, endpoint_url: storage.Endpoint) -> list[Source]:
     """The Sources named by ``--input-list``.
 
     Raises:
@@ -191,7 +191,7 @@ def _int(value, default: int = -1) -> int:
         return default
 
 
-def read_source(source: Source, input_uri: str, endpoint_url: Optional[str]) -> Iterator[Listed]:
+def read_source(source: Source, input_uri: str, endpoint_url: storage.Endpoint) -> Iterator[Listed]:
     """The listing task: every object of ``source`` (for a list, flagged when outside ``--input``).
 
     Raises:

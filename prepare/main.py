@@ -21,7 +21,6 @@ as many as the archive has undecodable images); never the listed keys. It writes
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -36,8 +35,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 
 from common import storage  # noqa: E402
 from common.athena import symlink_location  # noqa: E402
-from common.cli import UsageError, Writes, add_common_arguments, encryption_from, endpoint_from, exit_process, run_cli  # noqa: E402
-from common.images import DECODES, DEFAULT_DECODE, FORMATS, MAX_PIXELS, MIN_MAX_SIDE, parse_formats  # noqa: E402
+from common.cli import UsageError, Writes, exit_process, run_cli  # noqa: E402
 from common.manifest import (  # noqa: E402
     MANIFEST_NAME,
     PARTS_DIR,
@@ -54,52 +52,8 @@ from common.output import PARQUET_CONTENT_TYPE  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from common.spark import spark_context  # noqa: E402
 from prepare import guard, listing  # noqa: E402
+from prepare.settings import PROG, PrepareConfig, build_parser  # noqa: E402
 from prepare.tasks import Candidate, PartOutcome, PrepareSettings, write_part  # noqa: E402
-
-PROG = "prepare"
-# 64 images per shard: exactly one model batch in infer.
-DEFAULT_BATCH = 64
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line (docs/reference.md)."""
-    p = argparse.ArgumentParser(prog=PROG, description="Pack the images under a prefix into MXNet RecordIO shards "
-                                "and write manifest.parquet + skipped.parquet.")
-    p.add_argument("--input", required=True, help="s3://BUCKET/PREFIX/ (or a local directory) holding the images; "
-                   "listed by Spark tasks, one per sub-prefix")
-    p.add_argument("--input-list", default=None, help="take the keys from here instead of listing --input: an S3 "
-                   "Inventory manifest.json (CSV or Parquet), or a .parquet/.csv(.gz) file (or folder of them) with a "
-                   "'key' column (bucket-relative keys under --input; optional 'size' and 'etag' columns)")
-    p.add_argument("--output", required=True,
-                   help="s3://BUCKET/shards/NAME/ (or a local directory): shards/, manifest/, manifest.parquet, "
-                   "skipped.parquet")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                   help=f"images per shard (default {DEFAULT_BATCH}; the last shard holds the remainder)")
-    p.add_argument("--formats", default="png", help="image formats to take: a comma list of " + ", ".join(sorted(
-        FORMATS)) + " (default png), or all. A key is a candidate by its extension (.png; .jpg/.jpeg; .webp; "
-        ".gif; .bmp; .tif/.tiff) and is accepted only if its content decodes as an allowed format; the original "
-        f"bytes go into the shard; images over {MAX_PIXELS // 1_000_000} megapixels are skipped unread")
-    p.add_argument("--max-side", type=int, default=None, help="store images whose shorter side exceeds N downscaled "
-                   "to shorter side N (upright, LANCZOS; JPEG as JPEG quality 95, other formats as PNG), their original "
-                   "size and sha256 in the manifest; never upscales (default: off, original bytes). 256 covers infer's "
-                   "default 224 resize: every later infer then decodes small images")
-    p.add_argument("--decode", choices=DECODES, default=DEFAULT_DECODE, help="fast (default): check a JPEG at its "
-                   "smallest DCT scale (1/8; truncated and corrupt files still fail) and downscale it for --max-side "
-                   "from the smallest scale that covers N; exact: decode every pixel (docs/reference.md)")
-    p.add_argument("--exclude-manifest", action="append", default=[], metavar="URI",
-                   help="leave out the keys already packed in this manifest (its manifest.parquet; repeatable): a "
-                   "daily run packs only what is new. Nothing new gives an empty manifest and exit 0")
-    p.add_argument("--max-skipped-fraction", type=float, default=guard.DEFAULT_MAX_SKIPPED_FRACTION,
-                   help="when more than this share of the listed objects (folder markers aside) is skipped, write "
-                   "skipped.parquet but no manifest and exit 1 naming the commonest reasons (default "
-                   f"{guard.DEFAULT_MAX_SKIPPED_FRACTION:g}: more is a wrong --formats or prefix more often than an "
-                   "archive; 1 accepts anything)")
-    p.add_argument("--shards-per-part", type=int, default=None,
-                   help=f"shards per manifest part, i.e. per packing task (default: {SHARDS_PER_PART}, fewer when "
-                   "there are too few shards to give every core two parts; the manifest id does not depend on it)")
-    add_common_arguments(p)
-    return p
-
 
 
 def _dedupe_sorted(items):
@@ -111,7 +65,7 @@ def _dedupe_sorted(items):
             last = key
 
 
-def write_skipped(rows, uri: str, endpoint_url, encryption: storage.Encryption) -> list[int]:
+def write_skipped(rows, uri: str, store: storage.Store) -> list[int]:
     """The skipped-writing task: ``(key, reason)`` rows (sorted) streamed to a local file, then one upload."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -129,26 +83,8 @@ def write_skipped(rows, uri: str, endpoint_url, encryption: storage.Encryption) 
                     chunk = []
             writer.write_table(pa.Table.from_pylist([{"key": k, "reason": r} for k, r in chunk], SKIPPED_SCHEMA))
             count += len(chunk)
-        storage.upload_file(path, uri, endpoint_url, PARQUET_CONTENT_TYPE, encryption=encryption)
+        storage.upload_file(path, uri, store, PARQUET_CONTENT_TYPE, encryption=store.encryption)
     return [count]
-
-
-def settings_from(args: argparse.Namespace) -> PrepareSettings:
-    """What every task needs, from the flags.
-
-    Raises:
-        UsageError: a bad --batch, --shards-per-part, --max-side or --formats (named).
-    """
-    if args.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {args.batch}")
-    if not 0 <= args.max_skipped_fraction <= 1:
-        raise UsageError(f"--max-skipped-fraction must be between 0 and 1, got {args.max_skipped_fraction:g}")
-    if args.max_side is not None and args.max_side < MIN_MAX_SIDE:
-        raise UsageError(f"--max-side must be at least {MIN_MAX_SIDE} pixels, got {args.max_side}")
-    if args.shards_per_part is not None and args.shards_per_part < 1:
-        raise UsageError(f"--shards-per-part must be at least 1, got {args.shards_per_part}")
-    return PrepareSettings(storage.as_folder(args.input), storage.as_folder(args.output), args.batch,
-                           endpoint_from(args), parse_formats(args.formats), encryption_from(args), args.max_side, args.decode)
 
 
 @dataclass
@@ -160,15 +96,15 @@ class Listing:
     candidates: int
 
 
-def list_stage(sc, args: argparse.Namespace, settings: PrepareSettings) -> Listing:
+def list_stage(sc, config: PrepareConfig, settings: PrepareSettings) -> Listing:
     """The driver plans sources (one level of the prefix, or the list's files); tasks list them and classify
     every key by its name and size."""
     from pyspark import StorageLevel
 
-    endpoint, formats = settings.endpoint_url, settings.formats
-    if args.input_list:
-        sources, direct = listing.plan_list(args.input_list, settings.input_uri, endpoint), []
-        how = f"{len(sources)} list file(s) from {args.input_list}"
+    endpoint, formats = settings.store, settings.formats
+    if config.input_list:
+        sources, direct = listing.plan_list(config.input_list, settings.input_uri, endpoint), []
+        how = f"{len(sources)} list file(s) from {config.input_list}"
     else:
         try:
             sources, direct = listing.plan_prefix(settings.input_uri, endpoint)
@@ -187,7 +123,7 @@ def list_stage(sc, args: argparse.Namespace, settings: PrepareSettings) -> Listi
         lambda r: (1, int(r.candidate), [r.key] if r.outside else [])).reduce(
         lambda a, b: (a[0] + b[0], a[1] + b[1], (a[2] + b[2])[:5]))
     if outside:
-        raise UsageError(f"--input-list {args.input_list}: keys outside --input {settings.input_uri}, e.g. "
+        raise UsageError(f"--input-list {config.input_list}: keys outside --input {settings.input_uri}, e.g. "
                          f"{', '.join(outside[:3])}")
     print(f"{PROG}: listed {n_listed} objects under {settings.input_uri} ({how}): {n_candidates} candidates "
           f"({','.join(formats)})", flush=True)
@@ -217,7 +153,7 @@ def excluded_keys(sc, uris: Sequence[str], settings: PrepareSettings):
     """
     if not uris:
         return None
-    endpoint, parts = settings.endpoint_url, []
+    endpoint, parts = settings.store, []
     bucket = storage.parse_s3(settings.input_uri).bucket if storage.is_s3(settings.input_uri) else None
     for uri in uris:
         try:
@@ -236,14 +172,14 @@ def excluded_keys(sc, uris: Sequence[str], settings: PrepareSettings):
         lambda part: ((k, None) for k in part_keys(part, endpoint)))
 
 
-def number_stage(sc, args: argparse.Namespace, found: Listing, excluded) -> Numbered:
+def number_stage(sc, config: PrepareConfig, found: Listing, excluded) -> Numbered:
     """Sorted keys, repeats and ``--exclude-manifest`` keys (``excluded``, see :func:`excluded_keys`) dropped,
     numbered (``zipWithIndex``): the same objects always give the same shards."""
     from pyspark import StorageLevel
 
-    spp = args.shards_per_part or min(SHARDS_PER_PART, max(1, math.ceil(
-        found.candidates / args.batch / (2 * sc.defaultParallelism))))
-    per_part = args.batch * spp
+    spp = config.shards_per_part or min(SHARDS_PER_PART, max(1, math.ceil(
+        found.candidates / config.batch / (2 * sc.defaultParallelism))))
+    per_part = config.batch * spp
     candidates = found.rows.filter(lambda r: r.candidate).map(lambda r: (r.key, r.etag))
     if excluded is not None:  # an anti-join in Spark: neither side is ever on the driver
         candidates = candidates.subtractByKey(excluded).persist(StorageLevel.MEMORY_AND_DISK)
@@ -296,28 +232,28 @@ def skipped_stage(sc, found: Listing, outcomes: Sequence[PartOutcome], settings:
     rows = found.rows.filter(lambda r: not r.candidate).map(lambda r: (r.key, r.reason))
     if bad:
         rows = rows.union(sc.parallelize(bad, 1))
-    endpoint, encryption = settings.endpoint_url, settings.encryption
+    store = settings.store
     return sum(rows.sortByKey(numPartitions=1).mapPartitions(
-        lambda part: write_skipped(part, uri, endpoint, encryption)).collect())
+        lambda part: write_skipped(part, uri, store)).collect())
 
 
 def publish(settings: PrepareSettings, manifest_uri: str, parts: Sequence[PartEntry], manifest_id: str,
             skipped: int) -> None:
     """Remove stale parts of an earlier prepare into this output, then write the index at ``manifest_uri``
     (last: the manifest now exists) and the skipped table's symlink."""
-    endpoint = settings.endpoint_url
+    endpoint = settings.store
     parts_dir = storage.join(settings.output_uri, PARTS_DIR) + "/"
     wanted = {p.uri for p in parts}
     listed = (storage.object_uri(parts_dir, o.key) for o in storage.list_objects(parts_dir, endpoint))
     storage.delete_objects([u for u in listed if u not in wanted], endpoint)  # an earlier manifest's, with more parts
     storage.write_bytes(manifest_uri, index_to_bytes(parts, manifest_id, settings.input_uri, settings.batch_size,
                                                      skipped, max_side=settings.max_side), endpoint, PARQUET_CONTENT_TYPE,
-                        encryption=settings.encryption)
+                        encryption=settings.store.encryption)
     # A one-line symlink file: an Athena table over exactly skipped.parquet (its folder also holds
     # the shards). See `python -m infer.athena --manifest-output`.
     storage.write_bytes(storage.join(symlink_location(settings.output_uri, "skipped"), "symlink.txt"),
                         (storage.join(settings.output_uri, SKIPPED_NAME) + "\n").encode(), endpoint, "text/plain",
-                        encryption=settings.encryption)
+                        encryption=settings.store.encryption)
 
 
 def refuse(line: str) -> int:
@@ -326,17 +262,17 @@ def refuse(line: str) -> int:
     return 1
 
 
-def run(args: argparse.Namespace, writes: Writes) -> int:
+def run(config: PrepareConfig, writes: Writes) -> int:
     """Run prepare for parsed arguments; returns the exit code."""
-    settings = settings_from(args)
-    endpoint = settings.endpoint_url
+    settings = config.task_settings()
+    endpoint = settings.store
     started = time.time()
     # seconds, not a minute of retries, for a typo in a bucket or endpoint
-    storage.check_buckets([u for u in (settings.input_uri, settings.output_uri, args.input_list) if u], endpoint)
+    storage.check_buckets([u for u in (settings.input_uri, settings.output_uri, config.input_list) if u], endpoint)
     manifest_uri = storage.join(settings.output_uri, MANIFEST_NAME)
     sc = spark_context("shardinfer-prepare")
-    found = list_stage(sc, args, settings)
-    excluded = excluded_keys(sc, args.exclude_manifest, settings)  # the last check of the input: nothing written yet
+    found = list_stage(sc, config, settings)
+    excluded = excluded_keys(sc, config.exclude_manifest, settings)  # the last check of the input: nothing written yet
     writes.begin(f"shards, manifest parts and skipped.parquet under {settings.output_uri} (no manifest index: "
                  "infer refuses the folder until one is written)",
                  "run the same prepare command again (the same objects give the same shards)")
@@ -346,18 +282,18 @@ def run(args: argparse.Namespace, writes: Writes) -> int:
     # the guard, by names alone first: a wrong --formats costs a listing, not a packing
     by_name = found.rows.filter(lambda r: not r.candidate).map(lambda r: (r.key, r.reason)).mapPartitions(
         lambda rows: [guard.summarise(rows)]).fold((Counter(), Counter(), 0), guard.merge)
-    junk = guard.verdict(found.listed - by_name[2], by_name[0], by_name[1], args.max_skipped_fraction, settings.formats)
+    junk = guard.verdict(found.listed - by_name[2], by_name[0], by_name[1], config.max_skipped_fraction, settings.formats)
     if junk:
         skipped_stage(sc, found, [], settings)
         return refuse(junk)
-    numbered = number_stage(sc, args, found, excluded)
+    numbered = number_stage(sc, config, found, excluded)
     outcomes = pack_stage(sc, numbered, settings)
     skipped = skipped_stage(sc, found, outcomes, settings)
     found.rows.unpersist()
     numbered.keys.unpersist()
     undecodable = guard.summarise(row for o in outcomes for row in o.bad)
     junk = guard.verdict(found.listed - by_name[2] - numbered.left_out, by_name[0] + undecodable[0], by_name[1],
-                         args.max_skipped_fraction, settings.formats)
+                         config.max_skipped_fraction, settings.formats)
     if junk:
         return refuse(junk)
 
@@ -378,7 +314,7 @@ def run(args: argparse.Namespace, writes: Writes) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point for ``spark-submit prepare/main.py`` and for tests."""
-    return run_cli(PROG, run, build_parser(), argv)
+    return run_cli(PROG, run, build_parser(), argv, settings=PrepareConfig.from_args)
 
 
 if __name__ == "__main__":

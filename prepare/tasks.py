@@ -38,9 +38,9 @@ class PrepareSettings:
     input_uri: str
     output_uri: str
     batch_size: int
-    endpoint_url: Optional[str] = None
+    # endpoint, --sse (every shard and part carries it) and retries of every request the task makes
+    store: storage.Store = storage.Store()
     formats: tuple[str, ...] = DEFAULT_FORMATS
-    encryption: storage.Encryption = storage.Encryption()
     max_side: Optional[int] = None  # --max-side: store larger images downscaled (common.images.admit)
     decode: str = DEFAULT_DECODE  # --decode: how admit checks and downscales a JPEG
 
@@ -61,7 +61,7 @@ def _fetcher(settings: PrepareSettings):
         uri = storage.object_uri(settings.input_uri, c.key)
         pin = c.etag if storage.is_s3(uri) and c.etag else None
         try:
-            return storage.read_bytes(uri, settings.endpoint_url, if_match=pin)
+            return storage.read_bytes(uri, settings.store, if_match=pin)
         except storage.NotFound:  # deleted between listing (or the inventory) and now: skipped, with the reason
             return None
     return get
@@ -115,7 +115,7 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
         data = pack_shard([a.data for _, a in keep])
         shard_id = first_shard_id + i
         uri = storage.join(settings.output_uri, shard_name(shard_id))
-        storage.write_bytes(uri, data, settings.endpoint_url, encryption=settings.encryption)
+        storage.write_bytes(uri, data, settings.store, encryption=settings.store.encryption)
         originals = tuple(a.original for _, a in keep)
         entries.append(ShardEntry(shard_id=shard_id, uri=uri, num_records=len(keep), num_bytes=len(data),
                                   sha256=hashlib.sha256(data).hexdigest(), keys=tuple(k for k, _ in keep),
@@ -123,5 +123,5 @@ def write_part(part_id: int, first_shard_id: int, candidates: Sequence[Candidate
     table = shard_table(entries)
     uri = storage.join(settings.output_uri, part_name(part_id))
     data = part_to_bytes(table, uri)
-    storage.write_bytes(uri, data, settings.endpoint_url, PARQUET_CONTENT_TYPE, encryption=settings.encryption)
+    storage.write_bytes(uri, data, settings.store, PARQUET_CONTENT_TYPE, encryption=settings.store.encryption)
     return PartOutcome(describe_part(part_id, uri, table, data), rows_digest(table), tuple(bad))

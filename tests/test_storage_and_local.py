@@ -1,58 +1,13 @@
-"""Storage edge cases, model loading over http, and both jobs on local paths instead of s3://."""
+"""Both jobs on local paths instead of s3:// (storage's own tests: tests/unit/common/test_storage.py)."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
-import os
-import threading
 
 import pyarrow.parquet as pq
-import pytest
 
-from common import storage
-from common.model import ModelError, ModelSpec, Predictor
 from testkit import zoo_builder
 from testkit.testdata import cifar_like_png
-
-
-def test_listing_is_paginated_and_complete(s3):
-    s3.create_bucket("pages")
-    keys = [f"p/{i:03d}.png" for i in range(23)]
-    for k in reversed(keys):
-        storage.write_bytes(f"s3://pages/{k}", b"x")
-    assert [o.key for o in storage.list_objects("s3://pages/p/", page_size=5)] == keys
-
-
-def test_missing_object_and_bucket_are_named(s3):
-    with pytest.raises(storage.NotFound, match=r"s3://pages/none: no such object"):
-        storage.read_bytes("s3://pages/none")
-    with pytest.raises(storage.NotFound, match=r"s3://no-such-bucket-x/k: bucket does not exist"):
-        storage.read_bytes("s3://no-such-bucket-x/k")
-    assert storage.exists("s3://pages/none") is False
-
-
-@pytest.fixture
-def http_model(tmp_path, model_files):
-    for name, data in model_files.items():
-        (tmp_path / name).write_bytes(data)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def test_model_loads_over_http_and_404_is_named(http_model):
-    spec = ModelSpec(f"{http_model}/{zoo_builder.SYMBOL_FILE}", f"{http_model}/{zoo_builder.PARAMS_FILE}",
-                     f"{http_model}/{zoo_builder.SYNSET_FILE}")
-    p = Predictor(spec)
-    assert p.model_id.startswith("resnet-18@sha256:") and len(p.labels) == 1000
-    missing = ModelSpec(spec.sym_url, f"{http_model}/resnet-18-0001.params", spec.label_url)
-    with pytest.raises(ModelError, match=r"cannot read model params: http://127\.0\.0\.1:\d+/resnet-18-0001\.params: HTTP 404"):
-        Predictor(missing)
 
 
 def test_both_jobs_on_local_paths(spark, tmp_path, model_files):
@@ -81,27 +36,3 @@ def test_both_jobs_on_local_paths(spark, tmp_path, model_files):
     assert sorted(r["key"] for r in rows) == sorted(str(images / f"{i}.png") for i in range(5))
     skipped = pq.read_table(str(shards / "skipped.parquet")).to_pylist()
     assert skipped == [{"key": str(images / "notes.txt"), "reason": "not a .png key"}]
-
-
-def test_every_write_of_the_jobs_says_its_encryption():
-    """No module-level state decides how an object is written: each call of storage's three writes in the jobs'
-    packages passes ``encryption=`` (the step's --sse from its settings, or None where a command has no --sse), so
-    a new write cannot silently go out unencrypted.  Can fail: it finds the calls by parsing the code."""
-    import ast
-
-    from tests.helpers import ROOT
-
-    writes = {"write_bytes", "put_if_absent", "upload_file"}
-    calls, missing = 0, []
-    for package in ("common", "infer", "prepare", "manifests"):
-        for name in sorted(os.listdir(os.path.join(ROOT, package))):
-            if not name.endswith(".py") or (package, name) == ("common", "storage.py"):
-                continue
-            path = os.path.join(ROOT, package, name)
-            for node in ast.walk(ast.parse(open(path).read(), path)):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in writes \
-                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "storage":
-                    calls += 1
-                    if not any(k.arg == "encryption" for k in node.keywords):
-                        missing.append(f"{package}/{name}:{node.lineno}")
-    assert calls >= 20 and missing == []

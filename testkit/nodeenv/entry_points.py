@@ -78,11 +78,12 @@ def infer_run_group(work: str) -> None:
 
 def compact_write_bin(work: str) -> None:
     """compact's task (infer.compact.write_bin) over the run's part files."""
+    from common.storage import Store
     from infer.compact import write_bin
 
     folder = f"{work}/predictions/run_id=node"
     parts = sorted(f"{folder}/{n}" for n in os.listdir(folder) if n.endswith(".parquet"))
-    key, rows_in, rows_out = write_bin((0, parts), f"{work}/compacted/", "node", None)
+    key, rows_in, rows_out = write_bin((0, parts), f"{work}/compacted/", "node", Store())
     assert rows_in == rows_out == len(os.listdir(f"{work}/images")), (key, rows_in, rows_out)
 
 

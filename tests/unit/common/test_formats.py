@@ -30,8 +30,9 @@ from common.output import ImageResult, check_run_id, default_run_id, part_key, p
 from common.status import ShardStatus
 from infer.plan import make_plan
 from infer.task import InferSettings, run_group
+from tests.helpers import ROOT
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "manifests", "examples")
+EXAMPLES = os.path.join(ROOT, "manifests", "examples")
 
 
 def _entries(n: int = 2):

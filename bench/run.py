@@ -44,7 +44,8 @@ from bench import peers  # noqa: E402
 from bench.measure import Sample, run_sampled, steady  # noqa: E402
 from bench.modelonly import measure as model_only  # noqa: E402
 from common import status, storage  # noqa: E402
-from common.model import check_model, fetch_model  # noqa: E402
+from common.model_files import fetch_model  # noqa: E402
+from common.model_graph import check_model  # noqa: E402
 from infer import precision  # noqa: E402
 from infer.cpu import cpu_info  # noqa: E402
 from infer.sample import Sample as ImageSample  # noqa: E402

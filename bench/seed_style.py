@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 
 from common import storage  # noqa: E402
 from common.images import preprocess  # noqa: E402
-from common.model import ModelSpec, get_predictor  # noqa: E402
+from common.model import get_predictor  # noqa: E402
+from common.model_files import ModelSpec  # noqa: E402
 from common.spark import spark_context  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
 

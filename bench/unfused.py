@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from common.model import unfused_at  # noqa: E402
+from common.model_graph import unfused_at  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
 
 LAYERS = ("conv0_output", "stage3_unit1_conv1_output", "flatten0_output")

@@ -27,6 +27,7 @@ import botocore.config
 import botocore.exceptions
 
 from common.errors import NotFound, StorageError, UsageError  # noqa: F401 - raised here, defined with the other user errors
+from common.uris import S3Path, as_folder, is_http, is_s3, join, object_uri, parent, parse_s3  # noqa: F401 - callers' storage.join
 
 # S3 answers 503 SlowDown under load and spot clusters see connection resets: boto3's
 # "standard" retry mode retries both with backoff; botocore's max_attempts 10 (10 retries after the
@@ -88,59 +89,6 @@ def _where(endpoint: Endpoint) -> tuple[Optional[str], int]:
         return endpoint.endpoint_url, endpoint.max_attempts
     return endpoint, DEFAULT_ATTEMPTS
 
-
-
-@dataclass(frozen=True)
-class S3Path:
-    """A parsed ``s3://bucket/key`` URI."""
-
-    bucket: str
-    key: str
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-
-def is_s3(uri: str) -> bool:
-    """True for ``s3://`` (and ``s3a://``/``s3n://``) URIs."""
-    return uri.startswith(("s3://", "s3a://", "s3n://"))
-
-
-def is_http(uri: str) -> bool:
-    """True for ``http://`` and ``https://`` URLs."""
-    return uri.startswith(("http://", "https://"))
-
-
-def parse_s3(uri: str) -> S3Path:
-    """Split an S3 URI into bucket and key.
-
-    Raises:
-        ValueError: the URI has no bucket.
-    """
-    rest = uri.split("://", 1)[1]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise UsageError(f"{uri!r}: S3 URI has no bucket (expected s3://BUCKET/KEY)")
-    return S3Path(bucket, key)
-
-
-def join(prefix: str, *parts: str) -> str:
-    """Join URI or path parts with exactly one ``/`` between them."""
-    out = prefix.rstrip("/")
-    for p in parts:
-        out += "/" + p.strip("/")
-    return out
-
-
-def as_folder(uri: str) -> str:
-    """``uri`` ending in ``/``: a prefix that holds objects (a "folder"); one already ending in ``/`` is kept as
-    it is (S3 keys may hold ``//``)."""
-    return uri if uri.endswith("/") else uri + "/"
-
-
-def parent(uri: str) -> str:
-    """The folder a file or object is in, without the trailing slash (``.`` for a bare file name)."""
-    return uri.rsplit("/", 1)[0] if "/" in uri else "."
 
 
 def s3_client(endpoint_url: Endpoint = None):
@@ -510,13 +458,6 @@ def list_level(prefix_uri: str, endpoint_url: Endpoint = None) -> tuple[list[Obj
         elif entry.is_file():
             objects.append(ObjectInfo.of_file(entry.path, entry.stat()))
     return objects, folders
-
-
-def object_uri(prefix_uri: str, key: str) -> str:
-    """The full URI of a listed key (S3 keys are bucket-relative; local keys are paths)."""
-    if is_s3(prefix_uri):
-        return f"s3://{parse_s3(prefix_uri).bucket}/{key}"
-    return key
 
 
 def exists(uri: str, endpoint_url: Endpoint = None) -> bool:

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from common import storage  # noqa: E402
 from common.cli import UsageError, Writes, add_common_arguments, endpoint_from, exit_process, run_cli  # noqa: E402
 from common.images import parse_size  # noqa: E402
-from common.model import DATA_NAME, params_bytes  # noqa: E402
+from common.model_files import DATA_NAME, params_bytes  # noqa: E402
 from infer.onnx_ops import OnnxImportError, supported  # noqa: E402,F401 - OnnxImportError: raised from here
 
 PROG = "import_onnx"

@@ -47,7 +47,8 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 from common import glue, status, storage  # noqa: E402
 from common.cli import UsageError, Writes, exit_process, first_line, run_cli  # noqa: E402
 from common.manifest import Manifest, check_parts_listed, read_manifest  # noqa: E402
-from common.model import ModelFiles, ModelSpec, check_model_head, fetch_model  # noqa: E402
+from common.model_files import ModelFiles, ModelSpec, fetch_model  # noqa: E402
+from common.model_graph import check_model_head  # noqa: E402
 from common.output import default_run_id, partition_dir, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from common.spark import spark_context, stop_in_background, submit_options, task_attempts  # noqa: E402

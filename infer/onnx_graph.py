@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from common.model import DATA_NAME
+from common.model_files import DATA_NAME
 from infer.onnx_fuse import fuse
 from infer.onnx_ops import OnnxImportError, converter_for
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from common.model import ModelError
+from common.errors import ModelError
 
 
 class OnnxImportError(ModelError):

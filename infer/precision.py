@@ -23,17 +23,15 @@ from typing import Iterable, Iterator, Optional, Union
 import numpy as np
 
 from common import storage
-from common.errors import AgreementError, UsageError
+from common.errors import AgreementError, ModelError, UsageError
 from common.images import DEFAULT_PREPROCESSING, INPUT_SIZE, Preprocessing, input_hw
 from common.manifest import Manifest
-from common.model import DATA_NAME, BoundModel, ModelError, ModelFiles, ModelSpec, check_model, params_bytes
+from common.model import BoundModel
+from common.model_files import DATA_NAME, ModelFiles, ModelSpec, params_bytes
+from common.model_graph import check_model
 from infer.cpu import cpu_info, speed_warning
 from infer.sample import Sample, load_sample, sample_plan, sample_shards
-
-PRECISIONS = ("fp32", "bf16", "int8")
-DEFAULT_CALIBRATION_IMAGES = 512
-DEFAULT_MIN_AGREEMENT = 0.99
-
+from infer.settings import PRECISIONS
 
 
 def _padded(images: np.ndarray, batch: int) -> np.ndarray:

@@ -22,9 +22,12 @@ from common.images import (
 from common.output import check_run_id
 from common.settings import from_flags, store_from
 from common.storage import Store
-from infer import precision
 
 PROG = "infer"
+# --precision and its checks (infer/precision.py converts and measures; the defaults live here, with the parser)
+PRECISIONS = ("fp32", "bf16", "int8")
+DEFAULT_CALIBRATION_IMAGES = 512
+DEFAULT_MIN_AGREEMENT = 0.99
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the model runs (default cpu); gpu: each "
                    "task binds the GPU Spark's GPU scheduling assigned it (spark.executor.resource.gpu.amount, "
                    "spark.task.resource.gpu.amount; deploy/emr/configurations-gpu.json), fp32 only")
-    p.add_argument("--precision", choices=precision.PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default); bf16 (MXNet AMP) or int8 (oneDNN quantization, calibrated): converted once "
                    "on the driver, checked against fp32, stored under _runs/<run_id>/model/ for the executors")
-    p.add_argument("--calibration-images", type=int, default=precision.DEFAULT_CALIBRATION_IMAGES,
+    p.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                    help="images drawn from across the manifest to calibrate int8; as many again, disjoint, measure "
-                   f"top-1 agreement with fp32 (default {precision.DEFAULT_CALIBRATION_IMAGES})")
-    p.add_argument("--min-agreement", type=float, default=precision.DEFAULT_MIN_AGREEMENT,
+                   f"top-1 agreement with fp32 (default {DEFAULT_CALIBRATION_IMAGES})")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
                    help="refuse a bf16/int8 model whose top-1 agrees with fp32 on fewer of the agreement images "
-                   f"(default {precision.DEFAULT_MIN_AGREEMENT})")
+                   f"(default {DEFAULT_MIN_AGREEMENT})")
     p.add_argument("--shards-per-task", type=int, default=None,
                    help="consecutive shards per Spark task, run as a pipeline (default 4 at fp32, 6 at bf16, 12 at "
                    "int8: a few seconds of model time; fewer when there are too few shards to keep every core busy)")

@@ -37,9 +37,12 @@ import numpy as np
 
 from common import status as status_file
 from common import storage
+from common.devices import task_device
+from common.errors import ModelError
 from common.images import DEFAULT_PREPROCESSING, Preprocessing, decode_into
 from common.manifest import ShardEntry, read_shards
-from common.model import ModelError, ModelSpec, get_predictor, task_device, top_k
+from common.model import get_predictor, top_k
+from common.model_files import ModelSpec
 from common.output import (
     META_INPUT_DIGEST,
     META_INVOCATION,

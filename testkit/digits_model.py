@@ -25,7 +25,7 @@ import numpy as np
 
 from common import storage
 from common.images import preprocess
-from common.model import params_bytes
+from common.model_files import params_bytes
 
 PREFIX = "digits"
 SYMBOL_FILE = f"{PREFIX}-symbol.json"

@@ -29,7 +29,7 @@ import numpy as np
 
 from common import storage
 from common.images import INPUT_SIZE, preprocess
-from common.model import ModelSpec, params_bytes
+from common.model_files import ModelSpec, params_bytes
 from testkit.testdata import cifar_like_png
 
 PREFIX = "resnet-18"

@@ -248,7 +248,7 @@ def test_bootstrap_gpu_argument(tmp_path):
         text = f.read()
     swap = re.search(r'--gpu\) REQUIREMENTS=\("\$\{REQUIREMENTS\[@\]/#(\S+?)/(\S+?)\}"\)', text)
     assert swap and swap.group(1) in _install_requires() and swap.group(2) == "mxnet-cu112==1.9.1"
-    from common.model import GPU_MXNET
+    from common.devices import GPU_MXNET
 
     assert GPU_MXNET == swap.group(2)  # the error a CPU-only node gives names the same build
     bad = subprocess.run(["bash", BOOTSTRAP, "--cuda"], capture_output=True, text=True, timeout=60,

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.model import ModelError, device_context, task_device
+from common.devices import device_context, task_device
+from common.errors import ModelError
 from testkit.localdev import ROOT
 from tests.helpers import infer_args, statuses, submit
 

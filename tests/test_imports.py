@@ -17,9 +17,11 @@ def _loaded(modules: str) -> set[str]:
 
 
 @pytest.mark.parametrize("modules, absent", [
-    ("infer.athena, infer.report, infer.plan, infer.compact, infer.runrecord, infer.delete", {"mxnet", "onnx"}),
-    ("common.cli, common.progress, common.manifest, common.storage, common.output, common.status", {"mxnet", "pyspark",
-                                                                                                  "PIL"}),
+    ("infer.athena, infer.report, infer.plan, infer.compact, infer.runrecord, infer.delete, infer.settings",
+     {"mxnet", "onnx"}),
+    ("common.cli, common.progress, common.manifest, common.storage, common.output, common.status, common.settings",
+     {"mxnet", "pyspark", "PIL"}),
+    ("common.model_files, common.model_graph, common.devices", {"mxnet", "pyspark"}),
 ])
 def test_light_commands_do_not_import_mxnet(modules, absent):
     assert not _loaded(modules) & absent

@@ -9,8 +9,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from common.errors import ModelError
 from common.images import preprocess
-from common.model import ModelError, ModelSpec, Predictor, check_model, fetch_model, read_labels, top_k
+from common.model import Predictor, top_k
+from common.model_files import ModelSpec, fetch_model, read_labels
+from common.model_graph import check_model
 from testkit import zoo_builder
 from testkit.testdata import cifar_like_png
 

@@ -81,7 +81,8 @@ def test_a_real_export_converts_to_what_onnx_runtime_computes(name):
     onnx_check.compare, runs in every import_onnx test below.)"""
     import mxnet as mx
 
-    from common.model import BoundModel, unfused_at
+    from common.model import BoundModel
+    from common.model_graph import unfused_at
     from infer import onnx_check, onnx_graph
 
     kind, stem = name.split(":")

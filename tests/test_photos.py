@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from common import storage
+from common.errors import ModelError
 from common.images import (
     Preprocessing,
     check_image,
@@ -24,16 +25,9 @@ from common.images import (
     preprocess,
     skip_reason_for_key,
 )
-from common.model import (
-    HEAD_APPLIED,
-    HEAD_SOFTMAX,
-    ModelError,
-    ModelFiles,
-    ModelSpec,
-    Predictor,
-    check_model_head,
-    read_labels,
-)
+from common.model import Predictor
+from common.model_files import ModelFiles, ModelSpec, read_labels
+from common.model_graph import HEAD_APPLIED, HEAD_SOFTMAX, check_model_head
 from testkit import zoo_builder
 from testkit.photos import photo_archive
 from tests.helpers import assert_exactly_once, output_rows, read_manifest, run_main

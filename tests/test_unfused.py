@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from common.model import ModelFiles, ModelSpec, Predictor, params_bytes
+from common.model import Predictor
+from common.model_files import ModelFiles, ModelSpec, params_bytes
 
 # the model's numbers against an unfused forward pass: the same on either Spark line
 pytestmark = pytest.mark.once

@@ -63,7 +63,7 @@ def infer_run_group(work: str) -> None:
 
     from common import status
     from common.manifest import read_manifest
-    from common.model import ModelSpec
+    from common.model_files import ModelSpec
     from infer.plan import make_plan
     from infer.task import InferSettings, run_group
 

@@ -25,7 +25,7 @@ from common.manifest import (
     read_shards,
     write_manifest,
 )
-from common.model import ModelSpec
+from common.model_files import ModelSpec
 from common.output import ImageResult, check_run_id, default_run_id, part_key, predictions_table, table_to_parquet
 from common.status import ShardStatus
 from infer.plan import make_plan

@@ -12,7 +12,9 @@ import threading
 import pytest
 
 from common import storage
-from common.model import ModelError, ModelSpec, Predictor
+from common.errors import ModelError
+from common.model import Predictor
+from common.model_files import ModelSpec
 from testkit import zoo_builder
 
 

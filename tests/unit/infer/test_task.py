@@ -12,7 +12,7 @@ import pytest
 from common import storage
 from common.images import Preprocessing
 from common.manifest import iter_shards
-from common.model import ModelSpec
+from common.model_files import ModelSpec
 from common.output import META_INPUT_DIGEST, part_key
 from common.storage import Store
 from infer.task import InferSettings, run_entries, shard_digest

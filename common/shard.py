@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from mxnet import recordio
 
-from common import storage
 from common.errors import ShardFormatError  # noqa: F401 - raised here, defined with the other user errors
 
 if TYPE_CHECKING:
@@ -154,13 +153,13 @@ class ShardError(RuntimeError):
     """A shard that cannot be processed as a whole (damaged, wrong size)."""
 
 
-def fetch_shard(entry: "ShardEntry", endpoint_url: storage.Endpoint) -> list[bytes]:
-    """The shard's image payloads in record order, after checking size, sha256 and record count.
+def check_shard(entry: "ShardEntry", data: bytes) -> list[bytes]:
+    """The image payloads in record order of a shard's bytes (as one GET of ``entry.uri`` brought them), after
+    checking their size, sha256 and record count against the manifest's row.
 
     Raises:
         ShardError: the bytes or the record count differ from the manifest (names the shard).
     """
-    data = storage.read_bytes(entry.uri, endpoint_url)
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != entry.num_bytes or digest != entry.sha256:
         raise ShardError(

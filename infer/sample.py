@@ -15,7 +15,7 @@ from common import storage
 from common.errors import UsageError
 from common.images import DEFAULT_PREPROCESSING, Preprocessing, decode_into
 from common.manifest import Manifest, ShardEntry, read_shards
-from common.shard import fetch_shard
+from common.shard import check_shard
 
 # Records taken from each sampled shard: enough shards to cover the manifest, few enough GETs.
 SAMPLE_PER_SHARD = 16
@@ -82,7 +82,7 @@ def load_sample(entries: Sequence[ShardEntry], items: Sequence[tuple[int, int]],
     by_id = {e.shard_id: e for e in entries}
     wanted = list(dict.fromkeys(sid for sid, _ in items))
     with ThreadPoolExecutor(threads) as pool:
-        fetched = dict(zip(wanted, pool.map(lambda sid: fetch_shard(by_id[sid], endpoint_url), wanted)))
+        fetched = dict(zip(wanted, pool.map(lambda sid: check_shard(by_id[sid], storage.read_bytes(by_id[sid].uri, endpoint_url)), wanted)))
     return Sample(tuple(fetched[sid][rec] for sid, rec in items), tuple(by_id[sid].keys[rec] for sid, rec in items),
                   prep)
 

@@ -57,7 +57,7 @@ from common.output import (
     predictions_table,
     table_to_parquet,
 )
-from common.shard import ShardError, ShardFormatError, fetch_shard
+from common.shard import ShardError, ShardFormatError, check_shard
 from common.status import ShardStatus
 
 
@@ -189,8 +189,9 @@ def check(prep: _Prepared, settings: InferSettings) -> Optional[ShardStatus]:
 
 
 def fetch(entry: ShardEntry, settings: InferSettings) -> list[bytes]:
-    """Stage 2 (prefetch thread): the shard's images, one GET, its sha256 checked (common.shard)."""
-    return fetch_shard(entry, settings.store)
+    """Stage 2 (prefetch thread): the shard's images, one GET, its size, sha256 and records checked against the
+    manifest (common.shard.check_shard)."""
+    return check_shard(entry, storage.read_bytes(entry.uri, settings.store))
 
 
 def decode(prep: _Prepared, payloads: list[bytes], settings: InferSettings, buffers: _Buffers) -> None:

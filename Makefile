@@ -56,9 +56,8 @@ node-env: setup
 # tests of the first kind that run Spark (`make test-spark35`); and the systems around the jobs
 # (`make test-systems`): the shipped code in a node's environment, the documented steps, the YARN trap and
 # chaos on one local YARN (tests/test_node_env.py), and Trino over Glue and S3 (tests/test_trino.py).
-# test-spark4 and test-once together are the whole suite on Spark 4 but the systems (marker `spread`: a
-# Spark test whose Spark 4 run the once line takes, to even out the two; it still runs on Spark 3.5). Each
-# line ends with its slowest tests; -Otarget prints each line's output whole when it ends. Hadoop's jars and
+# test-spark4 and test-once together are the whole suite on Spark 4 but the systems; the once line also runs
+# the unit layer (tests/unit/, marker `unit`) after the lint gate. Each line ends with its slowest tests; -Otarget prints each line's output whole when it ends. Hadoop's jars and
 # Trino are fetched first, once.
 test:
 	@$(MAKE) --no-print-directory -j4 -Otarget test-spark4 test-once test-spark35 test-systems
@@ -74,7 +73,7 @@ trino: setup
 	@$(PY) -m testkit.trino
 
 test-spark4: setup
-	$(PY) -m pytest -m "not unit and not node and not yarn and not trino and not once and not spread and not corpus" --durations=15
+	$(PY) -m pytest -m "not unit and not node and not yarn and not trino and not once and not corpus" --durations=15
 
 # The lint gate (pyproject.toml [tool.ruff], [tool.mypy]): pyflakes, import order and a complexity limit over the
 # tree, docstrings of common/'s public functions, mypy over common/, every relative link and section the docs
@@ -98,7 +97,7 @@ test-unit: setup
 	$(PY) -m pytest -p no:cacheprovider tests/unit --durations=5
 
 test-once: setup lint
-	$(PY) -m pytest -p no:cacheprovider -m "((once or spread) and not corpus) or unit" --durations=10
+	$(PY) -m pytest -p no:cacheprovider -m "(once and not corpus) or unit" --durations=10
 
 test-spark35: setup-spark35
 	$(PY35) -m pytest -p no:cacheprovider -m "spark and not unit and not node and not yarn and not trino and not once and not corpus" --durations=10

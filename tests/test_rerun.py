@@ -15,7 +15,6 @@ from testkit.localdev import ROOT, spark_env, venv_bin
 from tests.helpers import assert_exactly_once, infer_args, prepared, read_manifest, submit
 
 # its Spark 4 run is in the once line (make test-once), to even out the two Spark 4 lines; on Spark 3.5 as usual
-pytestmark = pytest.mark.spread
 BUCKET = "rerun"
 
 

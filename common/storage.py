@@ -213,7 +213,7 @@ def write_bytes(uri: str, data: bytes, endpoint_url: Endpoint = None,
 
     ``metadata`` becomes S3 user metadata (``x-amz-meta-*``); for a local file it goes to a
     hidden sidecar ``.<name>.meta.json``, which Athena, Hive and pyarrow skip.  ``encryption``: the
-    step's ``--sse`` (every write of the jobs passes it: tests/test_storage_and_local.py checks).
+    step's ``--sse`` (every write of the jobs passes it: tests/unit/common/test_storage.py checks).
     """
     if is_s3(uri):
         p = parse_s3(uri)

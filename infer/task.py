@@ -63,7 +63,7 @@ from common.status import ShardStatus
 
 @dataclass(frozen=True)
 class InferSettings:
-    """What every infer task needs; picklable (see tests/test_formats.py)."""
+    """What every infer task needs; picklable (see tests/unit/common/test_formats.py)."""
 
     model: ModelSpec
     output_prefix: str

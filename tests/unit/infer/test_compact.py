@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from common.cli import UsageError
@@ -22,9 +24,8 @@ def _config(*argv: str) -> CompactConfig:
     (["--input", "s3://b/p/", "--run-id", "r", "--output", "s3://b/c/", "--target-size", "big"], "--target-size 'big'"),
 ])
 def test_each_bad_flag_is_refused_by_name(argv, says):
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(UsageError, match=re.escape(says)):
         _config(*argv)
-    assert says in str(e.value)
 
 
 def test_sizes_store_and_bins(monkeypatch):

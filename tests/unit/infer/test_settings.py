@@ -4,6 +4,7 @@ the rerun command and docs/reference.md's flag tables made from the same parser.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 
 import pytest
@@ -35,9 +36,8 @@ def _config(*extra: str) -> InferConfig:
     (["--sse-kms-key-id", "k"], "--sse-kms-key-id needs --sse aws:kms"),
 ])
 def test_each_bad_flag_is_refused_by_name(extra, says):
-    with pytest.raises(UsageError, match=None) as e:
+    with pytest.raises(UsageError, match=re.escape(says)):
         _config(*extra)
-    assert says in str(e.value)
 
 
 def test_what_follows_from_the_flags(monkeypatch):

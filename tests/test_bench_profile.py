@@ -21,9 +21,6 @@ def test_the_profiled_stages_make_the_tasks_model_input():
     assert decode_into(payloads, [f"{i}.jpg" for i in range(len(payloads))], task, prep) == {}
     np.testing.assert_array_equal(made, task)
     assert set(stages) == {"unpack", "decode", "resize", "normalise"} and min(stages.values()) > 0
-    # a 341x256 JPEG costs more to decode than a 32x32 PNG: the stage times measure the images
-    thumbs, _ = profile_shard.preprocessing_stages(profile_shard.shard_images("thumbnail"), prep, repeat=1)
-    assert stages["decode"] > 3 * thumbs["decode"]
 
 
 def test_the_bound_is_the_forwards_share_of_a_shards_work(tmp_path):

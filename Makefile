@@ -23,10 +23,13 @@ check-python:
 check-java:
 	@scripts/check_java.sh
 
-# Re-installs only when the pinned dependencies change.
+# Re-installs only when the pinned dependencies change. --no-compile: pip would byte-compile every installed file
+# (half its time here); Python compiles and caches what is imported, on first import. (deploy/emr/bootstrap.sh
+# keeps pip's compile: a node's executors may not be able to write the cache next to the packages.)
+PIP := -m pip install --quiet --no-compile --disable-pip-version-check
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,import,spark4]'
+	$(PY) $(PIP) -e '.[test,bench,import,spark4]'
 	@touch $(STAMP)
 
 setup-spark35: check-python check-java $(STAMP35)
@@ -37,11 +40,11 @@ DEPS35 := $(VENV35)/.shardinfer-deps
 $(DEPS35): setup.cfg pyproject.toml | check-python
 	@test -x $(PY35) || $(PYTHON) -m venv $(VENV35)
 	$(PYTHON) scripts/requirements.py test bench import spark35 > $(VENV35)/requirements.txt
-	$(PY35) -m pip install --quiet --disable-pip-version-check -r $(VENV35)/requirements.txt
+	$(PY35) $(PIP) -r $(VENV35)/requirements.txt
 	@touch $(DEPS35)
 
 $(STAMP35): $(DEPS35) $(STAMP)
-	$(PY35) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,import,spark35]'
+	$(PY35) $(PIP) -e '.[test,bench,import,spark35]'
 	@touch $(STAMP35)
 
 # A cluster node's environment: deploy/emr/bootstrap.sh itself builds .venv-node (setup.cfg's

@@ -104,7 +104,8 @@ class YarnCluster(ServerProcess):
         if shutil.which("java") is None:
             raise YarnUnavailable("java is needed for Hadoop's test cluster (scripts/check_java.sh says which)")
         os.makedirs(self.conf_dir, exist_ok=True)
-        args = ["java", "-Xmx1g", *_OPENS, "-cp", os.path.join(jars, "*"),
+        jvm = os.environ.get("SHARDINFER_TEST_JVM_OPTIONS", "").split()  # tests/conftest.py: C1, serial GC
+        args = ["java", "-Xmx1g", *jvm, *_OPENS, "-cp", os.path.join(jars, "*"),
                 "org.apache.hadoop.mapreduce.MiniHadoopClusterManager", "-nodfs",
                 "-nodemanagers", str(self.nodes), "-rmport", str(self.rm_port), "-jhsport", str(free_port())]
         for k, v in self.server_conf.items():

@@ -143,6 +143,16 @@ def _pyspark_home() -> str:
     return os.path.dirname(os.path.abspath(pyspark.__file__))
 
 
+def _test_jvm_options() -> dict[str, str]:
+    """The containers' JVM options when the tests set them (tests/conftest.py): Spark's administrator defaults,
+    which EMR's and the user's extraJavaOptions add to rather than replace."""
+    opts = os.environ.get("SHARDINFER_TEST_JVM_OPTIONS")
+    if not opts:
+        return {}
+    return {"spark.driver.defaultJavaOptions": opts, "spark.executor.defaultJavaOptions": opts,
+            "spark.yarn.am.extraJavaOptions": opts}
+
+
 def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str, script: str, args: list[str],
            s3_env: dict[str, str], dist: pathlib.Path, deploy_mode: str = "client",
            node: Optional[NodeEnv] = None) -> dict:
@@ -161,7 +171,8 @@ def submit(cluster: YarnCluster, props: dict[str, str], workdir: str, name: str,
              "spark.eventLog.enabled": "true", "spark.eventLog.dir": "file://" + events,
              "spark.eventLog.compress": "false",  # Spark 4 compresses with zstd, which Python 3.11 cannot read
              **{f"spark.executorEnv.{k}": v for k, v in s3_env.items()},
-             **{f"spark.yarn.appMasterEnv.{k}": v for k, v in s3_env.items()}}
+             **{f"spark.yarn.appMasterEnv.{k}": v for k, v in s3_env.items()},
+             **_test_jvm_options()}
     prop_file = os.path.join(workdir, f"{name}.conf")
     with open(prop_file, "w") as f:
         f.writelines(f"{k} {v}\n" for k, v in props.items())

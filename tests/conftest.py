@@ -24,8 +24,8 @@ MODEL_BUCKET = "models"
 
 # The short-lived JVMs the tests start (a standalone cluster's master and workers; testkit.yarn's cluster and each
 # YARN application's containers) run with C1 alone and the serial collector: compiling less costs them less CPU, with
-# four lines sharing two cores (the systems line 1,342 -> 1,239 s on one clean-clone run). Not spark-submit's JVMs
-# nor the session's Spark, which lives for a whole line: given them too on that run, their CPU went 175 -> 280 s.
+# four lines sharing two cores (the systems line 1,352 -> 1,214 s, clean-clone runs). Not spark-submit's JVMs nor
+# the session's Spark, which lives for a whole line: given them too (one run), their CPU went 175 -> 280 s.
 # Tests only: the jobs' own settings (spark-defaults.conf, EMR's) are untouched.
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 

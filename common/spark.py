@@ -45,20 +45,22 @@ def stop_in_background(sc) -> Optional[threading.Thread]:
     return t
 
 
-def import_in_background(module: str) -> None:
-    """Start importing ``module`` on a daemon thread of this process (an executor's Python worker, which Spark
-    reuses for the job's next tasks), unless it is imported already.  A failure is left to the task that needs
-    the module, which raises it properly."""
-    if module in sys.modules:
+def import_in_background(*modules: str) -> None:
+    """Start importing ``modules``, in order, on a daemon thread of this process (an executor's Python worker,
+    which Spark reuses for the job's next tasks), skipping those imported already.  A failure is left to the
+    task that needs the module, which raises it properly."""
+    todo = [m for m in modules if m not in sys.modules]
+    if not todo:
         return
 
     def run() -> None:
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - the task that imports it reports it
-            pass
+        for module in todo:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - the task that imports it reports it
+                pass
 
-    threading.Thread(target=run, name=f"shardinfer-import-{module}", daemon=True).start()
+    threading.Thread(target=run, name=f"shardinfer-import-{todo[0]}", daemon=True).start()
 
 
 def executor_layout_warning(conf: dict[str, str]) -> Optional[str]:

@@ -194,7 +194,7 @@ def prepare_work(sc, config: InferConfig, job: Job, writes: Writes) -> ModelSpec
     if config.device == "gpu":
         check_gpu_settings(sc.getConf())
     # before anything is written; the workers meanwhile import what the tasks run (MXNet)
-    plan_mod.verify_parts(sc, job.manifest, job.ranges, config.store, warm="infer.task")
+    plan_mod.verify_parts(sc, job.manifest, job.ranges, config.store, warm=("infer.task", "mxnet"))
     if config.glue_table:  # a table of another shape is refused now, not after the run
         glue.catalog(lambda: glue.check_table(config.glue_database, config.glue_table, config.output))
     finish = (f"run the same infer command again (run_id={job.run_id}): it keeps every shard already written "

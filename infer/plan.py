@@ -15,7 +15,7 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -205,11 +205,11 @@ VERIFY_PARTS_PER_TASK = 8
 
 
 def verify_parts(sc, manifest: Manifest, ranges: np.ndarray, endpoint_url: storage.Endpoint,
-                 warm: Optional[str] = None) -> None:
+                 warm: Sequence[str] = ()) -> None:
     """Before any shard runs: every manifest part holding a selected shard matches its index row
     (size and sha256), checked by a Spark stage that reads each part once; the driver gets back
-    only the problems.  With ``warm`` (a module name), the stage has a task for every core at least,
-    and each starts importing that module on its Python worker in the background: the tasks that
+    only the problems.  With ``warm`` (module names), the stage has a task for every core at least,
+    and each starts importing those modules on its Python worker in the background: the tasks that
     come next on those workers find MXNet imported (while the driver converts a model, or writes
     the run record).
 
@@ -224,7 +224,7 @@ def verify_parts(sc, manifest: Manifest, ranges: np.ndarray, endpoint_url: stora
 
     def check(items):
         if warm:
-            import_in_background(warm)
+            import_in_background(*warm)
         for p in items:
             problem = part_problem(p, endpoint_url)
             if problem is not None:

@@ -45,34 +45,40 @@ def test_missing_bucket(s3, capsys):
     _one_line_error(p, "prepare", "s3://no-such-bucket-1/in/: bucket does not exist")
 
 
+@pytest.mark.once
 def test_missing_manifest(s3, errs, capsys):
     p = run_main("infer/main.py", infer_args("s3://errs/none/manifest.parquet", errs["model"], "s3://errs/p/"), capsys)
     _one_line_error(p, "infer", "s3://errs/none/manifest.parquet: no such object")
 
 
+@pytest.mark.once
 def test_manifest_of_unknown_version(s3, errs, capsys):
     p = run_main("infer/main.py", infer_args("s3://errs/v999/manifest.parquet", errs["model"], "s3://errs/p/"), capsys)
     _one_line_error(p, "infer", "manifest format version '999' is not supported")
 
 
+@pytest.mark.once
 def test_model_url_that_404s(s3, errs, capsys):
     model = {**errs["model"], "sym": "s3://models/resnet-18/nope-symbol.json"}
     p = run_main("infer/main.py", infer_args(errs["manifest"], model, "s3://errs/p/"), capsys)
     _one_line_error(p, "infer", "cannot read model symbol: s3://models/resnet-18/nope-symbol.json: no such object")
 
 
+@pytest.mark.once
 def test_params_that_do_not_match_the_symbol(s3, errs, capsys):
     model = {**errs["model"], "params": "s3://errs/bad/resnet-18-0000.params"}
     p = run_main("infer/main.py", infer_args(errs["manifest"], model, "s3://errs/p/"), capsys)
     _one_line_error(p, "infer", "parameter 'fc1_weight' has shape (10, 512), symbol")
 
 
+@pytest.mark.once
 def test_unreachable_endpoint(s3, errs):
     env = {**s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
     p = run_python("infer/main.py", infer_args(errs["manifest"], errs["model"], "s3://errs/p/"), env)
     _one_line_error(p, "infer", "cannot reach the S3 endpoint http://127.0.0.1:")
 
 
+@pytest.mark.once
 def test_no_credentials(s3, errs, tmp_path):
     env = {"AWS_ENDPOINT_URL": s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1", "HOME": str(tmp_path),
            # never ask the EC2 metadata service (not on this network): only the local chain counts here

@@ -23,7 +23,9 @@ from tests.helpers import (
     statuses,
 )
 
-pytestmark = pytest.mark.spark  # every test here runs the jobs
+# Every test here runs the jobs.  Our S3 retries, reruns and run ids are the same on either Spark line (`once`);
+# the driver and worker kills are about Spark's own recovery, and run on both.
+pytestmark = pytest.mark.spark
 
 
 def _bucket_with_images(s3, bucket: str, count: int, seed: int) -> str:
@@ -32,6 +34,7 @@ def _bucket_with_images(s3, bucket: str, count: int, seed: int) -> str:
     return f"s3://{bucket}/"
 
 
+@pytest.mark.once
 def test_s3_faults_are_retried_and_output_is_exact(s3, spark, model_uris, capsys):
     """503 SlowDown, 500, resets before and after the request, and jitter on ~10 % of requests."""
     from infer.main import main as infer
@@ -52,6 +55,7 @@ def test_s3_faults_are_retried_and_output_is_exact(s3, spark, model_uris, capsys
     assert "5/5 shards ok (5 written, 0 already done), 150 images written" in printed
 
 
+@pytest.mark.once
 def test_lost_reply_to_a_part_put_is_retried_and_counted_once(s3, spark, model_uris, eight_shards):
     """The part PUT reaches S3 but the reply is lost: the retry finds its own file (412), nothing is duplicated."""
     from infer.main import main
@@ -78,6 +82,7 @@ def eight_shards(s3, spark):
     return {"root": root, "manifest": f"{root}shards/manifest.parquet"}
 
 
+@pytest.mark.once
 def test_damaged_then_deleted_shard_and_only_failed_rerun(spark, eight_shards, model_uris, capsys):
     from infer.main import main
 
@@ -109,6 +114,7 @@ def test_damaged_then_deleted_shard_and_only_failed_rerun(spark, eight_shards, m
     assert "running 0 shards" in capsys.readouterr().out
 
 
+@pytest.mark.once
 def test_rerun_with_same_run_id_skips_done_work_and_conflicts_are_reported(spark, eight_shards, model_uris, capsys):
     from infer.main import main
 
@@ -136,6 +142,7 @@ def test_rerun_with_same_run_id_skips_done_work_and_conflicts_are_reported(spark
     assert storage.read_metadata(key)["shardinfer-input-digest"] != "0" * 64
 
 
+@pytest.mark.once
 def test_run_id_of_another_manifest_is_refused(spark, eight_shards, model_uris, prepared, capsys):
     from infer.main import main
 

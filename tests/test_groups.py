@@ -45,6 +45,7 @@ def test_grouping_is_consecutive_balanced_and_default_keeps_cores_busy(ten_shard
     assert shards_per_task(7, 3, 2) == 7  # asked for: kept
 
 
+@pytest.mark.once
 def test_damaged_shard_in_the_middle_of_a_group_fails_alone(ten_shards, model_uris, capsys):
     from infer.main import main
 
@@ -70,6 +71,7 @@ def test_damaged_shard_in_the_middle_of_a_group_fails_alone(ten_shards, model_ur
     assert_exactly_once(read_manifest(ten_shards["manifest"]), out, "g")
 
 
+@pytest.mark.once
 def test_selection_that_does_not_align_with_groups(ten_shards, model_uris):
     from infer.main import main
 
@@ -86,6 +88,7 @@ def test_selection_that_does_not_align_with_groups(ten_shards, model_uris):
     assert s["shards_already_done"] == 4 and s["shards_written"] == 2  # 4, 5, 6, 9 were there; 7, 8 new
 
 
+@pytest.mark.once
 def test_dry_run_prints_the_plan_and_writes_nothing(ten_shards, model_uris, capsys):
     from infer.main import main
 

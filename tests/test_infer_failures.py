@@ -45,6 +45,7 @@ def test_damaged_shard_fails_alone_and_exit_code_names_it(small, model_uris, cap
     assert parts == {"pred/run_id=r1/part-00000.parquet", "pred/run_id=r1/part-00002.parquet"}
 
 
+@pytest.mark.once
 def test_corrupt_image_fails_only_its_row(s3, spark, model_uris):
     bucket = "corrupt"
     s3.create_bucket(bucket)
@@ -66,6 +67,7 @@ def test_corrupt_image_fails_only_its_row(s3, spark, model_uris):
         assert r["status"] == "ok" and len(r["top_k"]) == 5
 
 
+@pytest.mark.once
 def test_bad_arguments_fail_before_spark(small, model_uris, capsys):
     out = f"s3://{small['bucket']}/pred/"
     assert _infer(small["manifest"], model_uris, out, "--shards", "0,7") == 2

@@ -39,6 +39,7 @@ def test_every_object_lands_exactly_once(prepared, manifest, skipped):
     assert len(in_shards) == valid == GOOD_IMAGES + sum(1 for _, r in hostile_objects().values() if r is None)
 
 
+@pytest.mark.once
 def test_skip_reasons(prepared, skipped):
     for key, (_, expected) in prepared["objects"].items():
         if expected is not None:
@@ -46,6 +47,7 @@ def test_skip_reasons(prepared, skipped):
     assert "undecodable" in skipped["in/truncated.png"]
 
 
+@pytest.mark.once
 def test_unusual_pngs_are_images(manifest):
     keys = {k for e in manifest.entries for k in e.keys}
     for rel in ("gray.png", "rgba.png", "palette.png", "sixteen-bit.png", "large-640x480.png", "with space.png",
@@ -53,6 +55,7 @@ def test_unusual_pngs_are_images(manifest):
         assert f"in/{rel}" in keys
 
 
+@pytest.mark.once
 def test_shards_are_sorted_full_and_hold_original_bytes(prepared, manifest, skipped):
     entries = manifest.entries
     assert [e.shard_id for e in entries] == list(range(len(entries)))
@@ -72,6 +75,7 @@ def test_shards_are_sorted_full_and_hold_original_bytes(prepared, manifest, skip
         assert payloads == [prepared["objects"][k][0] for k in e.keys]
 
 
+@pytest.mark.once
 def test_shard_reads_with_mxrecordio(prepared, manifest, tmp_path):
     e = manifest.entries[0]
     path = tmp_path / "s.rec"
@@ -84,6 +88,7 @@ def test_shard_reads_with_mxrecordio(prepared, manifest, tmp_path):
     assert reader.read() is None
 
 
+@pytest.mark.once
 def test_manifest_metadata(prepared, manifest):
     t = pq.read_table(io.BytesIO(storage.read_bytes(prepared["manifest"])))
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
@@ -117,6 +122,7 @@ def test_rerun_gives_the_same_shards(prepared, manifest):
     assert [(e.sha256, e.keys) for e in again.entries] == [(e.sha256, e.keys) for e in manifest.entries]
 
 
+@pytest.mark.once
 def test_missing_bucket_is_a_clear_error(spark, capsys):
     from prepare.main import main
 
@@ -134,6 +140,7 @@ def test_batch_must_be_positive(capsys):
     assert "--batch must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.once
 def test_bad_image_leaves_its_shard_one_short_and_moves_no_other(s3, spark):
     """65 candidates, one undecodable: shard 0 holds the 63 good images of the first 64, shard 1 the 65th."""
     from prepare.main import main
@@ -174,6 +181,7 @@ def test_guard_verdict_names_the_fraction_the_reasons_and_the_flag():
     assert "--formats" not in verdict(11, Counter({"undecodable PNG": 9}), Counter(), 0.5, ("png",))
 
 
+@pytest.mark.once
 @pytest.mark.spark
 def test_mostly_junk_writes_skipped_but_no_manifest_and_exits_1(s3, spark, capsys):
     from prepare.main import main
@@ -213,6 +221,7 @@ def upload_one(prefix: str) -> str:
 # ----------------------------------------------------------------------------- daily increments
 
 
+@pytest.mark.once
 @pytest.mark.spark
 def test_exclude_manifest_packs_only_the_new_keys_and_nothing_new_is_an_empty_manifest(s3, spark, model_uris, capsys):
     from infer.main import main as infer

@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 
 import pyarrow.parquet as pq
+import pytest
 
 from testkit import zoo_builder
 from testkit.testdata import cifar_like_png
+
+pytestmark = pytest.mark.once  # our storage's local paths, not Spark's: the same on either Spark line
 
 
 def test_both_jobs_on_local_paths(spark, tmp_path, model_files):

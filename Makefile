@@ -13,7 +13,7 @@ BENCH_N ?= 2560
 BENCH_PEER_SIZES ?= 10240
 BENCH_PHOTOS ?= 512
 
-.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python lint flag-docs test test-unit test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python lint flag-docs jvm-archive test test-unit test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -52,16 +52,17 @@ $(STAMP35): $(DEPS35) $(STAMP)
 node-env: setup
 	$(PY) -m testkit.nodeenv
 
-# Four lines, side by side: on Spark 4.0 (`.venv`), the tests whose subject may depend on Spark's version
-# (`make test-spark4`) and, a line of their own to spread the load, those whose subject does not (marker
-# `once`: the model's numbers, image decoding and formats, the SQL over the output, Glue and encryption, the
-# manifest's checks, the EMR files and bootstrap, the demo: `make test-once`); on Spark 3.5 (EMR 7's) the
-# tests of the first kind that run Spark (`make test-spark35`); and the systems around the jobs
-# (`make test-systems`): the shipped code in a node's environment, the documented steps, the YARN trap and
-# chaos on one local YARN (tests/test_node_env.py), and Trino over Glue and S3 (tests/test_trino.py).
-# test-spark4 and test-once together are the whole suite on Spark 4 but the systems; the once line also runs
-# the unit layer (tests/unit/, marker `unit`) after the lint gate. Each line ends with its slowest tests; -Otarget prints each line's output whole when it ends. Hadoop's jars and
-# Trino are fetched first, once.
+# Four lines, side by side: on Spark 4.0 (`.venv`), the tests whose subject may depend on Spark's version, and
+# (to spread the load) the AWS services around the output and the demo (marker `aws`): `make test-spark4`;
+# the tests whose subject does not depend on Spark's version (marker `once`: the model's numbers, image decoding
+# and formats, our listing, retries and reruns, the SQL over the output, the manifest's checks, exit codes, the
+# EMR files and bootstrap) and the unit layer (tests/unit/, marker `unit`) after the lint gate: `make test-once`;
+# on Spark 3.5 (EMR 7's) the tests of the first kind that run Spark (`make test-spark35`); and the systems
+# around the jobs (`make test-systems`): the shipped code in a node's environment, the documented steps, the
+# YARN trap and chaos on one local YARN (tests/test_node_env.py), and Trino over Glue and S3
+# (tests/test_trino.py). test-spark4 and test-once together are the whole suite on Spark 4 but the systems.
+# Each line ends with its slowest tests; -Otarget prints each line's output whole when it ends. Hadoop's jars,
+# Trino and each environment's archive of Spark's classes (jvm-archive) are made first, once.
 test:
 	@$(MAKE) --no-print-directory -j4 -Otarget test-spark4 test-once test-spark35 test-systems
 
@@ -75,8 +76,13 @@ yarn-jars: setup
 trino: setup
 	@$(PY) -m testkit.trino
 
-test-spark4: setup
-	$(PY) -m pytest -m "not unit and not node and not yarn and not trino and not once and not corpus" --durations=15
+# An archive of Spark's driver classes (JVM class-data sharing) for the tests' spark-submit JVMs, built once per
+# environment beside it (testkit/jvmcds.py): each driver JVM then starts on ~2 CPU-s less.
+jvm-archive: setup
+	@$(PY) -m testkit.jvmcds
+
+test-spark4: setup jvm-archive
+	$(PY) -m pytest -p no:cacheprovider -m "not unit and not node and not yarn and not trino and not corpus and (not once or aws)" --durations=15
 
 # The lint gate (pyproject.toml [tool.ruff], [tool.mypy]): pyflakes, import order and a complexity limit over the
 # tree, docstrings of common/'s public functions, mypy over common/, every relative link and section the docs
@@ -99,15 +105,16 @@ flag-docs: setup
 test-unit: setup
 	$(PY) -m pytest -p no:cacheprovider tests/unit --durations=5
 
-test-once: setup lint
-	$(PY) -m pytest -p no:cacheprovider -m "(once and not corpus) or unit" --durations=10
+test-once: setup lint jvm-archive
+	$(PY) -m pytest -p no:cacheprovider -m "(once and not corpus and not aws) or unit" --durations=10
 
 test-spark35: setup-spark35
+	@$(PY35) -m testkit.jvmcds
 	$(PY35) -m pytest -p no:cacheprovider -m "spark and not unit and not node and not yarn and not trino and not once and not corpus" --durations=10
 
 # The systems line also runs the ONNX corpus (marker `corpus`: every real export imported and compared with ONNX
 # Runtime, three through infer): version-independent, and this line had the most room.
-test-systems: node-env yarn-jars trino
+test-systems: node-env yarn-jars trino jvm-archive
 	$(PY) -m pytest -p no:cacheprovider -m "node or yarn or trino or corpus" --durations=8
 
 demo: setup

@@ -19,7 +19,7 @@ from testkit.localdev import ROOT, spark_env, upload_cifar_like
 from tests.helpers import infer_args, prepared, read_manifest
 
 # the Glue catalog and S3 encryption, called through boto3: the same on either Spark line
-pytestmark = pytest.mark.once
+pytestmark = [pytest.mark.once, pytest.mark.aws]
 
 BUCKET = "stack"
 

@@ -1,7 +1,8 @@
-"""Print setup.cfg's pinned requirements, install_requires and the named extras, one per line
-(the Makefile installs a second environment's dependencies with them while the first is built).
+"""Print setup.cfg's pinned requirements, install_requires and the named extras, one per line; with
+``--only``, the named extras alone (the Makefile installs .venv-spark35's pyspark with it).
 
     python3 scripts/requirements.py test bench import spark35
+    python3 scripts/requirements.py --only spark35
 
 Needs only a Python 3 (configparser): no virtual environment.
 """
@@ -11,11 +12,13 @@ import os
 import sys
 
 
-def requirements(extras: list[str], path: str = os.path.join(os.path.dirname(__file__), "..", "setup.cfg")) -> list[str]:
-    """install_requires, then each extra's requirements, in setup.cfg's order; comments and blank lines left out."""
+def requirements(extras: list[str], path: str = os.path.join(os.path.dirname(__file__), "..", "setup.cfg"),
+                 only: bool = False) -> list[str]:
+    """install_requires (unless ``only``), then each extra's requirements, in setup.cfg's order; comments and blank
+    lines left out."""
     cfg = configparser.ConfigParser()
     cfg.read(path)
-    sections = [cfg["options"]["install_requires"]]
+    sections = [] if only else [cfg["options"]["install_requires"]]
     for extra in extras:
         if extra not in cfg["options.extras_require"]:
             sys.exit(f"requirements.py: setup.cfg has no extra {extra!r}")
@@ -30,4 +33,6 @@ def requirements(extras: list[str], path: str = os.path.join(os.path.dirname(__f
 
 
 if __name__ == "__main__":
-    print("\n".join(requirements(sys.argv[1:])))
+    args = sys.argv[1:]
+    only = "--only" in args
+    print("\n".join(requirements([a for a in args if a != "--only"], only=only)))

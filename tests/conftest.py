@@ -32,10 +32,12 @@ TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 def pytest_configure(config):
     """Before any JVM starts: the short-lived test JVMs' options (unless the caller set their own); testkit.yarn
-    gives them to its cluster and to each application's containers (SHARDINFER_TEST_JVM_OPTIONS).  Every
+    gives them to its cluster and to each application's containers (its TEST_JVM_OPTIONS_VAR).  Every
     spark-submit's JVM (the session's Spark too) maps the archive of Spark's classes that ``make test`` builds
     (testkit/jvmcds.py), where it exists."""
-    for var in ("SPARK_DAEMON_JAVA_OPTS", "SHARDINFER_TEST_JVM_OPTIONS"):
+    from testkit.yarn import TEST_JVM_OPTIONS_VAR
+
+    for var in ("SPARK_DAEMON_JAVA_OPTS", TEST_JVM_OPTIONS_VAR):
         os.environ.setdefault(var, TEST_JVM_OPTIONS)
     from testkit import jvmcds
 

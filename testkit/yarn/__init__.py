@@ -28,6 +28,9 @@ from testkit.localdev import free_port
 from testkit.server import ServerProcess, maven_copy_dependencies
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The environment variable tests/conftest.py sets to the short-lived test JVMs' options (C1, serial GC): the
+# cluster's own JVMs and each application's containers get them.
+TEST_JVM_OPTIONS_VAR = "SHARDINFER_TEST_JVM_OPTIONS"
 JARS = os.path.join(HERE, "target", "dependency")
 
 # Hadoop 3.4 on Java 17 reflects into java.base (Guice's cglib, Jersey).
@@ -104,7 +107,7 @@ class YarnCluster(ServerProcess):
         if shutil.which("java") is None:
             raise YarnUnavailable("java is needed for Hadoop's test cluster (scripts/check_java.sh says which)")
         os.makedirs(self.conf_dir, exist_ok=True)
-        jvm = os.environ.get("SHARDINFER_TEST_JVM_OPTIONS", "").split()  # tests/conftest.py: C1, serial GC
+        jvm = os.environ.get(TEST_JVM_OPTIONS_VAR, "").split()
         args = ["java", "-Xmx1g", *jvm, *_OPENS, "-cp", os.path.join(jars, "*"),
                 "org.apache.hadoop.mapreduce.MiniHadoopClusterManager", "-nodfs",
                 "-nodemanagers", str(self.nodes), "-rmport", str(self.rm_port), "-jhsport", str(free_port())]

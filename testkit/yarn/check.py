@@ -40,7 +40,7 @@ from common.spark import read_properties  # noqa: E402
 from testkit import zoo_builder  # noqa: E402
 from testkit.localdev import DEMO_CREDENTIALS, LocalS3, make_dist, upload_cifar_like, venv_bin  # noqa: E402
 from testkit.nodeenv import NodeEnv  # noqa: E402
-from testkit.yarn import YarnCluster  # noqa: E402
+from testkit.yarn import TEST_JVM_OPTIONS_VAR, YarnCluster  # noqa: E402
 
 BUCKET = "shardinfer-yarn"
 CONFIGURATIONS = ROOT / "deploy" / "emr" / "configurations.json"
@@ -146,7 +146,7 @@ def _pyspark_home() -> str:
 def _test_jvm_options() -> dict[str, str]:
     """The containers' JVM options when the tests set them (tests/conftest.py): Spark's administrator defaults,
     which EMR's and the user's extraJavaOptions add to rather than replace."""
-    opts = os.environ.get("SHARDINFER_TEST_JVM_OPTIONS")
+    opts = os.environ.get(TEST_JVM_OPTIONS_VAR)
     if not opts:
         return {}
     return {"spark.driver.defaultJavaOptions": opts, "spark.executor.defaultJavaOptions": opts,

@@ -5,8 +5,9 @@ The record header is MXNet's ``IRHeader`` (``mx.recordio.pack`` / ``unpack``: ``
 record (dmlc-core's RecordIO layout) are written here over bytes, so that a shard can be built and
 checked in memory (one PUT, one GET), so that an error can say at which byte offset a damaged shard
 goes wrong, and so that packing and reading a shard does not import MXNet (about 2 CPU-seconds per
-process: prepare's driver and tasks run no model; infer's driver imports it only to check the model).  The tests check both
-directions against ``mx.recordio.pack``/``unpack`` and ``mx.recordio.MXRecordIO`` on real files.
+process: prepare's driver and tasks run no model; infer's driver imports it only to check the model).
+The tests check both directions against ``mx.recordio.pack``/``unpack`` and ``mx.recordio.MXRecordIO``
+on real files.
 
 dmlc framing, per record::
 

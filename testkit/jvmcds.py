@@ -44,9 +44,9 @@ def archive_path() -> str:
     return os.path.join(sys.prefix, f"spark-{pyspark.__version__}-java-{_java_version()}.jsa")
 
 
-def options(path: Optional[str] = None) -> Optional[str]:
+def options() -> Optional[str]:
     """The JVM options that map the archive, or None when it has not been built."""
-    path = path or archive_path()
+    path = archive_path()
     if not os.path.exists(path):
         return None
     return f"-XX:SharedArchiveFile={path} -Xlog:cds=off -Xlog:cds+dynamic=off"
@@ -57,9 +57,7 @@ def build() -> str:
     path = archive_path()
     if os.path.exists(path):
         return path
-    fd, tmp = tempfile.mkstemp(suffix=".jsa", dir=os.path.dirname(path))
-    os.close(fd)
-    os.unlink(tmp)  # the JVM writes it
+    tmp = f"{path}.{os.getpid()}.tmp"  # the JVM writes it at exit
     with tempfile.NamedTemporaryFile("w", suffix=".py") as job:
         job.write(_JOB)
         job.flush()

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from common import storage
-from testkit import localdev, zoo_builder
+from testkit import jvmcds, localdev, zoo_builder
 from testkit.localdev import LocalS3, upload_cifar_like
 from testkit.testdata import cifar_like_image, cifar_like_png
+from testkit.yarn import TEST_JVM_OPTIONS_VAR
 
 MODEL_BUCKET = "models"
 
@@ -35,12 +36,8 @@ def pytest_configure(config):
     gives them to its cluster and to each application's containers (its TEST_JVM_OPTIONS_VAR).  Every
     spark-submit's JVM (the session's Spark too) maps the archive of Spark's classes that ``make test`` builds
     (testkit/jvmcds.py), where it exists."""
-    from testkit.yarn import TEST_JVM_OPTIONS_VAR
-
     for var in ("SPARK_DAEMON_JAVA_OPTS", TEST_JVM_OPTIONS_VAR):
         os.environ.setdefault(var, TEST_JVM_OPTIONS)
-    from testkit import jvmcds
-
     cds = jvmcds.options()
     if cds:
         os.environ.setdefault("SPARK_SUBMIT_OPTS", cds)

@@ -127,4 +127,3 @@ def test_image_record_iter_reads_a_shard(tmp_path):
     from PIL import Image
     ref = np.asarray(Image.open(io.BytesIO(cifar_like_png(0))).convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
     assert np.array_equal(batch.data[0].asnumpy()[0], ref)
-

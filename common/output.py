@@ -1,7 +1,10 @@
 """The predictions contract: Parquet schema, object keys, run ids and the run-record layout.
 
 Athena rules kept here: lowercase snake_case names, no unsigned integers, ``inferred_at`` as
-INT64 milliseconds UTC, Zstd compression, ``run_id`` only in the Hive-style path.
+INT64 milliseconds UTC, Zstd compression, ``run_id`` only in the Hive-style path.  An Iceberg table's
+files (``--iceberg-table``, common/iceberg.py) differ in three ways, all from :data:`ICEBERG_SCHEMA`: ``run_id``
+is a column, ``inferred_at`` is in microseconds (Iceberg's timestamps; Trino refuses milliseconds), and every
+column carries its Iceberg field id.
 """
 
 from __future__ import annotations
@@ -39,6 +42,32 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("inferred_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     ]
 )
+
+
+def with_field_ids(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with an Iceberg field id on every field (``PARQUET:field_id``, which pyarrow writes into the
+    Parquet schema): the top-level fields 1..n, then each nested type's fields in order, as Iceberg numbers a
+    new table's columns (pyiceberg's ``assign_fresh_schema_ids``), so the ids agree with the table's."""
+    counter = iter(range(1, 1 << 31))
+
+    def tag(field: pa.Field, field_id: int) -> pa.Field:
+        return field.with_type(numbered(field.type)).with_metadata({b"PARQUET:field_id": str(field_id).encode()})
+
+    def numbered(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_struct(t):
+            ids = [next(counter) for _ in range(t.num_fields)]
+            return pa.struct([tag(t.field(i), ids[i]) for i in range(t.num_fields)])
+        if pa.types.is_list(t):
+            return pa.list_(tag(t.value_field, next(counter)))
+        return t
+
+    return pa.schema(list(numbered(pa.struct(list(schema)))))
+
+
+# The files of an Iceberg table: the same columns, inferred_at in microseconds, run_id a column, field ids.
+ICEBERG_SCHEMA = with_field_ids(pa.schema(
+    [pa.field("inferred_at", pa.timestamp("us", tz="UTC"), nullable=False) if f.name == "inferred_at" else f
+     for f in PREDICTION_SCHEMA] + [pa.field("run_id", pa.string(), nullable=False)]))
 STATUS_OK = "ok"
 RUNS_DIR = "_runs"
 # The table's one partition key, present only in the Hive-style path <output>/run_id=<id>/.
@@ -143,8 +172,10 @@ def embedding_column(results: Sequence[ImageResult], embeddings: Optional[np.nda
 
 
 def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], shard_id: int, model: str,
-                      manifest_id: str, inferred_at: datetime, embeddings: Optional[np.ndarray] = None) -> pa.Table:
-    """Build one shard's rows in the output schema (``embeddings``: the output layer's rows, or None)."""
+                      manifest_id: str, inferred_at: datetime, embeddings: Optional[np.ndarray] = None,
+                      iceberg_run_id: Optional[str] = None) -> pa.Table:
+    """Build one shard's rows in the output schema (``embeddings``: the output layer's rows, or None); with
+    ``iceberg_run_id``, in :data:`ICEBERG_SCHEMA`, that run id in every row."""
     top_k: list[Optional[list[dict]]] = []
     c1: list[Optional[int]] = []
     l1: list[Optional[str]] = []
@@ -162,6 +193,8 @@ def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], sha
         l1.append(labels[ids[0]])
         p1.append(probs[0])
     n = len(results)
+    schema = PREDICTION_SCHEMA if iceberg_run_id is None else ICEBERG_SCHEMA
+    extra = {} if iceberg_run_id is None else {PARTITION_COLUMN: [iceberg_run_id] * n}
     return pa.Table.from_pydict(
         {
             "key": [r.key for r in results],
@@ -175,9 +208,10 @@ def predictions_table(results: Sequence[ImageResult], labels: Sequence[str], sha
             "embedding": embedding_column(results, embeddings),
             "model": [model] * n,
             "manifest_id": [manifest_id] * n,
-            "inferred_at": pa.array([inferred_at] * n, type=pa.timestamp("ms", tz="UTC")),
+            "inferred_at": pa.array([inferred_at] * n, type=schema.field("inferred_at").type),
+            **extra,
         },
-        schema=PREDICTION_SCHEMA,
+        schema=schema,
     )
 
 
@@ -188,7 +222,8 @@ def table_to_parquet(table: pa.Table, where: str) -> bytes:
         OutputCheckError: the read-back schema or row count differs (names ``where``).
     """
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", coerce_timestamps="ms", allow_truncated_timestamps=False,
+    unit = table.schema.field("inferred_at").type.unit  # ms, or us in an Iceberg table
+    pq.write_table(table, buf, compression="zstd", coerce_timestamps=unit, allow_truncated_timestamps=False,
                    use_dictionary=["model", "manifest_id", "status", "top1_label"])
     data = buf.getvalue()
     back = pq.read_table(io.BytesIO(data))

@@ -92,6 +92,9 @@ class ShardStatus:
     attempt: Optional[int] = None
     task: Optional[int] = None
     invocation: str = ""
+    # --iceberg-table: the part file's statistics (common.iceberg.FileStats) for the driver's commit; travels
+    # beside the packed statuses, never into the status file
+    iceberg: Optional[object] = None
 
     def done(self, outcome: str, part: str, rows: int, rows_error: int = 0, nbytes: int = 0) -> "ShardStatus":
         """Mark it ok: ``outcome`` "written" or "already present"."""

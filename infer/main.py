@@ -9,7 +9,7 @@
         [--shards-per-task N] [--dry-run] \\
         [--image-size 224] [--resize stretch|shorter-side-crop] [--mean R,G,B] [--std R,G,B] \\
         [--output-layer NAME] [--sse AES256|aws:kms [--sse-kms-key-id KEY]] \\
-        [--glue-database DB --glue-table TABLE]
+        [--glue-database DB --glue-table TABLE | --iceberg-table DB.TABLE]
 
 The driver reads the manifest index (never the shard rows), checks the model once (so a bad
 URL or mismatched params fail before Spark starts), converts the model when a reduced
@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make the proje
 # Spark sets OMP_NUM_THREADS in its Python workers from spark.task.cpus / spark.executorEnv.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-from common import glue, status, storage  # noqa: E402
+from common import glue, iceberg, status, storage  # noqa: E402
 from common.cli import UsageError, Writes, exit_process, first_line, run_cli  # noqa: E402
 from common.manifest import Manifest, check_parts_listed, read_manifest  # noqa: E402
 from common.model_files import ModelFiles, ModelSpec, fetch_model  # noqa: E402
@@ -52,8 +52,8 @@ from common.model_graph import check_model_head  # noqa: E402
 from common.output import default_run_id, partition_dir, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from common.spark import spark_context, stop_in_background, submit_options, task_attempts  # noqa: E402
+from infer import iceberg_commit, precision, report, runrecord  # noqa: E402
 from infer import plan as plan_mod  # noqa: E402
-from infer import precision, report, runrecord  # noqa: E402
 from infer.settings import PROG, InferConfig, build_parser  # noqa: E402
 from infer.task import InferSettings, run_group  # noqa: E402
 
@@ -142,6 +142,9 @@ class Job:
     record: Optional[dict]  # the run's run.json from an earlier invocation
     record_matches: bool
     ranges: np.ndarray  # the selected shard id ranges
+    files_prefix: str  # where the part files go: --output, or the Iceberg table's data folder
+    iceberg: Optional[iceberg_commit.Target] = None
+    in_table: Optional[np.ndarray] = None  # --iceberg-table: mask of the run's shards already committed
 
     @property
     def selected(self) -> int:
@@ -173,7 +176,19 @@ def resolve(config: InferConfig) -> Job:
     run_id = config.run_id or default_run_id(manifest.manifest_id, spec.name, files.params_sha256, config.precision, config.variant)
     record = runrecord.read_run_record(config.output, run_id, endpoint)
     record_matches = runrecord.check_run_record(record, config, run_id, manifest, model_id, model_info)
-    return Job(manifest, files, spec, model_id, model_info, run_id, record, record_matches, plan_mod.select(config, manifest, run_id, endpoint))
+    if not config.iceberg_table:
+        return Job(manifest, files, spec, model_id, model_info, run_id, record, record_matches,
+                   plan_mod.select(config, manifest, run_id, endpoint), config.output)
+    # --iceberg-table: the table checked (read only), and the run's shards it holds left out of the selection
+    target = iceberg_commit.find_table(config.iceberg_table, config.output, endpoint)
+    in_table = iceberg_commit.committed_mask(target.table, config.output, run_id, manifest.num_shards, endpoint)
+    ranges = plan_mod.select(config, manifest, run_id, endpoint, target.files_prefix)
+    left = plan_mod.subtract(ranges, in_table)
+    if plan_mod.count(left) < plan_mod.count(ranges):
+        print(f"{PROG}: --iceberg-table {target.ident}: {plan_mod.count(ranges) - plan_mod.count(left)} of the selected "
+              f"shards are in the table already (run_id={run_id}): left out", flush=True)
+    return Job(manifest, files, spec, model_id, model_info, run_id, record, record_matches, left, target.files_prefix,
+               target, in_table)
 
 
 def print_dry_run(config: InferConfig, job: Job) -> None:
@@ -199,7 +214,7 @@ def prepare_work(sc, config: InferConfig, job: Job, writes: Writes) -> ModelSpec
         glue.catalog(lambda: glue.check_table(config.glue_database, config.glue_table, config.output))
     finish = (f"run the same infer command again (run_id={job.run_id}): it keeps every shard already written "
               "(one HEAD each) and does the rest")
-    what = f"the run's files under {partition_dir(config.output, job.run_id)} and {run_dir(config.output, job.run_id)}/"
+    what = f"the run's files under {partition_dir(job.files_prefix, job.run_id)} and {run_dir(config.output, job.run_id)}/"
     spec, conversion = model_for_executors(config, job.files, job.spec, job.record, job.manifest, job.run_id, config.store,
                                            writing=lambda: writes.begin(what, finish), encryption=config.store.encryption)
     writes.begin(what, finish)
@@ -207,6 +222,10 @@ def prepare_work(sc, config: InferConfig, job: Job, writes: Writes) -> ModelSpec
         writes.begin(f"the Glue table {config.glue_database}.{config.glue_table} (created when absent)", finish)
         made = glue.catalog(lambda: glue.ensure_table(config.glue_database, config.glue_table, config.output))
         print(f"{PROG}: Glue table {config.glue_database}.{config.glue_table}: {made}", flush=True)
+    if job.iceberg is not None:
+        writes.begin(f"the Iceberg table {job.iceberg.ident} (created when absent at {job.iceberg.location})", finish)
+        made = iceberg_commit.ensure_table(job.iceberg, config.store)
+        print(f"{PROG}: Iceberg table {job.iceberg.ident} at {job.iceberg.location}: {made}", flush=True)
     if not job.record_matches or (conversion and conversion != (job.record or {}).get("conversion")):
         runrecord.write_run_record(config, job.run_id, job.manifest, job.model_id, conversion, config.store,
                                    job.model_info, config.store.encryption)
@@ -216,9 +235,14 @@ def prepare_work(sc, config: InferConfig, job: Job, writes: Writes) -> ModelSpec
 def task_settings(sc, config: InferConfig, job: Job, spec: ModelSpec) -> InferSettings:
     """What every task of this invocation gets."""
     digest_extra = ";".join(x for x in ("" if config.precision == "fp32" else config.precision, config.variant) if x)
-    return InferSettings(model=spec, output_prefix=config.output, run_id=job.run_id, manifest_id=job.manifest.manifest_id,
-                         top_k=config.top_k, attempts=task_attempts(sc), store=config.store, force=config.force,
-                         invocation=uuid.uuid4().hex, digest_extra=digest_extra, prep=config.prep)
+    target = None
+    if job.iceberg is not None:
+        table = job.iceberg.table
+        target = iceberg.FileTarget.of(table.schema(), table.properties)
+    return InferSettings(model=spec, output_prefix=job.files_prefix, run_id=job.run_id,
+                         manifest_id=job.manifest.manifest_id, top_k=config.top_k, attempts=task_attempts(sc),
+                         store=config.store, force=config.force, invocation=uuid.uuid4().hex, digest_extra=digest_extra,
+                         prep=config.prep, iceberg=target)
 
 
 def finish(config: InferConfig, job: Job, summary: dict, statuses: status.Writer, status_uri: Optional[str]) -> int:
@@ -240,7 +264,8 @@ def finish(config: InferConfig, job: Job, summary: dict, statuses: status.Writer
                   flush=True)
         except Exception as e:  # noqa: BLE001 - a report problem never fails the run
             print(f"{PROG}: warning: no run report: {first_line(e)}", file=sys.stderr, flush=True)
-    complete = not failed and runrecord.write_athena_sql(config, run_id, job.manifest, endpoint, config.store.encryption)
+    complete = (not failed and job.iceberg is None
+                and runrecord.write_athena_sql(config, run_id, job.manifest, endpoint, config.store.encryption))
     if config.glue_table:
         where = f"Glue table {config.glue_database}.{config.glue_table}"
         if complete:
@@ -258,6 +283,21 @@ def finish(config: InferConfig, job: Job, summary: dict, statuses: status.Writer
     print(f"{PROG}: FAILED shards: {','.join(map(str, failed))}{more} (statuses in {status_uri}); "
           f"rerun them with:\n  {summary['rerun_failed']}", file=sys.stderr, flush=True)
     return 1
+
+
+def commit_iceberg(committer: iceberg_commit.Committer, statuses: status.Writer) -> dict:
+    """Commit the invocation's new files to the Iceberg table in one snapshot; what it did, for summary.json."""
+    snapshot = committer.commit(failed=statuses.failed_count)
+    done = {"table": committer.ident, "snapshot_id": snapshot, "files_added": committer.files,
+            "rows_added": committer.rows, "manifests": len(committer.manifests)}
+    if snapshot is None:
+        print(f"{PROG}: Iceberg table {committer.ident}: nothing new to commit for run_id={committer.run_id}", flush=True)
+    else:
+        failed = (f"; {statuses.failed_count} failed shards are not in it (rerun them with --only-failed)"
+                  if statuses.failed_count else "")
+        print(f"{PROG}: Iceberg table {committer.ident}: snapshot {snapshot} adds {committer.files} files "
+              f"({committer.rows} rows) of run_id={committer.run_id}{failed}", flush=True)
+    return done
 
 
 def run(config: InferConfig, writes: Writes) -> int:
@@ -282,15 +322,28 @@ def run(config: InferConfig, writes: Writes) -> int:
     statuses = status.Writer(config.output, job.run_id, started, settings.invocation, config.store, config.store.encryption)
     if m.num_shards <= REPORT_AUTO_MAX_SHARDS:  # the report's imports, while the driver waits for the tasks
         threading.Thread(target=report.warm_up, name="shardinfer-report-imports", daemon=True).start()
+    committer = None
+    if job.iceberg is not None:
+        committer = iceberg_commit.Committer(job.iceberg, config.output, job.run_id, settings.invocation, m.manifest_id,
+                                             m.num_shards, config.store, job.in_table)
+
+    def sink(results: list[tuple[bytes, list]]) -> None:
+        statuses.add([packed for packed, _ in results])
+        if committer is not None:
+            committer.add([f for _, files in results for f in files])
+
     with Progress(sc, PROG, plan.selected, images) as progress:
-        run_waves(sc, plan, settings, progress.counter, statuses.add)
+        run_waves(sc, plan, settings, progress.counter, sink)
     status_uri = statuses.close()
+    committed = commit_iceberg(committer, statuses) if committer is not None else None
 
     here = os.path.dirname(os.path.abspath(__file__))
     submit = submit_options(sc, os.path.join(os.path.dirname(here), "spark-defaults.conf"))
     stopping = stop_in_background(sc)  # Spark's last use: its shutdown overlaps the summary and the report
     summary = runrecord.summarise(statuses, config, job.run_id, m, job.model_id, time.time() - started, plan.groups,
-                                  plan.per_task, submit, os.path.join(here, "main.py"))
+                                  plan.per_task, submit, os.path.join(here, "main.py"), job.files_prefix)
+    if committed is not None:
+        summary["iceberg"] = committed
     storage.write_bytes(storage.join(run_dir(config.output, job.run_id), "summary.json"),
                         json.dumps(summary, indent=1).encode(), config.store, "application/json",
                         encryption=config.store.encryption)

@@ -111,17 +111,29 @@ def present_mask(output: str, run_id: str, num_shards: int, endpoint_url: storag
     return mask
 
 
-def select(args: "InferConfig", manifest: Manifest, run_id: str, endpoint_url: storage.Endpoint) -> np.ndarray:
-    """The shard id ranges this invocation runs."""
+def select(args: "InferConfig", manifest: Manifest, run_id: str, endpoint_url: storage.Endpoint,
+           files_prefix: Optional[str] = None) -> np.ndarray:
+    """The shard id ranges this invocation runs (``files_prefix``: where the run's part files are, when not under
+    ``--output``)."""
     n = manifest.num_shards
     if args.shards:
         return parse_shard_ids(args.shards, manifest)
     if args.only_missing:
-        return mask_to_ranges(~present_mask(args.output, run_id, n, endpoint_url))
+        return mask_to_ranges(~present_mask(files_prefix or args.output, run_id, n, endpoint_url))
     if args.only_failed:
         ids = failed_ids(args.output, run_id, endpoint_url)
         return ids_to_ranges(ids[(ids >= 0) & (ids < n)])
     return np.array([[0, n]], dtype=np.int64) if n else np.zeros((0, 2), dtype=np.int64)
+
+
+def subtract(ranges: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``ranges`` without the shard ids set in ``mask`` (a bit per shard of the manifest)."""
+    if not mask.any():
+        return ranges
+    keep = np.zeros(len(mask), dtype=bool)
+    for lo, hi in ranges:
+        keep[lo:hi] = True
+    return mask_to_ranges(keep & ~mask)
 
 
 def shards_per_task(requested: Optional[int], shards: int, cores: int, precision: str = "fp32") -> int:

@@ -106,7 +106,7 @@ def rerun_command(args: InferConfig, run_id: str, submit: Optional[list[str]] = 
 
 def summarise(statuses: status.Writer, args: InferConfig, run_id: str, manifest: Manifest, model_id: str,
               elapsed: float, groups: int, per_task: int, submit: Optional[list[str]] = None,
-              script: str = "infer/main.py") -> dict:
+              script: str = "infer/main.py", files_prefix: Optional[str] = None) -> dict:
     """The run summary printed at the end and stored as ``_runs/<run_id>/summary.json``, from the
     counts the status writer kept.  At most 1,000 failed shards are listed with their errors:
     the status file (``status_file``) has them all."""
@@ -130,7 +130,7 @@ def summarise(statuses: status.Writer, args: InferConfig, run_id: str, manifest:
         "model_loads": statuses.model_loads,
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(statuses.images / elapsed, 3) if elapsed > 0 else None,
-        "output": partition_dir(args.output, run_id),
+        "output": partition_dir(files_prefix or args.output, run_id),
         "status_file": statuses.uri if statuses.shards else None,
         "rerun_failed": rerun_command(args, run_id, submit, script) if statuses.failed_count else None,
     }

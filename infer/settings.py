@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Catalog (Athena's): created with the database when absent, and this run's partition registered "
                    "once every shard of the manifest is done")
     p.add_argument("--glue-table", default=None, help="the Glue table over --output (see --glue-database)")
+    p.add_argument("--iceberg-table", default=None, metavar="DB.TABLE", help="commit the run to this Apache Iceberg table in "
+                   "the Glue catalog instead (created when absent at <output>/DB.db/TABLE, partitioned by run_id): one "
+                   "snapshot per invocation, every shard's rows in it exactly once (docs/iceberg.md)")
     p.add_argument("--force", action="store_true", help="overwrite part files that exist from different input "
                    "(another model or --top-k under the same --run-id); without it such a shard is a reported conflict")
     add_common_arguments(p)
@@ -123,6 +126,7 @@ class InferConfig:
     dry_run: bool
     glue_database: Optional[str]
     glue_table: Optional[str]
+    iceberg_table: Optional[str]
     force: bool
     sse: Optional[str]
     sse_kms_key_id: Optional[str]
@@ -171,6 +175,15 @@ class InferConfig:
             check_run_id(self.run_id)
         if bool(self.glue_database) != bool(self.glue_table):
             raise UsageError("--glue-database and --glue-table go together")
+        if self.iceberg_table:
+            from common.iceberg import parse_table_name
+
+            parse_table_name(self.iceberg_table)
+            if self.glue_table:
+                raise UsageError("--iceberg-table or --glue-database/--glue-table: the run goes to one table")
+            if self.force:
+                raise UsageError("--force with --iceberg-table: an Iceberg table's files are never overwritten; "
+                                 "write the new output under another --run-id")
         if self.device == "gpu" and self.precision != "fp32":
             raise UsageError(f"--precision {self.precision} with --device gpu: bf16 and int8 are converted for the CPU "
                              "(oneDNN); run fp32 on a GPU")

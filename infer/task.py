@@ -39,6 +39,7 @@ from common import status as status_file
 from common import storage
 from common.devices import task_device
 from common.errors import ModelError
+from common.iceberg import FileStats, FileTarget
 from common.images import DEFAULT_PREPROCESSING, Preprocessing, decode_into
 from common.manifest import ShardEntry, read_shards
 from common.model import get_predictor, top_k
@@ -84,6 +85,8 @@ class InferSettings:
     digest_extra: str = ""
     # --image-size, --resize, --mean, --std
     prep: Preprocessing = DEFAULT_PREPROCESSING
+    # --iceberg-table: rows carry run_id, and each part file's statistics go back with its status
+    iceberg: Optional[FileTarget] = None
 
 
 
@@ -112,10 +115,15 @@ def _existing(key: str, digest: str, settings: InferSettings) -> Optional[dict]:
 
 def _already_done(status: ShardStatus, key: str, meta: dict, settings: InferSettings) -> ShardStatus:
     """Status for a shard whose part file is there: written by this invocation (an earlier try whose
-    reply was lost) or by an earlier one."""
+    reply was lost) or by an earlier one.  For an Iceberg table the file is not in the table yet (the driver
+    selects no committed shard): its statistics come from the file itself (one GET)."""
     if not (settings.invocation and meta.get(META_INVOCATION) == settings.invocation):
-        return status.done("already present", key, 0)
-    return status.done("written", key, int(meta.get(META_ROWS, 0)), int(meta.get(META_ROWS_ERROR, 0)))
+        status.done("already present", key, 0)
+    else:
+        status.done("written", key, int(meta.get(META_ROWS, 0)), int(meta.get(META_ROWS_ERROR, 0)))
+    if settings.iceberg is not None:
+        status.iceberg = settings.iceberg.describe(status.shard_id, key, storage.read_bytes(key, settings.store))
+    return status
 
 
 def predict_batch(batch: np.ndarray, predictor, k: int) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -218,8 +226,10 @@ def write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) 
     status, key, digest = prep.status, prep.key, prep.digest
     predictor, _ = get_predictor(settings.model)
     table = predictions_table(results, predictor.labels, prep.entry.shard_id, predictor.model_id, settings.manifest_id,
-                              datetime.now(timezone.utc), prep.embeddings)
+                              datetime.now(timezone.utc), prep.embeddings,
+                              iceberg_run_id=settings.run_id if settings.iceberg is not None else None)
     data = table_to_parquet(table, key)
+    described = settings.iceberg.describe(prep.entry.shard_id, key, data) if settings.iceberg is not None else None
     rows_error = sum(r.status != STATUS_OK for r in results)
     meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results)), META_ROWS_ERROR: str(rows_error),
             META_INVOCATION: settings.invocation}
@@ -233,6 +243,7 @@ def write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) 
         if existing is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
             raise storage.StorageError(f"{key}: conditional PUT refused but no object is there yet")
         return _already_done(status, key, existing, settings)
+    status.iceberg = described
     return status.done("written", key, len(results), rows_error, len(data))
 
 
@@ -295,13 +306,14 @@ class _Group:
         return sorted(self.statuses, key=lambda s: s.shard_id)
 
 
-def run_group(group: int, plan, settings: InferSettings, counter=None) -> bytes:
+def run_group(group: int, plan, settings: InferSettings, counter=None) -> tuple[bytes, list[FileStats]]:
     """The Spark task for group ``group`` of ``plan`` (an :class:`infer.plan.Plan`, broadcast): the thin adapter
     between Spark and :func:`run_entries` — its shard rows from the manifest, its try number and resources from
     Spark's TaskContext.
 
     Returns:
-        The group's statuses, packed by :func:`common.status.pack`.
+        The group's statuses, packed by :func:`common.status.pack`, and (``--iceberg-table``) the statistics of
+        each part file its ok shards have (empty otherwise).
     """
     from pyspark import TaskContext
 
@@ -309,7 +321,7 @@ def run_group(group: int, plan, settings: InferSettings, counter=None) -> bytes:
     entries = read_shards(plan.manifest, plan.group_ids(group), settings.store)
     statuses = run_entries(entries, settings, counter, group, attempt=ctx.attemptNumber() if ctx is not None else 0,
                            resources=ctx.resources() if ctx is not None else None)
-    return status_file.pack(statuses)
+    return status_file.pack(statuses), [s.iceberg for s in statuses if s.iceberg is not None]
 
 
 def run_entries(entries: Sequence[ShardEntry], settings: InferSettings, counter=None, task: int = 0,

@@ -26,7 +26,8 @@ DEMO_CREDENTIALS = {
 
 
 class LocalS3:
-    """A moto S3 server on 127.0.0.1 and a free port; use as a context manager.
+    """A moto S3 server on 127.0.0.1 and a free port (S3, Glue with AWS's ``VersionId`` check:
+    testkit/glue_versions.py, KMS); use as a context manager.
 
     ``env`` holds the variables a client process needs (endpoint and fake credentials).
     """
@@ -37,7 +38,10 @@ class LocalS3:
 
         from moto.server import ThreadedMotoServer
 
+        from testkit import glue_versions
+
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        glue_versions.enforce()  # Glue's UpdateTable refuses a stale VersionId, as AWS does
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.endpoint_url = ""
 

@@ -29,6 +29,7 @@ REQUIREMENTS=(
   "pillow==13.0.0"
   "matplotlib==3.9.4"
   "contourpy==1.3.0"
+  "pyiceberg==0.12.0"
 )
 
 case "${1:-}" in

@@ -72,8 +72,16 @@ def infer_run_group(work: str) -> None:
     spec = ModelSpec(model + "resnet-18-symbol.json", model + "resnet-18-0000.params", model + "synset.txt")
     plan = make_plan(manifest, np.array([[0, manifest.num_shards]]), 1, 1)
     settings = InferSettings(spec, f"{work}/predictions/", "node", manifest.manifest_id)
-    rows = [r for g in range(plan.groups) for r in status.records(status.unpack(run_group(g, plan, settings)))]
+    rows = [r for g in range(plan.groups) for r in status.records(status.unpack(run_group(g, plan, settings)[0]))]
     assert [r["status"] for r in rows] == ["ok"] * manifest.num_shards, rows
+    # --iceberg-table: the same task also describes each file for the commit (pyiceberg on the node)
+    from common.iceberg import FileTarget, table_schema
+
+    settings = InferSettings(spec, f"{work}/iceberg-data/", "node", manifest.manifest_id,
+                             iceberg=FileTarget.of(table_schema(), {}))
+    files = [f for g in range(plan.groups) for f in run_group(g, plan, settings)[1]]
+    assert sorted(f.shard_id for f in files) == list(range(manifest.num_shards)), files
+    assert sum(f.stats["record_count"] for f in files) == manifest.num_images
 
 
 def compact_write_bin(work: str) -> None:

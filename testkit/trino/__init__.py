@@ -1,14 +1,16 @@
 """Trino (Athena engine v3's engine) on 127.0.0.1, reading the Glue catalog and S3 of the local moto server.
 
-The server is Trino 476 (``io.trino:trino-server-core`` and the Hive connector ``io.trino:trino-hive``,
-pinned in ``testkit/trino/pom.xml``): ``fetch`` runs Maven once (~450 MB into ``testkit/trino/target``)
-and unpacks both into ``target/trino-server-476`` with the Hive connector as ``plugin/hive``.  Trino 476
+The server is Trino 476 (``io.trino:trino-server-core``, the Hive connector ``io.trino:trino-hive`` and the
+Iceberg connector ``io.trino:trino-iceberg``, pinned in ``testkit/trino/pom.xml``): ``fetch`` runs Maven once
+(~0.8 GB into ``testkit/trino/target``) and unpacks them into ``target/trino-server-476`` with the connectors as
+``plugin/hive`` and ``plugin/iceberg``.  Trino 476
 needs Java 24 or later, which is not Spark's Java: ``find_java`` looks for one (``TRINO_JAVA_HOME``,
 ``JAVA_HOME``, ``java`` on PATH, then the usual JDK folders) and says what to install when there is none.
 
-``TrinoServer`` starts one single-node server (coordinator and worker) with one catalog, ``glue``: the
+``TrinoServer`` starts one single-node server (coordinator and worker) with two catalogs: ``glue``, the
 Hive connector over ``hive.metastore=glue`` at the moto endpoint, S3 through Trino's native file system
-at the same endpoint, partition projection on (as Athena has it).  ``query`` runs one statement over
+at the same endpoint, partition projection on (as Athena has it); and ``iceberg``, the Iceberg connector over
+the same Glue catalog and S3 (``iceberg.catalog.type=glue``), for the tables of ``infer --iceberg-table``.  ``query`` runs one statement over
 Trino's HTTP protocol (the ``trino`` Python client) and returns its rows.
 
 Tooling for the tests only; the jobs never import it.
@@ -36,6 +38,8 @@ TARGET = os.path.join(HERE, "target")
 DOWNLOADS = os.path.join(TARGET, "dependency")
 SERVER = os.path.join(TARGET, f"trino-server-{VERSION}")
 CATALOG = "glue"
+ICEBERG_CATALOG = "iceberg"
+PLUGINS = ("hive", "iceberg")
 # Where JDKs are installed on Debian/Ubuntu, by SDKMAN, by the Temurin and Corretto packages, and on macOS.
 _JDK_GLOBS = ("/usr/lib/jvm/*", "/usr/java/*", "/opt/java/*", "/opt/*jdk*", os.path.expanduser("~/.sdkman/candidates/java/*"),
               os.path.expanduser("~/.jdks/*"), "/Library/Java/JavaVirtualMachines/*/Contents/Home")
@@ -85,12 +89,13 @@ def find_java() -> str:
 
 
 def fetch(quiet: bool = True) -> str:
-    """Trino's server with the Hive connector, unpacked (Maven once; a no-op when present). Returns its folder."""
-    if os.path.isfile(os.path.join(SERVER, "plugin", "hive", ".complete")):
+    """Trino's server with the Hive and Iceberg connectors, unpacked (Maven once; a no-op when present). Returns
+    its folder."""
+    if all(os.path.isfile(os.path.join(SERVER, "plugin", p, ".complete")) for p in PLUGINS):
         return SERVER
     tarball = os.path.join(DOWNLOADS, f"trino-server-core-{VERSION}.tar.gz")
-    plugin = os.path.join(DOWNLOADS, f"trino-hive-{VERSION}.zip")
-    if not (os.path.isfile(tarball) and os.path.isfile(plugin)):
+    plugins = {p: os.path.join(DOWNLOADS, f"trino-{p}-{VERSION}.zip") for p in PLUGINS}
+    if not all(os.path.isfile(f) for f in (tarball, *plugins.values())):
         maven_copy_dependencies(os.path.join(HERE, "pom.xml"), f"Trino {VERSION}", TrinoUnavailable,
                                 "-DexcludeTransitive=true", quiet=quiet)
     shutil.rmtree(SERVER, ignore_errors=True)
@@ -100,15 +105,17 @@ def fetch(quiet: bool = True) -> str:
     with tarfile.open(tarball) as tar:
         tar.extractall(work, filter="tar")
     (core,) = glob.glob(os.path.join(work, "trino-server-core-*"))
-    with zipfile.ZipFile(plugin) as z:
-        z.extractall(work)
-    (hive,) = glob.glob(os.path.join(work, f"trino-hive-{VERSION}"))
-    os.rename(hive, os.path.join(core, "plugin", "hive"))
+    for name, plugin in plugins.items():
+        with zipfile.ZipFile(plugin) as z:
+            z.extractall(work)
+        (unpacked,) = glob.glob(os.path.join(work, f"trino-{name}-{VERSION}"))
+        os.rename(unpacked, os.path.join(core, "plugin", name))
     for launcher in glob.glob(os.path.join(core, "bin", "*", "launcher")) + [os.path.join(core, "bin", "launcher")]:
         os.chmod(launcher, 0o755)  # zip and tar keep modes, but be sure
     os.rename(core, SERVER)
     shutil.rmtree(work)
-    open(os.path.join(SERVER, "plugin", "hive", ".complete"), "w").close()
+    for name in PLUGINS:
+        open(os.path.join(SERVER, "plugin", name, ".complete"), "w").close()
     return SERVER
 
 
@@ -169,6 +176,13 @@ class TrinoServer(ServerProcess):
             "s3.aws-secret-key": self.secret_key,
         }
 
+    def iceberg_catalog_properties(self) -> dict[str, str]:
+        """The Iceberg connector over the same Glue catalog and S3 (what docs/iceberg.md documents)."""
+        hive = self.catalog_properties()
+        return {"connector.name": "iceberg", "iceberg.catalog.type": "glue",
+                **{k: v for k, v in hive.items() if k.startswith(("hive.metastore.glue.", "fs.", "s3."))
+                   and k != "hive.metastore.glue.partitions-segments"}}
+
     def _write_etc(self) -> None:
         os.makedirs(os.path.join(self.etc, "catalog"), exist_ok=True)
         _properties(os.path.join(self.etc, "node.properties"), {
@@ -184,6 +198,7 @@ class TrinoServer(ServerProcess):
             f.write(_JVM.format(heap=self.heap))
         _properties(os.path.join(self.etc, "log.properties"), {"io.trino": "WARN", "io.trino.server.Server": "INFO"})
         _properties(os.path.join(self.etc, "catalog", f"{CATALOG}.properties"), self.catalog_properties())
+        _properties(os.path.join(self.etc, "catalog", f"{ICEBERG_CATALOG}.properties"), self.iceberg_catalog_properties())
 
     def start(self) -> "TrinoServer":
         """Start the server and wait until it answers queries."""
@@ -218,16 +233,17 @@ class TrinoServer(ServerProcess):
         """The end of the server's log."""
         return super().log_tail(n)
 
-    def connect(self, schema: Optional[str] = None):
-        """A DB-API connection (the ``trino`` client) to the catalog ``glue``."""
+    def connect(self, schema: Optional[str] = None, catalog: str = CATALOG):
+        """A DB-API connection (the ``trino`` client) to ``catalog`` (``glue``, or ``iceberg``)."""
         import trino
 
-        return trino.dbapi.connect(host="127.0.0.1", port=self.port, user="shardinfer-test", catalog=CATALOG,
+        return trino.dbapi.connect(host="127.0.0.1", port=self.port, user="shardinfer-test", catalog=catalog,
                                    schema=schema, http_scheme="http", request_timeout=300)
 
-    def query(self, sql: str, schema: Optional[str] = None, params: Optional[Sequence] = None) -> list[tuple]:
+    def query(self, sql: str, schema: Optional[str] = None, params: Optional[Sequence] = None,
+              catalog: str = CATALOG) -> list[tuple]:
         """Run one statement; its rows as tuples (Trino's types as the client gives them)."""
-        conn = self.connect(schema)
+        conn = self.connect(schema, catalog)
         try:
             cur = conn.cursor()
             cur.execute(sql, params) if params is not None else cur.execute(sql)

@@ -97,9 +97,10 @@ def test_every_flag_that_shapes_the_output_round_trips_through_the_rerun_command
     back = InferConfig.from_args(parser.parse_args(argv[argv.index("infer/main.py") + 1:]))
     assert back == dataclasses.replace(args, shards=None, only_failed=True)
     assert back.store == args.store and back.prep == args.prep and back.variant == args.variant
-    # the flags that cannot go with int8, in a second run
+    # the flags that cannot go with int8 (or --glue-table, --force), in a second run
     embeddings = InferConfig.from_args(parser.parse_args(
-        given[:10] + ["--output-layer", "flatten0_output", "--device", "gpu", "--top-k", "0"]))
+        given[:10] + ["--output-layer", "flatten0_output", "--device", "gpu", "--top-k", "0",
+                      "--iceberg-table", "db.t"]))
     argv2 = shlex.split(rerun_command(embeddings, "r2"))
     assert InferConfig.from_args(parser.parse_args(argv2[4:])) == dataclasses.replace(embeddings, run_id="r2",
                                                                                         only_failed=True)

@@ -151,14 +151,8 @@ def _producer_class():
                 Summary(operation=Operation.APPEND, **self._committer.collector.build(), **self.snapshot_properties),
                 previous_summary=parent.summary if parent is not None else None)
 
-        def _validate_concurrency(self) -> None:
-            now = iceberg.run_commits(self._transaction._table.metadata.properties, self._committer.run_id)
-            if set(now) - set(self._committer.seen_commits):
-                from pyiceberg.exceptions import ValidationException
-
-                raise ValidationException(
-                    f"another infer of run {self._committer.run_id} committed to {self._committer.ident} while this "
-                    "one ran; nothing of this invocation is committed: run the same command again to commit its files")
+        def _validate_concurrency(self) -> None:  # on each retry, against the table as it is now
+            self._committer.check_no_other_commit(self._transaction._table.metadata.properties)
 
     return _Append
 
@@ -224,6 +218,20 @@ class Committer:
             if self._in_writer >= MANIFEST_FILES:
                 self._close_writer()
 
+    def check_no_other_commit(self, properties: dict) -> None:
+        """Refuse to commit when another invocation of the run committed since this one was planned (its shards
+        and ours may overlap).
+
+        Raises:
+            pyiceberg's ValidationException (the commit is not made; :func:`_glue_errors` names it).
+        """
+        if set(iceberg.run_commits(properties, self.run_id)) - set(self.seen_commits):
+            from pyiceberg.exceptions import ValidationException
+
+            raise ValidationException(
+                f"another infer of run {self.run_id} committed to {self.ident} while this one ran; nothing of this "
+                "invocation is committed: run the same command again to commit its files")
+
     def commit(self, failed: int = 0) -> Optional[int]:
         """Commit every file added, in one snapshot; returns its id, or None when there was nothing to add.
 
@@ -242,8 +250,10 @@ class Committer:
         summary = {iceberg.SUMMARY_RUN_ID: self.run_id, iceberg.SUMMARY_INVOCATION: self.invocation,
                    iceberg.SUMMARY_SHARDS: str(self.files), iceberg.SUMMARY_SHARDS_FAILED: str(failed),
                    iceberg.SUMMARY_MANIFEST_ID: self.manifest_id}
+        _glue_errors(self.table.refresh)
+        _glue_errors(lambda: self.check_no_other_commit(self.table.properties))
         txn = self.table.transaction()
         _producer_class()(txn, self.table.io, self, summary).commit()
         txn.set_properties({iceberg.commit_property(self.run_id, self.snapshot_id): ledger})
-        _glue_errors(txn.commit_transaction)
+        _glue_errors(txn.commit_transaction)  # retried by pyiceberg when another writer committed first
         return self.snapshot_id

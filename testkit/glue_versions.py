@@ -19,6 +19,8 @@ _PATCHED = [False]
 # test hooks: before(database, table) runs before the update (it may block, or raise to refuse it),
 # after(database, table) once it has landed
 _HOOKS: dict = {"before": None, "after": None}
+# how many updates were refused for a stale VersionId (tests read it)
+REFUSED = [0]
 
 
 def on_update(before=None, after=None) -> None:
@@ -57,6 +59,7 @@ def enforce() -> None:
             if version is not None:
                 current = str(self.glue_backend.get_table(database, name)._current_version)
                 if str(version) != current:
+                    REFUSED[0] += 1
                     raise ConcurrentModificationException(
                         f"Update table failed due to concurrent modifications: VersionId {version} is not the "
                         f"table's current version {current}")

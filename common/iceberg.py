@@ -1,6 +1,6 @@
 """The Iceberg output contract (``infer --iceberg-table DB.TABLE``): the table's schema and partitioning, where
 its files go, what a task reports for each part file it wrote, and the commit ledger.  Pure functions and data
-(pyiceberg's types, pyarrow's Parquet metadata); the catalog and the commit are infer/iceberg_commit.py's.
+(pyiceberg's types, pyarrow's Parquet metadata); the catalog and the commit are infer/iceberg_table.py's.
 
 The table (Iceberg format version 2) has the predictions' columns with ``run_id`` as a real column and its
 identity partition, ``inferred_at`` as ``timestamptz`` (microseconds) and ``embedding`` as ``list<float>``

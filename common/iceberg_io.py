@@ -2,7 +2,7 @@
 written with the job's own S3 client (its endpoint, retries and ``--sse``), each file serialised in memory
 and written with one PUT, like every other object the jobs write.
 
-pyiceberg loads it by name from the catalog's ``py-io-impl`` property (infer/iceberg_commit.py sets it), with
+pyiceberg loads it by name from the catalog's ``py-io-impl`` property (infer/iceberg_table.py sets it), with
 the properties :func:`properties` makes from a :class:`common.storage.Store`.
 """
 

@@ -1,7 +1,7 @@
 """Delete (or redo) one run: its part files, its run record and its Glue partition — after showing what goes.
 
     python -m infer.delete --output s3://BUCKET/predictions/ --run-id ID \\
-        [--glue-database DB --glue-table TABLE]            # a dry run: lists what would be deleted
+        [--glue-database DB --glue-table TABLE | --iceberg-table DB.TABLE]   # a dry run: lists what would go
     python -m infer.delete ... --yes                          # deletes it
 
 What goes: every object under ``<output>/run_id=<ID>/`` (the run's partition of the predictions
@@ -10,6 +10,11 @@ athena.sql, a converted model), and with ``--glue-*`` the table's partition ``ru
 table stays). Nothing else is touched: other runs, the manifest and its shards stay. A compacted
 copy is another location: the same command with its ``--output`` removes it. After a delete, the
 same infer command runs the work again from the start.
+
+With ``--iceberg-table`` the run leaves the Iceberg table with one metadata-only snapshot (its files dropped
+whole, and its commit properties removed in the same commit), then its ``_runs/<ID>/`` record goes.  Its part
+files stay: older snapshots still refer to them (``FOR VERSION AS OF``) until snapshots expire, and the same
+infer command would commit them again rather than recompute (use another --run-id for new output).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import glue, storage  # noqa: E402
+from common import glue, iceberg, storage  # noqa: E402
 from common.cli import UsageError, Writes, add_common_arguments, exit_process, run_cli  # noqa: E402
 from common.output import check_run_id, partition_dir, run_dir  # noqa: E402
 from common.settings import from_flags, store_from  # noqa: E402
@@ -35,14 +40,17 @@ SHOWN = 5  # keys listed per location in the dry run
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m infer.delete", allow_abbrev=False,
-                                usage="%(prog)s --output URI --run-id ID [--glue-database DB --glue-table TABLE] "
-                                "[--yes] [options]",
+                                usage="%(prog)s --output URI --run-id ID [--glue-database DB --glue-table TABLE | "
+                                "--iceberg-table DB.TABLE] [--yes] [options]",
                                 description="Delete one infer run: its part files, its _runs/<run_id>/ record and "
                                 "its Glue partition. Without --yes, only lists what would go.")
     p.add_argument("--output", help="infer's --output, e.g. s3://BUCKET/predictions/")
     p.add_argument("--run-id", help="the run to delete")
     p.add_argument("--glue-database", default=None, help="with --glue-table: also remove the run's partition")
     p.add_argument("--glue-table", default=None, help="the Glue table infer registered the run in")
+    p.add_argument("--iceberg-table", default=None, metavar="DB.TABLE", help="the Iceberg table infer committed the "
+                   "run to: the run leaves it in one metadata-only snapshot (its part files stay for time travel "
+                   "until snapshots expire)")
     p.add_argument("--yes", action="store_true", help="delete (without it: a dry run that lists what would go)")
     add_common_arguments(p, sse=False)
     return p
@@ -56,6 +64,7 @@ class DeleteConfig:
     run_id: str
     glue_database: Optional[str]
     glue_table: Optional[str]
+    iceberg_table: Optional[str]
     yes: bool
     s3_endpoint_url: Optional[str]
     verbose: bool
@@ -73,11 +82,48 @@ class DeleteConfig:
         check_run_id(args.run_id)
         if bool(args.glue_database) != bool(args.glue_table):
             raise UsageError("--glue-database and --glue-table go together")
+        if args.iceberg_table:
+            iceberg.parse_table_name(args.iceberg_table)
+            if args.glue_table:
+                raise UsageError("--iceberg-table or --glue-database/--glue-table: a run is in one table")
         return from_flags(cls, args, store=store_from(args))
+
+
+def run_iceberg(config: DeleteConfig, writes: Writes) -> int:
+    """--iceberg-table: show what the run holds in the table, then (with --yes) drop it and its record."""
+    from infer import iceberg_table
+
+    run_id, endpoint = config.run_id, config.store
+    storage.check_buckets([config.output], endpoint)
+    target = iceberg_table.find_table(config.iceberg_table, config.output, endpoint)
+    if target.table is None:
+        raise UsageError(f"--iceberg-table {config.iceberg_table}: no such table in the Glue catalog")
+    held = iceberg_table.run_in_table(target.table, run_id)
+    record = storage.as_folder(run_dir(config.output, run_id))
+    uris = [storage.object_uri(record, o.key) for o in storage.list_objects(record, endpoint)]
+    if not held.files and not held.commits and not uris:
+        print(f"{PROG}: run {run_id}: not in {target.ident} and nothing under {record}: nothing to delete")
+        return 0
+    verb = "deleting" if config.yes else "would delete"
+    print(f"{PROG}: {verb} run_id={run_id} from the Iceberg table {target.ident}: {held.files} files, {held.rows} rows, "
+          f"in one metadata-only snapshot (the files stay for time travel until snapshots expire)", flush=True)
+    print(f"{PROG}: {verb} {len(uris)} objects under {record}", flush=True)
+    if not config.yes:
+        print(f"{PROG}: dry run: nothing deleted; add --yes to delete", flush=True)
+        return 0
+    writes.begin(f"run {run_id} partly deleted (from {target.ident} first, then its record)",
+                 "run the same delete command again: it deletes what is left")
+    snapshot = iceberg_table.delete_run(target.table, run_id)
+    storage.delete_objects(uris, endpoint)
+    print(f"{PROG}: run {run_id} deleted from {target.ident} (snapshot {snapshot}) and its record ({len(uris)} objects)",
+          flush=True)
+    return 0
 
 
 def run(config: DeleteConfig, writes: Writes) -> int:
     """List, then (with --yes) delete; returns the exit code."""
+    if config.iceberg_table:
+        return run_iceberg(config, writes)
     run_id, endpoint = config.run_id, config.store
     storage.check_buckets([config.output], endpoint)
     locations = (partition_dir(config.output, run_id), storage.as_folder(run_dir(config.output, run_id)))

@@ -52,7 +52,7 @@ from common.model_graph import check_model_head  # noqa: E402
 from common.output import default_run_id, partition_dir, run_dir  # noqa: E402
 from common.progress import Progress  # noqa: E402
 from common.spark import spark_context, stop_in_background, submit_options, task_attempts  # noqa: E402
-from infer import iceberg_commit, precision, report, runrecord  # noqa: E402
+from infer import iceberg_table, precision, report, runrecord  # noqa: E402
 from infer import plan as plan_mod  # noqa: E402
 from infer.settings import PROG, InferConfig, build_parser  # noqa: E402
 from infer.task import InferSettings, run_group  # noqa: E402
@@ -143,7 +143,7 @@ class Job:
     record_matches: bool
     ranges: np.ndarray  # the selected shard id ranges
     files_prefix: str  # where the part files go: --output, or the Iceberg table's data folder
-    iceberg: Optional[iceberg_commit.Target] = None
+    iceberg: Optional[iceberg_table.Target] = None
     in_table: Optional[np.ndarray] = None  # --iceberg-table: mask of the run's shards already committed
 
     @property
@@ -180,8 +180,8 @@ def resolve(config: InferConfig) -> Job:
         return Job(manifest, files, spec, model_id, model_info, run_id, record, record_matches,
                    plan_mod.select(config, manifest, run_id, endpoint), config.output)
     # --iceberg-table: the table checked (read only), and the run's shards it holds left out of the selection
-    target = iceberg_commit.find_table(config.iceberg_table, config.output, endpoint)
-    in_table = iceberg_commit.committed_mask(target.table, config.output, run_id, manifest.num_shards, endpoint)
+    target = iceberg_table.find_table(config.iceberg_table, config.output, endpoint)
+    in_table = iceberg_table.committed_mask(target.table, config.output, run_id, manifest.num_shards, endpoint)
     ranges = plan_mod.select(config, manifest, run_id, endpoint, target.files_prefix)
     left = plan_mod.subtract(ranges, in_table)
     if plan_mod.count(left) < plan_mod.count(ranges):
@@ -224,7 +224,7 @@ def prepare_work(sc, config: InferConfig, job: Job, writes: Writes) -> ModelSpec
         print(f"{PROG}: Glue table {config.glue_database}.{config.glue_table}: {made}", flush=True)
     if job.iceberg is not None:
         writes.begin(f"the Iceberg table {job.iceberg.ident} (created when absent at {job.iceberg.location})", finish)
-        made = iceberg_commit.ensure_table(job.iceberg, config.store)
+        made = iceberg_table.ensure_table(job.iceberg, config.store)
         print(f"{PROG}: Iceberg table {job.iceberg.ident} at {job.iceberg.location}: {made}", flush=True)
     if not job.record_matches or (conversion and conversion != (job.record or {}).get("conversion")):
         runrecord.write_run_record(config, job.run_id, job.manifest, job.model_id, conversion, config.store,
@@ -285,7 +285,7 @@ def finish(config: InferConfig, job: Job, summary: dict, statuses: status.Writer
     return 1
 
 
-def commit_iceberg(committer: iceberg_commit.Committer, statuses: status.Writer) -> dict:
+def commit_iceberg(committer: iceberg_table.Committer, statuses: status.Writer) -> dict:
     """Commit the invocation's new files to the Iceberg table in one snapshot; what it did, for summary.json."""
     snapshot = committer.commit(failed=statuses.failed_count)
     done = {"table": committer.ident, "snapshot_id": snapshot, "files_added": committer.files,
@@ -324,7 +324,7 @@ def run(config: InferConfig, writes: Writes) -> int:
         threading.Thread(target=report.warm_up, name="shardinfer-report-imports", daemon=True).start()
     committer = None
     if job.iceberg is not None:
-        committer = iceberg_commit.Committer(job.iceberg, config.output, job.run_id, settings.invocation, m.manifest_id,
+        committer = iceberg_table.Committer(job.iceberg, config.output, job.run_id, settings.invocation, m.manifest_id,
                                              m.num_shards, config.store, job.in_table)
 
     def sink(results: list[tuple[bytes, list]]) -> None:

@@ -43,7 +43,7 @@ def ice(s3, spark):
 
 
 def table(name: str):
-    from infer.iceberg_commit import find_table
+    from infer.iceberg_table import find_table
 
     return find_table(f"ice_db.{name}", WAREHOUSE, storage.Store()).table
 

@@ -1,6 +1,6 @@
 """infer's Iceberg table (``--iceberg-table DB.TABLE``), the driver's side: the table found or created in the
-Glue catalog (pyiceberg), the shards of the run it already holds, and one commit per invocation of the part
-files the tasks wrote (the contract: common/iceberg.py).
+Glue catalog (pyiceberg), the shards of the run it already holds, one commit per invocation of the part
+files the tasks wrote, and a run's delete (python -m infer.delete); the contract: common/iceberg.py.
 
 The driver never reads a part file: each task reports its file's statistics (:class:`common.iceberg.FileStats`)
 with its statuses, and :class:`Committer` streams them into Iceberg manifest files as each wave of tasks ends,
@@ -257,3 +257,49 @@ class Committer:
         txn.set_properties({iceberg.commit_property(self.run_id, self.snapshot_id): ledger})
         _glue_errors(txn.commit_transaction)  # retried by pyiceberg when another writer committed first
         return self.snapshot_id
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInTable:
+    """What a run holds in the table's current snapshot (from its manifests: no data file is read)."""
+
+    files: int
+    rows: int
+    commits: dict  # snapshot id -> ledger URI (its commit properties)
+
+
+def run_in_table(table, run_id: str) -> RunInTable:
+    """The run's files and rows in the current snapshot, and its commit properties."""
+    from pyiceberg.expressions import EqualTo
+
+    from common.output import PARTITION_COLUMN
+
+    files = rows = 0
+    for task in table.scan(row_filter=EqualTo(PARTITION_COLUMN, run_id)).plan_files():
+        files += 1
+        rows += task.file.record_count
+    return RunInTable(files, rows, iceberg.run_commits(table.properties, run_id))
+
+
+def delete_run(table, run_id: str) -> Optional[int]:
+    """Drop the run from the table: one snapshot that removes its files whole (``DELETE … WHERE run_id``, no data
+    file rewritten or read) and, in the same commit, its commit properties, so the same infer command would commit
+    its files again.  Returns the snapshot id (None when the run had no files).  Its part files stay on S3 while
+    an older snapshot refers to them (time travel), until snapshots expire."""
+    from pyiceberg.expressions import EqualTo
+
+    from common.output import PARTITION_COLUMN
+
+    before = table.current_snapshot()
+    held = run_in_table(table, run_id)
+    keys = [iceberg.commit_property(run_id, s) for s in held.commits]
+    if not held.files and not keys:
+        return None
+    txn = table.transaction()
+    if held.files:
+        txn.delete(EqualTo(PARTITION_COLUMN, run_id), snapshot_properties={iceberg.SUMMARY_RUN_ID: run_id})
+    if keys:
+        txn.remove_properties(*keys)
+    _glue_errors(txn.commit_transaction)
+    after = table.current_snapshot()
+    return after.snapshot_id if after is not None and (before is None or after.snapshot_id != before.snapshot_id) else None

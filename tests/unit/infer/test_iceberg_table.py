@@ -1,4 +1,4 @@
-"""infer/iceberg_commit.py against the local server's Glue (which refuses a stale VersionId, as AWS does) and S3:
+"""infer/iceberg_table.py against the local server's Glue (which refuses a stale VersionId, as AWS does) and S3:
 the table created or refused, commits from task-reported statistics, the ledger, and concurrent commits."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from common import iceberg, storage
 from common.errors import GlueError, UsageError
 from common.output import ImageResult, part_key, predictions_table, table_to_parquet
-from infer import iceberg_commit
+from infer import iceberg_table
 from testkit import glue_versions
 
 BUCKET = "unit-commit"
@@ -26,9 +26,9 @@ def store(s3):
     return storage.Store(s3.endpoint_url)
 
 
-def _target(store, name: str) -> iceberg_commit.Target:
-    target = iceberg_commit.find_table(f"unit_db.{name}", f"s3://{BUCKET}/wh/", store)
-    iceberg_commit.ensure_table(target, store)
+def _target(store, name: str) -> iceberg_table.Target:
+    target = iceberg_table.find_table(f"unit_db.{name}", f"s3://{BUCKET}/wh/", store)
+    iceberg_table.ensure_table(target, store)
     return target
 
 
@@ -46,9 +46,9 @@ def _write_parts(target, run_id: str, shards, rows: int = 4) -> list[iceberg.Fil
     return files
 
 
-def _committer(target, store, run_id: str, num_shards: int = 16) -> iceberg_commit.Committer:
-    seen = iceberg_commit.committed_mask(target.table, f"s3://{BUCKET}/wh/", run_id, num_shards, store)
-    return iceberg_commit.Committer(target, f"s3://{BUCKET}/wh/", run_id, "inv", "mid", num_shards, store, seen)
+def _committer(target, store, run_id: str, num_shards: int = 16) -> iceberg_table.Committer:
+    seen = iceberg_table.committed_mask(target.table, f"s3://{BUCKET}/wh/", run_id, num_shards, store)
+    return iceberg_table.Committer(target, f"s3://{BUCKET}/wh/", run_id, "inv", "mid", num_shards, store, seen)
 
 
 def _rows(table) -> list[tuple]:
@@ -62,7 +62,7 @@ def _rows(table) -> list[tuple]:
 
 
 def test_a_commit_adds_each_reported_file_once_in_rolled_manifests(store, monkeypatch):
-    monkeypatch.setattr(iceberg_commit, "MANIFEST_FILES", 3)
+    monkeypatch.setattr(iceberg_table, "MANIFEST_FILES", 3)
     target = _target(store, "rolled")
     assert target.location == f"s3://{BUCKET}/wh/unit_db.db/rolled"
     files = _write_parts(target, "r1", range(8))
@@ -81,7 +81,7 @@ def test_a_commit_adds_each_reported_file_once_in_rolled_manifests(store, monkey
     # the ledger the property names holds the shards committed
     (ledger,) = iceberg.run_commits(table.properties, "r1").values()
     assert np.array_equal(iceberg.read_ledger(storage.read_bytes(ledger, store)), [[0, 8]])
-    mask = iceberg_commit.committed_mask(table, f"s3://{BUCKET}/wh/", "r1", 16, store)
+    mask = iceberg_table.committed_mask(table, f"s3://{BUCKET}/wh/", "r1", 16, store)
     assert mask[:8].all() and not mask[8:].any()
     # the next invocation of the run adds only what is not in yet
     c2 = _committer(target, store, "r1")
@@ -111,7 +111,7 @@ def test_commits_racing_on_glue_both_land(store):
     committers = {}
     for run_id in ("a", "b"):
         files = _write_parts(target, run_id, range(3))
-        committers[run_id] = _committer(iceberg_commit.find_table("unit_db.race", "", store), store, run_id)
+        committers[run_id] = _committer(iceberg_table.find_table("unit_db.race", "", store), store, run_id)
         committers[run_id].add(files)
     barrier = threading.Barrier(2, timeout=60)
     arrivals = []
@@ -139,7 +139,7 @@ def test_commits_racing_on_glue_both_land(store):
         glue_versions.on_update()
     assert not errors, errors
     assert glue_versions.REFUSED[0] - refused_before == 1 and len(arrivals) == 3  # one refused, committed again
-    table = iceberg_commit.find_table("unit_db.race", "", store).table
+    table = iceberg_table.find_table("unit_db.race", "", store).table
     assert _rows(table) == sorted((r, f"in/{s}/{i}.png") for r in "ab" for s in range(3) for i in range(4))
     assert len(table.snapshots()) == 2 and set(iceberg.run_commits(table.properties, "a")) and \
         set(iceberg.run_commits(table.properties, "b"))
@@ -149,8 +149,37 @@ def test_a_table_of_another_shape_is_refused_with_the_difference(store):
     from pyiceberg.schema import Schema
     from pyiceberg.types import NestedField, StringType
 
-    cat = iceberg_commit.catalog(store)
+    cat = iceberg_table.catalog(store)
     cat.create_table(("unit_db", "other"), schema=Schema(NestedField(1, "key", StringType(), required=True)),
                      location=f"s3://{BUCKET}/wh/other")
     with pytest.raises(UsageError, match="unit_db.other: the table exists with another schema: column 2 is missing"):
-        iceberg_commit.find_table("unit_db.other", f"s3://{BUCKET}/wh/", store)
+        iceberg_table.find_table("unit_db.other", f"s3://{BUCKET}/wh/", store)
+
+
+def test_a_deleted_run_leaves_in_one_snapshot_and_can_be_committed_again(store):
+    target = _target(store, "deleted")
+    keep, gone = _write_parts(target, "keep", range(2)), _write_parts(target, "gone", range(3))
+    for run_id, files in (("keep", keep), ("gone", gone)):
+        c = _committer(target, store, run_id)
+        c.add(files)
+        c.commit()
+    table = target.table
+    before = table.current_snapshot().snapshot_id
+    held = iceberg_table.run_in_table(table, "gone")
+    assert (held.files, held.rows, len(held.commits)) == (3, 12, 1)
+    deleted = iceberg_table.delete_run(table, "gone")
+    table.refresh()
+    assert table.current_snapshot().snapshot_id == deleted and table.current_snapshot().summary.operation.value == "delete"
+    assert table.current_snapshot().summary["deleted-data-files"] == "3"
+    assert _rows(table) == sorted(("keep", f"in/{s}/{i}.png") for s in range(2) for i in range(4))
+    assert iceberg.run_commits(table.properties, "gone") == {} and iceberg.run_commits(table.properties, "keep")
+    assert len([r for r in table.scan(snapshot_id=before).plan_files()]) == 5  # the run is still there, back then
+    for f in gone:  # its files stay, for time travel
+        assert storage.exists(f.uri, store)
+    # nothing of the run in the table now: the same files can be committed again
+    again = _committer(target, store, "gone")
+    assert not again.seen.any()
+    again.add(gone)
+    again.commit()
+    assert len(_rows(table)) == 8 + 12
+    assert iceberg_table.delete_run(iceberg_table.find_table("unit_db.deleted", "", store).table, "nothing") is None

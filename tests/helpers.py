@@ -78,12 +78,12 @@ def upload_model(prefix: str, seed: int) -> dict[str, str]:
             "labels": uris[zoo_builder.SYNSET_FILE]}
 
 
-def athena_queries() -> dict[str, str]:
-    """``{name: sql}`` of docs/athena-queries.sql (each block after ``-- name: NAME``)."""
+def athena_queries(name: str = "athena-queries.sql") -> dict[str, str]:
+    """``{name: sql}`` of docs/athena-queries.sql, or another file of docs/ (each block after ``-- name: NAME``)."""
     import os
 
     out = {}
-    with open(os.path.join(ROOT, "docs", "athena-queries.sql")) as f:
+    with open(os.path.join(ROOT, "docs", name)) as f:
         for block in re.split(r"^-- name: ", f.read(), flags=re.M)[1:]:
             name, body = block.split("\n", 1)
             out[name.strip()] = body.strip().rstrip(";")

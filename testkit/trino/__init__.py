@@ -181,7 +181,9 @@ class TrinoServer(ServerProcess):
         hive = self.catalog_properties()
         return {"connector.name": "iceberg", "iceberg.catalog.type": "glue",
                 **{k: v for k, v in hive.items() if k.startswith(("hive.metastore.glue.", "fs.", "s3."))
-                   and k != "hive.metastore.glue.partitions-segments"}}
+                   and k != "hive.metastore.glue.partitions-segments"},
+                # a test expires snapshots seconds old (Trino refuses under 7 days by default)
+                "iceberg.expire-snapshots.min-retention": "0s"}
 
     def _write_etc(self) -> None:
         os.makedirs(os.path.join(self.etc, "catalog"), exist_ok=True)

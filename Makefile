@@ -13,7 +13,7 @@ BENCH_N ?= 2560
 BENCH_PEER_SIZES ?= 10240
 BENCH_PHOTOS ?= 512
 
-.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python lint flag-docs jvm-archive test test-unit test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale history dist yarn-check clean
+.PHONY: setup setup-spark35 yarn-jars trino node-env check-java check-python lint flag-docs jvm-archive test test-unit test-spark4 test-once test-spark35 test-systems demo bench bench-profile bench-photos bench-decode bench-onnx onnx-corpus scale scale-iceberg history dist yarn-check clean
 
 setup: check-python check-java $(STAMP)
 
@@ -164,6 +164,11 @@ bench-decode: setup
 # infer --dry-run over each through spark-submit (wall time, peak RSS of the process tree).
 scale: setup
 	$(PY) bench/scale.py --out docs/scale-figures.json
+
+# The driver's side of an --iceberg-table commit at scale (docs/iceberg.md): 2 M synthetic part files through the
+# committer in infer's waves, its memory after each wave; ~5 minutes.
+scale-iceberg: setup
+	$(PY) bench/iceberg_scale.py --files 2000000 --out docs/scale-figures-iceberg.json
 
 # prepare + infer on a real YARN (Hadoop 3.4.1's MiniYARNCluster on 127.0.0.1, jars from Maven
 # Central via testkit/yarn/pom.xml): the 2-executor trap and the fix, from Spark's event logs.

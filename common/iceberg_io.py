@@ -113,10 +113,13 @@ class StoreFileIO(FileIO):
                                    storage.Encryption(properties.get(_SSE) or None, properties.get(_SSE_KMS_KEY_ID) or None))
 
     def new_input(self, location: str) -> InputFile:
+        """A file to read (whole, with one GET, when first used)."""
         return _Input(location, self.store)
 
     def new_output(self, location: str) -> OutputFile:
+        """A file to write (in memory, then one PUT on close)."""
         return _Output(location, self.store)
 
     def delete(self, location: Union[str, InputFile, OutputFile]) -> None:
+        """Delete a file (absent is fine)."""
         storage.delete(location if isinstance(location, str) else location.location, self.store)

@@ -16,6 +16,9 @@ S3_ACTIONS = {"get_object": {"s3:GetObject"}, "head_object": {"s3:GetObject"}, "
               "head_bucket": {"s3:ListBucket"}, "list_objects_v2": {"s3:ListBucket"}}
 GLUE = ("get_database", "create_database", "get_table", "create_table", "get_partition", "create_partition",
         "update_partition", "delete_partition")
+# What pyiceberg's GlueCatalog calls for --iceberg-table (find, create, commit, delete: each commit is an
+# UpdateTable with the table's VersionId); observed, not assumed: tests/unit/infer/test_iceberg_table.py records them.
+ICEBERG_GLUE = {"glue:GetDatabase", "glue:CreateDatabase", "glue:GetTable", "glue:CreateTable", "glue:UpdateTable"}
 
 
 def _source() -> str:
@@ -34,6 +37,8 @@ def required_actions() -> set[str]:
     calls = set(re.findall(r"\.([a-z_0-9]+)\(", src)) | set(re.findall(r'get_paginator\("([a-z_0-9]+)"\)', src))
     needed = set().union(*(S3_ACTIONS[c] for c in calls if c in S3_ACTIONS))
     needed |= {"glue:" + "".join(w.capitalize() for w in c.split("_")) for c in calls if c in GLUE}
+    if "GlueCatalog" in src:  # --iceberg-table: the catalog calls Glue itself
+        needed |= ICEBERG_GLUE
     if "SSEKMSKeyId" in src:  # --sse aws:kms: S3 asks KMS for a data key on PUT and to decrypt on GET
         needed |= {"kms:GenerateDataKey", "kms:Decrypt"}
     return needed

@@ -223,3 +223,32 @@ def test_two_runs_committing_at_once_both_land(s3, ice, model_uris):
     assert len(t.snapshots()) == 2
     for run_id in ("a", "b"):
         assert_once(ice, t, run_id, shards={0, 1, 2, 3})
+
+
+def test_a_refused_commit_is_exit_1_and_the_same_command_commits(ice, model_uris, capsys):
+    """Glue refuses the commit (any failure after the files are written): exit 1 with what was written and how
+    to finish; the same command then commits every file, once.  A dry run before writes nothing, not even the
+    table."""
+    from infer.main import main
+
+    args = infer_args(ice.uri, model_uris, WAREHOUSE, "--run-id", "refused", "--iceberg-table", "ice_db.refused")
+    assert main(args + ["--dry-run"]) == 0
+    assert "dry run" in capsys.readouterr().out and table("refused") is None
+    refusals = []
+
+    def refuse_once(database: str, name: str) -> None:
+        if name == "refused" and not refusals:
+            refusals.append(name)
+            raise glue_versions.refusal("Glue is down")
+
+    glue_versions.on_update(before=refuse_once)
+    try:
+        assert main(args) == 1
+    finally:
+        glue_versions.on_update()
+    err = capsys.readouterr().err
+    assert "Glue is down" in err and "written before the failure" in err and "Iceberg table ice_db.refused" in err
+    assert len(table("refused").snapshots()) == 0
+    assert main(args) == 0
+    assert "adds 8 files (64 rows)" in capsys.readouterr().out
+    assert_once(ice, table("refused"), "refused")

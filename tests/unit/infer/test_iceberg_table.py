@@ -183,3 +183,32 @@ def test_a_deleted_run_leaves_in_one_snapshot_and_can_be_committed_again(store):
     again.commit()
     assert len(_rows(table)) == 8 + 12
     assert iceberg_table.delete_run(iceberg_table.find_table("unit_db.deleted", "", store).table, "nothing") is None
+
+
+def test_the_glue_calls_are_the_ones_the_iam_policy_grants_for_iceberg(s3, monkeypatch):
+    """Every AWS call of find, create, commit and delete, recorded as botocore makes it: the Glue ones are what
+    deploy/iam-policy.json grants for --iceberg-table (tests/test_deploy.py's ICEBERG_GLUE)."""
+    import botocore.client
+
+    from tests.test_deploy import ICEBERG_GLUE
+
+    calls = set()
+    plain = botocore.client.BaseClient._make_api_call
+
+    def recording(self, operation, params):
+        calls.add(f"{self.meta.service_model.signing_name}:{operation}")
+        return plain(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    store = storage.Store(s3.endpoint_url)
+    s3.create_bucket("unit-iam")
+    target = iceberg_table.find_table("unit_iam_db.t", "s3://unit-iam/wh/", store)
+    iceberg_table.ensure_table(target, store)
+    c = iceberg_table.Committer(target, "s3://unit-iam/wh/", "r", "inv", "mid", 4, store,
+                                iceberg_table.committed_mask(target.table, "s3://unit-iam/wh/", "r", 4, store))
+    c.add(_write_parts(target, "r", range(2)))
+    c.commit()
+    iceberg_table.delete_run(iceberg_table.find_table("unit_iam_db.t", "", store).table, "r")
+    assert {c for c in calls if c.startswith("glue:")} == ICEBERG_GLUE
+    assert {c for c in calls if c.startswith("s3:")} <= {"s3:GetObject", "s3:PutObject", "s3:HeadObject",
+                                                         "s3:DeleteObject", "s3:CreateBucket"}

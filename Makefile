@@ -68,7 +68,7 @@ test:
 yarn-jars: setup
 	@$(PY) -m testkit.yarn
 
-# Trino 476 and its Hive connector (Maven Central, pinned in testkit/trino/pom.xml; ~450 MB, once), and a
+# Trino 476 and its Hive and Iceberg connectors (Maven Central, pinned in testkit/trino/pom.xml; ~800 MB, once), and a
 # Java 24+ for it; without them the Trino tests say why they skip.
 trino: setup
 	@$(PY) -m testkit.trino

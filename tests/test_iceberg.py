@@ -252,3 +252,23 @@ def test_a_refused_commit_is_exit_1_and_the_same_command_commits(ice, model_uris
     assert main(args) == 0
     assert "adds 8 files (64 rows)" in capsys.readouterr().out
     assert_once(ice, table("refused"), "refused")
+
+
+def test_a_table_of_another_shape_is_refused_before_anything_is_written(ice, model_uris, capsys):
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import NestedField, StringType
+
+    from infer.iceberg_table import catalog
+    from infer.main import main
+
+    cat = catalog(storage.Store())
+    if ("ice_db",) not in cat.list_namespaces():  # run alone, no earlier test made it
+        cat.create_namespace("ice_db")
+    cat.create_table(("ice_db", "theirs"), schema=Schema(NestedField(1, "key", StringType(), True)),
+                     location=f"{ROOT}theirs")
+    out = f"{ROOT}refused-shape/"
+    assert main(infer_args(ice.uri, model_uris, out, "--iceberg-table", "ice_db.theirs")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["infer: error: --iceberg-table ice_db.theirs: the table exists with another schema: column 2 is "
+                   "missing, not 2: shard_id: required int; use another table"], err
+    assert list(storage.list_objects(out)) == []

@@ -16,7 +16,8 @@ URL or mismatched params fail before Spark starts), converts the model when a re
 precision is asked for (infer/precision.py), plans task groups from shard id ranges
 (infer/plan.py), and collects a compact status per shard, which it writes as one Parquet
 file per invocation (common/status.py); tasks read their own shard rows, and predictions go
-from each task straight to S3.  Run records: infer/runrecord.py.  Exit code 0 when every selected shard is ok, 1 when
+from each task straight to S3 (with --iceberg-table, under the Iceberg table's data folder, committed by the
+driver in one snapshot from the statistics the tasks report: infer/iceberg_table.py).  Run records: infer/runrecord.py.  Exit code 0 when every selected shard is ok, 1 when
 any failed (their ids are printed) or a step after the first write failed (the line says what was written and
 how to finish), 2 for bad arguments or inputs with nothing written (common/cli.py).
 """

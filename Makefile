@@ -54,8 +54,9 @@ node-env: setup
 # the tests whose subject does not depend on Spark's version (marker `once`: the model's numbers, image decoding
 # and formats, our listing, retries and reruns, the SQL over the output, the manifest's checks, exit codes, the
 # EMR files and bootstrap) and the unit layer (tests/unit/, marker `unit`) after the lint gate: `make test-once`;
-# on Spark 3.5 (EMR 7's) the tests of the first kind that run Spark and, to spread the load (it ends first), the
-# Iceberg output's (marker `iceberg`: once, on EMR's Spark) (`make test-spark35`); and the systems
+# on Spark 3.5 (EMR 7's) the tests of the first kind that run Spark and, to spread the load (it ends first), some
+# of the second kind (marker `once_on_spark35`: the Iceberg output, prepare's listing and key lists) (`make
+# test-spark35`); and the systems
 # around the jobs (`make test-systems`): the shipped code in a node's environment, the documented steps, the
 # YARN trap and chaos on one local YARN (tests/test_node_env.py), and Trino over Glue and S3
 # (tests/test_trino.py). test-spark4 and test-once together are the whole suite on Spark 4 but the systems.
@@ -104,11 +105,11 @@ test-unit: setup
 	$(PY) -m pytest -p no:cacheprovider tests/unit --durations=5
 
 test-once: setup lint jvm-archive
-	$(PY) -m pytest -p no:cacheprovider -m "(once and not corpus and not aws and not iceberg) or unit" --durations=10
+	$(PY) -m pytest -p no:cacheprovider -m "(once and not corpus and not aws and not once_on_spark35) or unit" --durations=10
 
 test-spark35: setup-spark35
 	@$(PY35) -m testkit.jvmcds
-	$(PY35) -m pytest -p no:cacheprovider -m "spark and not unit and not node and not yarn and not trino and (not once or iceberg) and not corpus" --durations=10
+	$(PY35) -m pytest -p no:cacheprovider -m "not unit and not node and not yarn and not trino and not corpus and ((spark and not once) or once_on_spark35)" --durations=10
 
 # The systems line also runs the ONNX corpus (marker `corpus`: every real export imported and compared with ONNX
 # Runtime, three through infer): version-independent, and this line had the most room.

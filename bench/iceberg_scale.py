@@ -74,9 +74,8 @@ def measure(files: int, root: str) -> dict:
         batch = [dataclasses.replace(one, shard_id=i, uri=f"{prefix}/run_id=scale/part-{i:05d}.parquet")
                  for i in range(lo, min(files, lo + wave))]
         if in_flight is None:  # a wave's results as Spark hands them to the driver: per task, statuses + stats
-            per_task = [(status.pack([status.ShardStatus(i, "x").done("written", "x", 64)]), batch[:SHARDS_PER_TASK])
-                        for i in range(1)]
-            in_flight = len(pickle.dumps(per_task)) * TASKS_PER_JOB
+            one_task = (status.pack([status.ShardStatus(0, "x").done("written", "x", 64)]), batch[:SHARDS_PER_TASK])
+            in_flight = len(pickle.dumps([one_task])) * TASKS_PER_JOB
         committer.add(batch)
         samples.append({"files": min(files, lo + wave), "s": round(time.time() - t0, 1), "rss_mb": round(_rss_mb(), 1)})
         print(f"  {samples[-1]['files']:>10,} files added in {samples[-1]['s']:.0f}s, driver RSS {samples[-1]['rss_mb']:.0f} MB",

@@ -40,11 +40,8 @@ class _Input(InputFile):
         self._data: Optional[bytes] = None
 
     def _read(self) -> bytes:
-        if self._data is None:
-            try:
-                self._data = storage.read_bytes(self.location, self._store)
-            except storage.NotFound as e:
-                raise FileNotFoundError(str(e)) from e
+        if self._data is None:  # an absent file raises storage.NotFound, a FileNotFoundError, as pyiceberg expects
+            self._data = storage.read_bytes(self.location, self._store)
         return self._data
 
     def __len__(self) -> int:

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from common import iceberg, storage
+from common import glue, iceberg, storage
 from common.errors import GlueError, UsageError
 
 PROG = "infer"
@@ -39,19 +39,14 @@ def catalog(store: storage.Store):
 
 
 def _glue_errors(action):
-    """Run ``action()``, turning pyiceberg's and AWS's failures into a :class:`GlueError` that says what."""
-    import botocore.exceptions
+    """Run ``action()``, turning a refused commit (pyiceberg's) and AWS's failures (:func:`common.glue.catalog`)
+    into a :class:`GlueError` that says what."""
     from pyiceberg.exceptions import CommitFailedException, ValidationException
 
     try:
-        return action()
+        return glue.catalog(action)
     except (CommitFailedException, ValidationException) as e:
         raise GlueError(f"Iceberg commit refused: {e}") from e
-    except botocore.exceptions.ClientError as e:
-        err = e.response.get("Error", {})
-        raise GlueError(f"Glue Data Catalog: {e.operation_name} failed: {err.get('Code')}: {err.get('Message')}") from e
-    except botocore.exceptions.BotoCoreError as e:
-        raise GlueError(f"Glue Data Catalog: {e}") from e
 
 
 @dataclasses.dataclass
@@ -290,7 +285,6 @@ def delete_run(table, run_id: str) -> Optional[int]:
 
     from common.output import PARTITION_COLUMN
 
-    before = table.current_snapshot()
     held = run_in_table(table, run_id)
     keys = [iceberg.commit_property(run_id, s) for s in held.commits]
     if not held.files and not keys:
@@ -301,5 +295,4 @@ def delete_run(table, run_id: str) -> Optional[int]:
     if keys:
         txn.remove_properties(*keys)
     _glue_errors(txn.commit_transaction)
-    after = table.current_snapshot()
-    return after.snapshot_id if after is not None and (before is None or after.snapshot_id != before.snapshot_id) else None
+    return table.current_snapshot().snapshot_id if held.files else None  # properties alone make no snapshot

@@ -229,7 +229,6 @@ def write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) 
                               datetime.now(timezone.utc), prep.embeddings,
                               iceberg_run_id=settings.run_id if settings.iceberg is not None else None)
     data = table_to_parquet(table, key)
-    described = settings.iceberg.describe(prep.entry.shard_id, key, data) if settings.iceberg is not None else None
     rows_error = sum(r.status != STATUS_OK for r in results)
     meta = {META_INPUT_DIGEST: digest, META_ROWS: str(len(results)), META_ROWS_ERROR: str(rows_error),
             META_INVOCATION: settings.invocation}
@@ -243,7 +242,8 @@ def write(prep: _Prepared, results: list[ImageResult], settings: InferSettings) 
         if existing is None:  # refused (409: a concurrent write in flight) yet absent: let Spark retry
             raise storage.StorageError(f"{key}: conditional PUT refused but no object is there yet")
         return _already_done(status, key, existing, settings)
-    status.iceberg = described
+    if settings.iceberg is not None:  # from the bytes just uploaded: the file is never read back
+        status.iceberg = settings.iceberg.describe(prep.entry.shard_id, key, data)
     return status.done("written", key, len(results), rows_error, len(data))
 
 

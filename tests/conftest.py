@@ -30,12 +30,18 @@ MODEL_BUCKET = "models"
 # Tests only: the jobs' own settings (spark-defaults.conf, EMR's) are untouched.
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
+# The processes the tests start import testkit/worker_site/sitecustomize.py: their Python re-reads a zip's
+# directory only when the file changed, not before every Spark task (~15 % of the suite's CPU; see that file).
+WORKER_SITE = os.path.join(localdev.ROOT, "testkit", "worker_site")
+
 
 def pytest_configure(config):
     """Before any JVM starts: the short-lived test JVMs' options (unless the caller set their own); testkit.yarn
     gives them to its cluster and to each application's containers (its TEST_JVM_OPTIONS_VAR).  Every
     spark-submit's JVM (the session's Spark too) maps the archive of Spark's classes that ``make test`` builds
-    (testkit/jvmcds.py), where it exists."""
+    (testkit/jvmcds.py), where it exists.  Every Python process started from here on imports WORKER_SITE's
+    sitecustomize (the node environment's runs drop PYTHONPATH, and so run without it)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (WORKER_SITE, os.environ.get("PYTHONPATH")) if p)
     for var in ("SPARK_DAEMON_JAVA_OPTS", TEST_JVM_OPTIONS_VAR):
         os.environ.setdefault(var, TEST_JVM_OPTIONS)
     cds = jvmcds.options()

@@ -45,9 +45,11 @@ $(STAMP35): $(STAMP)
 	@touch $(STAMP35)
 
 # A cluster node's environment: deploy/emr/bootstrap.sh itself builds .venv-node (setup.cfg's
-# install_requires, no extras), then the cluster's pyspark (the spark35 extra's) is added.
-node-env: setup
-	$(PY) -m testkit.nodeenv
+# install_requires, no extras), then the cluster's pyspark (the spark35 extra's) is added. testkit.nodeenv needs
+# only the standard library: run by the base Python, it builds beside .venv's install (make test: on the core
+# that pip leaves idle) instead of after it.
+node-env: check-python
+	$(PYTHON) -m testkit.nodeenv
 
 # Four lines, side by side: on Spark 4.0 (`.venv`), the tests whose subject may depend on Spark's version, and
 # (to spread the load) the AWS services around the output and the demo (marker `aws`): `make test-spark4`;

@@ -1,7 +1,7 @@
 """Local stand-ins for the demo and the tests: an S3-protocol server on 127.0.0.1 and generated data.
 
 Not used by the jobs themselves, which only ever see an endpoint URL.  Needs the ``test``
-extra (``moto[server]``).
+extra (``moto[s3,glue]`` with Flask: moto's server).
 """
 
 from __future__ import annotations

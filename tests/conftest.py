@@ -31,7 +31,7 @@ MODEL_BUCKET = "models"
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 # The processes the tests start import testkit/worker_site/sitecustomize.py: their Python re-reads a zip's
-# directory only when the file changed, not before every Spark task (~15 % of the suite's CPU; see that file).
+# directory only when the file changed, not before every Spark task (~15 % of the Spark lines' CPU; see that file).
 WORKER_SITE = os.path.join(localdev.ROOT, "testkit", "worker_site")
 
 

@@ -57,7 +57,7 @@ node-env: check-python
 # and formats, our listing, retries and reruns, the SQL over the output, the manifest's checks, exit codes, the
 # EMR files and bootstrap) and the unit layer (tests/unit/, marker `unit`) after the lint gate: `make test-once`;
 # on Spark 3.5 (EMR 7's) the tests of the first kind that run Spark and, to spread the load, some of the second
-# kind (marker `once_on_spark35`: the Iceberg output, prepare's listing and key lists, the photo archive) (`make
+# kind (marker `once_on_spark35`: the Iceberg output, prepare's listing and key lists) (`make
 # test-spark35`); and the systems around the jobs (`make test-systems`): the shipped code in a node's environment,
 # the documented steps, the YARN trap and chaos on one local YARN (tests/test_node_env.py), and Trino over Glue and
 # S3 (tests/test_trino.py). test-spark4 and test-once together are the whole suite on Spark 4 but the systems.

@@ -33,7 +33,7 @@ from testkit.photos import photo_archive
 from tests.helpers import assert_exactly_once, output_rows, read_manifest, run_main
 
 # image formats, EXIF and the preprocessing contract: the same on either Spark line
-pytestmark = [pytest.mark.once, pytest.mark.once_on_spark35]  # on the Spark 3.5 line, to spread the load
+pytestmark = pytest.mark.once
 
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)

@@ -25,7 +25,7 @@ from testkit.localdev import spark_env, spark_submit_command, upload_cifar_like
 from tests.helpers import infer_args, read_manifest, statuses, submit
 
 # Our commit protocol does not depend on Spark's version: run once, on the Spark 3.5 line (EMR 7's Spark; marker
-# `once_on_spark35`), which has the most room.
+# `once_on_spark35`), to spread the load.
 pytestmark = [pytest.mark.spark, pytest.mark.once, pytest.mark.once_on_spark35]
 
 ROOT = "s3://ice/"

@@ -26,7 +26,7 @@ from testkit.testdata import cifar_like_png
 from tests.helpers import assert_exactly_once, infer_args, read_manifest
 
 # listing, key lists, manifest formats and request counts are ours, not Spark's: the same on either Spark line; run
-# once, on the Spark 3.5 line (EMR 7's Spark), which has the most room
+# once, on the Spark 3.5 line (EMR 7's Spark), to spread the load
 pytestmark = [pytest.mark.once, pytest.mark.once_on_spark35]
 
 BUCKET = "archive"
